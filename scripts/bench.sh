@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Throughput benchmarks (not tests). With no argument, benchmarks a fresh
+# `small` llama from `l2d init`; with MODEL_DIR, that model. Also runs the
+# reference stack (transformers) on the same shapes when it is installed.
+#
+#   scripts/bench.sh [MODEL_DIR]      L2D_BENCH_THREADS=2 by default
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup.sh
+cargo build --release --locked
+model="${1:-}"
+if [[ -z "$model" ]]; then
+  model=runs/bench/small-llama
+  [[ -d "$model" ]] || target/release/l2d init --arch llama --preset small --seed 0 --out "$model"
+fi
+echo "== l2d (base LM)"
+cargo bench --locked --bench generate -- "$model"
+if .venv/bin/python -c 'import transformers' 2>/dev/null; then
+  echo "== reference: transformers (eager)"
+  .venv/bin/python scripts/bench_transformers.py "$model" "${L2D_BENCH_THREADS:-2}"
+fi

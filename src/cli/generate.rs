@@ -1,0 +1,261 @@
+//! `l2d generate`: completions from a model directory.
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::data::chat::Message;
+use crate::data::tokenizer::Tokenizer;
+use crate::error::usage;
+use crate::model::Llama;
+use crate::runtime;
+use crate::sampling::{generate, BaseLm, GenerateOptions, Generation, TokenSampler};
+
+/// Flags of `l2d generate`; each overrides the config's `[generate]` / `[model]` value.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: super::ConfigArgs,
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// One prompt.
+    #[arg(long, conflicts_with = "prompts")]
+    pub prompt: Option<String>,
+    /// JSONL file, one `{"prompt": ...}` or `{"messages": [...]}` object per line.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub prompts: Option<PathBuf>,
+    /// Render prompts with the model's chat template and its generation prompt.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for `--chat` prompts.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Most new tokens per prompt.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// End-of-sequence is suppressed until this many tokens exist.
+    #[arg(long)]
+    pub min_new_tokens: Option<usize>,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Random seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop when the completion contains this text (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// Prompts decoded together.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// f32, bf16, f16 or auto (bf16 on CUDA, f32 on CPU).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// One JSON object per prompt instead of the completion text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One prompt line of `--prompts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptLine {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    messages: Option<Vec<Message>>,
+}
+
+/// What one prompt is, before tokenization.
+enum Prompt {
+    Text(String),
+    Chat(Vec<Message>),
+}
+
+impl Args {
+    /// The config with this command's flags applied on top.
+    fn resolved_config(&self) -> Result<Config> {
+        let mut cfg = self.config.load()?;
+        let g = &mut cfg.generate;
+        set(&mut g.max_new_tokens, self.max_new_tokens);
+        set(&mut g.min_new_tokens, self.min_new_tokens);
+        set(&mut g.temperature, self.temperature);
+        set(&mut g.top_p, self.top_p);
+        set(&mut g.top_k, self.top_k);
+        set(&mut g.seed, self.seed);
+        if !self.stop.is_empty() {
+            g.stop = self.stop.clone();
+        }
+        let m = &mut cfg.model;
+        set(&mut m.path, self.model.as_ref().map(|p| p.display().to_string()));
+        set(&mut m.device, self.device.clone());
+        set(&mut m.dtype, self.dtype.clone());
+        validate_sampling(&cfg)?;
+        if cfg.model.path.is_empty() {
+            crate::bail_usage!("--model: no model directory given (flag or model.path in the config)");
+        }
+        Ok(cfg)
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+fn validate_sampling(cfg: &Config) -> Result<()> {
+    let g = &cfg.generate;
+    if !(g.temperature >= 0.0 && g.temperature.is_finite()) {
+        crate::bail_usage!("--temperature: must be >= 0, got {}", g.temperature);
+    }
+    if !(g.top_p > 0.0 && g.top_p <= 1.0) {
+        crate::bail_usage!("--top-p: must be in (0, 1], got {}", g.top_p);
+    }
+    if g.min_new_tokens > g.max_new_tokens {
+        crate::bail_usage!(
+            "--min-new-tokens {} exceeds --max-new-tokens {}",
+            g.min_new_tokens,
+            g.max_new_tokens
+        );
+    }
+    Ok(())
+}
+
+/// Loads the model, generates for every prompt, prints text or JSON lines.
+pub fn run(args: Args) -> Result<()> {
+    let cfg = args.resolved_config()?;
+    if args.batch_size == 0 {
+        crate::bail_usage!("--batch-size: must be at least 1");
+    }
+    let prompts = match (&args.prompt, &args.prompts) {
+        (Some(p), None) => vec![(None, if args.chat { Prompt::Chat(vec![user(p)]) } else { Prompt::Text(p.clone()) })],
+        (None, Some(path)) => read_prompts(path, args.chat)?,
+        _ => crate::bail_usage!("give --prompt TEXT or --prompts FILE.jsonl"),
+    };
+    let device = runtime::parse_device(&cfg.model.device)?;
+    let kind = runtime::parse_dtype(&cfg.model.dtype, device)?;
+    let dir = Path::new(&cfg.model.path);
+    let model = Llama::load(dir, device, kind)?;
+    let tokenizer = Tokenizer::load(dir)?;
+    let encoded = prompts
+        .iter()
+        .map(|(_, p)| encode(&tokenizer, p, args.system.as_deref()))
+        .collect::<Result<Vec<_>>>()?;
+    let g = &cfg.generate;
+    let opts = GenerateOptions {
+        sampler: TokenSampler { temperature: g.temperature, top_k: g.top_k as i64, top_p: g.top_p },
+        max_new_tokens: g.max_new_tokens,
+        min_new_tokens: g.min_new_tokens,
+        stop_strings: g.stop.clone(),
+        eos_ids: tokenizer.eos_ids.clone(),
+        pad_id: tokenizer.pad_id,
+    };
+    tch::manual_seed(g.seed as i64);
+    let stream = prompts.len() == 1 && !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut out = std::io::stdout().lock();
+    for (chunk_idx, chunk) in encoded.chunks(args.batch_size).enumerate() {
+        let mut on_text = |_: usize, delta: &str| {
+            if stream {
+                let mut o = std::io::stdout();
+                let _ = o.write_all(delta.as_bytes()).and_then(|_| o.flush());
+            }
+        };
+        let results = generate(&model, Some(&tokenizer), &mut BaseLm, chunk, &opts, &mut on_text)?;
+        for (i, gen) in results.iter().enumerate() {
+            let (id, prompt) = &prompts[chunk_idx * args.batch_size + i];
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string(&json_record(id, prompt, gen, 1.0))?)?;
+            } else if stream {
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}", gen.text)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn user(text: &str) -> Message {
+    Message { role: "user".into(), content: text.into() }
+}
+
+fn encode(tokenizer: &Tokenizer, prompt: &Prompt, system: Option<&str>) -> Result<Vec<i64>> {
+    match prompt {
+        Prompt::Text(text) => tokenizer.encode(text, true),
+        Prompt::Chat(messages) => {
+            let mut all = Vec::new();
+            if let Some(s) = system {
+                all.push(Message { role: "system".into(), content: s.into() });
+            }
+            all.extend(messages.iter().cloned());
+            tokenizer.encode_chat(&all)
+        }
+    }
+}
+
+/// Reads `--prompts`; every bad line is named by file and line number.
+fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(Option<serde_json::Value>, Prompt)>> {
+    let text = std::fs::read_to_string(path).with_context(|| usage(format!("--prompts: cannot read {}", path.display())))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), n + 1);
+        let rec: PromptLine = serde_json::from_str(line)
+            .map_err(|e| usage(format!("{}: expected {{\"prompt\": TEXT}} or {{\"messages\": [...]}}: {e}", at())))?;
+        let prompt = match (rec.prompt, rec.messages) {
+            (Some(p), None) if chat => Prompt::Chat(vec![user(&p)]),
+            (Some(p), None) => Prompt::Text(p),
+            (None, Some(m)) => Prompt::Chat(m),
+            _ => crate::bail_usage!("{}: give exactly one of \"prompt\" and \"messages\"", at()),
+        };
+        out.push((rec.id, prompt));
+    }
+    if out.is_empty() {
+        crate::bail_usage!("--prompts: {} holds no prompts", path.display());
+    }
+    Ok(out)
+}
+
+/// The `--json` record of one prompt.
+fn json_record(id: &Option<serde_json::Value>, prompt: &Prompt, g: &Generation, evals_per_token: f64) -> serde_json::Value {
+    let prompt = match prompt {
+        Prompt::Text(t) => serde_json::Value::String(t.clone()),
+        Prompt::Chat(m) => serde_json::to_value(m).unwrap_or_default(),
+    };
+    // The first new token comes from the prefill; decode time covers the rest.
+    let decoded = g.token_ids.len().saturating_sub(1);
+    let decode_tokens_per_s = if g.decode_s > 0.0 { decoded as f64 / g.decode_s } else { 0.0 };
+    let mut rec = serde_json::json!({
+        "prompt": prompt,
+        "completion": g.text,
+        "completion_token_ids": g.token_ids,
+        "prompt_tokens": g.prompt_tokens,
+        "new_tokens": g.token_ids.len(),
+        "finish_reason": g.finish,
+        "prefill_s": g.prefill_s,
+        "decode_s": g.decode_s,
+        "decode_tokens_per_s": decode_tokens_per_s,
+        "nfe_per_token": evals_per_token,
+    });
+    if let Some(id) = id {
+        rec["id"] = id.clone();
+    }
+    rec
+}

@@ -1,0 +1,102 @@
+//! Command-line interface: one module per subcommand, each turning flags and
+//! config into calls of the library.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+pub mod generate;
+pub mod info;
+pub mod init;
+
+/// l2d: give a pretrained chat LM a diffusion path (L2D, ICML 2025) and spend
+/// more compute per token for more accuracy, without changing its weights.
+#[derive(Debug, Parser)]
+#[command(name = "l2d", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr (`RUST_LOG` sets the level, default `warn`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for sweeps.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the libtorch build, CUDA devices and CPU threads.
+    Info(info::Args),
+    /// Write a random-initialised Hugging Face model directory (tiny models for tests and demos).
+    Init(init::Args),
+    /// Generate completions with a model.
+    Generate(generate::Args),
+}
+
+/// `--config FILE.toml` plus repeatable `--set section.key=value`, shared by every subcommand that reads a config.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML config (see configs/).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Override one config value, e.g. `--set generate.temperature=0.7` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// The config file with the overrides applied.
+    pub fn load(&self) -> Result<crate::config::Config> {
+        crate::config::load(self.config.as_deref(), &self.set)
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info(args) => info::run(args),
+        Command::Init(args) => init::run(args),
+        Command::Generate(args) => generate::run(args),
+    }
+}
+
+/// Logs to stderr through tracing; `RUST_LOG` sets the filter.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Reports a panic as one line and exit code 1, never a backtrace.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        let first = msg.lines().next().unwrap_or(msg);
+        eprintln!("error: internal error: {first}");
+        std::process::exit(1);
+    }));
+}
+
+/// Whether progress bars and streaming should be shown.
+pub fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}

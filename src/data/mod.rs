@@ -1,0 +1,4 @@
+//! Chat data: templates and tokenization.
+
+pub mod chat;
+pub mod tokenizer;

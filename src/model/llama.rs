@@ -1,0 +1,304 @@
+//! The decoder-only transformer of Llama 3 and Qwen 2.5, with Hugging Face tensor names.
+//!
+//! Qwen2 is the same network with q/k/v biases, so one set of structs serves
+//! both. Every weight here is frozen: L2D and the finetuning modes keep their
+//! trainable tensors elsewhere and combine them with these.
+
+use anyhow::Result;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+use super::config::ModelConfig;
+use super::kv_cache::KvCache;
+use super::rope::Rope;
+use super::weights::Weights;
+
+/// A frozen affine map `x W^T + b`, stored as transformers stores it (`[out, in]`).
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: Tensor,
+    /// `[out]`, if the layer has one.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(w: &Weights, name: &str, out_dim: i64, in_dim: i64, bias: bool) -> Result<Self> {
+        let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias { Some(w.get(&format!("{name}.bias"), &[out_dim])?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    /// Applies the map to the last dimension of `x`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// RMSNorm computed in f32 and cast back, as transformers does.
+pub struct RmsNorm {
+    /// The learned scale `gamma`.
+    pub weight: Tensor,
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    fn load(w: &Weights, name: &str, dim: i64, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.get(&format!("{name}.weight"), &[dim])?, eps })
+    }
+
+    /// `x / rms(x)` without the scale; L2D modulates the scale itself.
+    pub fn normalize(&self, x: &Tensor) -> Tensor {
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.square().mean_dim(-1, true, Kind::Float);
+        (xf * (var + self.eps).rsqrt()).to_kind(x.kind())
+    }
+
+    /// `gamma * x / rms(x)`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        &self.weight * self.normalize(x)
+    }
+}
+
+/// Which keys each query may attend to.
+pub enum AttentionMask {
+    /// Queries and keys are the same positions, no padding: plain causal.
+    Causal,
+    /// Every query may see every key (one new token per row, no padding).
+    Full,
+    /// Explicit `[B, 1, T, S]` boolean mask (true = attend).
+    Explicit(Tensor),
+}
+
+impl AttentionMask {
+    /// The mask for `q_len` new queries at the end of `kv_len` keys, with an
+    /// optional `[B, kv_len]` validity mask of the keys (false = padding).
+    ///
+    /// A padding query gets its own key too, so that no softmax row is empty
+    /// (its output is never used).
+    pub fn new(key_valid: Option<&Tensor>, q_len: i64, kv_len: i64, device: Device) -> Self {
+        match key_valid {
+            None if q_len == kv_len => return Self::Causal,
+            None if q_len == 1 => return Self::Full,
+            _ => {}
+        }
+        let offset = kv_len - q_len;
+        let qpos = Tensor::arange(q_len, (Kind::Int64, device)).unsqueeze(1) + offset;
+        let kpos = Tensor::arange(kv_len, (Kind::Int64, device)).unsqueeze(0);
+        let causal = kpos.le_tensor(&qpos);
+        let mask = match key_valid {
+            Some(valid) => {
+                let diag = kpos.eq_tensor(&qpos);
+                causal.unsqueeze(0).logical_and(&valid.unsqueeze(1)).logical_or(&diag.unsqueeze(0))
+            }
+            None => causal.unsqueeze(0),
+        };
+        Self::Explicit(mask.unsqueeze(1))
+    }
+}
+
+/// Scaled-dot-product attention of `q` `[B, H, T, hd]` over `k`, `v`
+/// `[B, KV, S, hd]` (grouped-query heads shared); the one attention routine
+/// of both the main path and the diffusion stream.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Tensor {
+    let gqa = q.size()[1] != k.size()[1];
+    match mask {
+        AttentionMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, true, None, gqa),
+        AttentionMask::Full => Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, false, None, gqa),
+        AttentionMask::Explicit(m) => Tensor::scaled_dot_product_attention(q, k, v, Some(m), 0.0, false, None, gqa),
+    }
+}
+
+/// Grouped-query self-attention with rotary positions.
+pub struct Attention {
+    /// Query projection `[H*hd, d]`.
+    pub q_proj: Linear,
+    /// Key projection `[KV*hd, d]`.
+    pub k_proj: Linear,
+    /// Value projection `[KV*hd, d]`.
+    pub v_proj: Linear,
+    /// Output projection `[d, H*hd]`.
+    pub o_proj: Linear,
+    /// Query heads.
+    pub num_heads: i64,
+    /// Key/value heads.
+    pub num_kv_heads: i64,
+    /// Per-head width.
+    pub head_dim: i64,
+}
+
+impl Attention {
+    /// Splits `[B, T, n*hd]` into heads `[B, n, T, hd]`.
+    pub fn split_heads(&self, x: &Tensor, n: i64) -> Tensor {
+        let (b, t, _) = x.size3().expect("[B, T, D]");
+        x.view([b, t, n, self.head_dim]).transpose(1, 2)
+    }
+
+    /// Merges heads `[B, H, T, hd]` back into `[B, T, H*hd]`.
+    pub fn merge_heads(&self, x: &Tensor) -> Tensor {
+        let (b, _, t, _) = x.size4().expect("[B, H, T, hd]");
+        x.transpose(1, 2).reshape([b, t, self.num_heads * self.head_dim])
+    }
+}
+
+/// The SwiGLU feed-forward block.
+pub struct Mlp {
+    /// `[ffn, d]`.
+    pub gate_proj: Linear,
+    /// `[ffn, d]`.
+    pub up_proj: Linear,
+    /// `[d, ffn]`.
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    /// `down(silu(gate(x)) * up(x))`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    }
+}
+
+/// One pre-norm decoder layer.
+pub struct DecoderLayer {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Self-attention.
+    pub self_attn: Attention,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+    /// Feed-forward block.
+    pub mlp: Mlp,
+}
+
+/// Inputs shared by every layer of one forward pass.
+pub struct Step<'a> {
+    /// Position id of each new token, `[B, T]`.
+    pub positions: &'a Tensor,
+    /// Which cached and new keys each new token sees.
+    pub mask: &'a AttentionMask,
+}
+
+/// A Llama-3 / Qwen2.5 causal LM.
+pub struct Llama {
+    /// The parsed `config.json`.
+    pub config: ModelConfig,
+    /// `[V, d]`.
+    pub embed_tokens: Tensor,
+    /// The decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm.
+    pub norm: RmsNorm,
+    /// `[V, d]`; the embedding itself when tied.
+    pub lm_head: Tensor,
+    /// Rotary tables.
+    pub rope: Rope,
+}
+
+impl Llama {
+    /// Loads `config.json` and the safetensors of a Hugging Face model directory.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        if !dir.is_dir() {
+            crate::bail_usage!("model directory {} does not exist", dir.display());
+        }
+        let config = ModelConfig::load(&dir.join("config.json"))?;
+        let weights = Weights::open_dir(dir, device, kind)?;
+        Self::from_weights(config, &weights)
+    }
+
+    /// Builds the model from already opened weights.
+    pub fn from_weights(config: ModelConfig, w: &Weights) -> Result<Self> {
+        let c = &config;
+        let (d, v) = (c.hidden_size, c.vocab_size);
+        let embed_tokens = w.get("model.embed_tokens.weight", &[v, d])?;
+        let lm_head = if c.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            w.get("lm_head.weight", &[v, d])?
+        };
+        let layers = (0..c.num_hidden_layers as usize)
+            .map(|i| load_layer(c, w, i))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(w, "model.norm", d, c.rms_norm_eps)?;
+        let rope = Rope::new(c, w.device);
+        Ok(Self { config, embed_tokens, layers, norm, lm_head, rope })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.embed_tokens.device()
+    }
+
+    /// The dtype of the weights.
+    pub fn kind(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+
+    /// A KV cache with room for `capacity` positions.
+    pub fn new_cache(&self, capacity: i64) -> KvCache {
+        KvCache::with_capacity(self.layers.len(), capacity)
+    }
+
+    /// Runs the main path over new tokens `[B, T]`, appending their keys and
+    /// values to `cache`; returns the last hidden state `[B, T, d]` before the final norm.
+    pub fn forward_hidden(&self, input_ids: &Tensor, step: &Step, cache: &mut KvCache) -> Tensor {
+        let mut h = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn_in = layer.input_layernorm.forward(&h);
+            h = h + self.self_attention(i, &attn_in, step, cache);
+            h = &h + layer.mlp.forward(&layer.post_attention_layernorm.forward(&h));
+        }
+        cache.advance(input_ids.size()[1]);
+        h
+    }
+
+    fn self_attention(&self, layer: usize, x: &Tensor, step: &Step, cache: &mut KvCache) -> Tensor {
+        let attn = &self.layers[layer].self_attn;
+        let q = attn.split_heads(&attn.q_proj.forward(x), attn.num_heads);
+        let k = attn.split_heads(&attn.k_proj.forward(x), attn.num_kv_heads);
+        let v = attn.split_heads(&attn.v_proj.forward(x), attn.num_kv_heads);
+        let q = self.rope.apply(&q, step.positions);
+        let k = self.rope.apply(&k, step.positions);
+        let (k, v) = cache.append(layer, &k, &v);
+        attn.o_proj.forward(&attn.merge_heads(&attend(&q, &k, &v, step.mask)))
+    }
+
+    /// Final norm and LM head: logits `[.., V]` in the model dtype.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        self.norm.forward(hidden).matmul(&self.lm_head.tr())
+    }
+
+    /// Full forward of unpadded sequences `[B, T]` with no cache: logits `[B, T, V]`.
+    pub fn forward(&self, input_ids: &Tensor) -> Tensor {
+        let (b, t) = input_ids.size2().expect("[B, T]");
+        let positions = Tensor::arange(t, (Kind::Int64, input_ids.device())).unsqueeze(0).expand([b, t], false);
+        let mask = AttentionMask::Causal;
+        let mut cache = KvCache::growing(self.layers.len());
+        let hidden = self.forward_hidden(input_ids, &Step { positions: &positions, mask: &mask }, &mut cache);
+        self.logits(&hidden)
+    }
+}
+
+fn load_layer(c: &ModelConfig, w: &Weights, i: usize) -> Result<DecoderLayer> {
+    let p = format!("model.layers.{i}");
+    let (d, hd, h, kv, ffn) = (c.hidden_size, c.head_dim(), c.num_attention_heads, c.num_kv_heads(), c.intermediate_size);
+    let self_attn = Attention {
+        q_proj: Linear::load(w, &format!("{p}.self_attn.q_proj"), h * hd, d, c.qkv_bias())?,
+        k_proj: Linear::load(w, &format!("{p}.self_attn.k_proj"), kv * hd, d, c.qkv_bias())?,
+        v_proj: Linear::load(w, &format!("{p}.self_attn.v_proj"), kv * hd, d, c.qkv_bias())?,
+        o_proj: Linear::load(w, &format!("{p}.self_attn.o_proj"), d, h * hd, c.o_bias())?,
+        num_heads: h,
+        num_kv_heads: kv,
+        head_dim: hd,
+    };
+    let mlp = Mlp {
+        gate_proj: Linear::load(w, &format!("{p}.mlp.gate_proj"), ffn, d, false)?,
+        up_proj: Linear::load(w, &format!("{p}.mlp.up_proj"), ffn, d, false)?,
+        down_proj: Linear::load(w, &format!("{p}.mlp.down_proj"), d, ffn, false)?,
+    };
+    Ok(DecoderLayer {
+        input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm"), d, c.rms_norm_eps)?,
+        self_attn,
+        post_attention_layernorm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm"), d, c.rms_norm_eps)?,
+        mlp,
+    })
+}

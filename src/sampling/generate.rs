@@ -1,0 +1,247 @@
+//! Batched autoregressive generation: left-padded prefill, then KV-cached decode.
+
+use anyhow::Result;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+use super::logits::TokenSampler;
+use crate::data::tokenizer::Tokenizer;
+use crate::model::{AttentionMask, KvCache, Llama, Step};
+
+/// How the logits of the next token are produced from the main path's last
+/// hidden state: the base LM's head, or L2D's diffusion path over the cache.
+pub trait NextTokenLogits {
+    /// Logits `[B, V]` from the last hidden state `[B, 1, d]` of each row.
+    fn logits(&mut self, model: &Llama, hidden: &Tensor, cache: &KvCache, step: &Step) -> Result<Tensor>;
+
+    /// Network evaluations spent per generated token (1 for the base LM).
+    fn evals_per_token(&self) -> f64;
+}
+
+/// The base LM: final norm and LM head.
+pub struct BaseLm;
+
+impl NextTokenLogits for BaseLm {
+    fn logits(&mut self, model: &Llama, hidden: &Tensor, _: &KvCache, _: &Step) -> Result<Tensor> {
+        Ok(model.logits(hidden).squeeze_dim(1))
+    }
+
+    fn evals_per_token(&self) -> f64 {
+        1.0
+    }
+}
+
+/// Settings of one generation run.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Next-token selection.
+    pub sampler: TokenSampler,
+    /// Most tokens generated per prompt.
+    pub max_new_tokens: usize,
+    /// End-of-sequence ids are suppressed until this many tokens exist.
+    pub min_new_tokens: usize,
+    /// Generation ends when the completion text contains one of these (it is cut there).
+    pub stop_strings: Vec<String>,
+    /// Token ids that end generation.
+    pub eos_ids: Vec<i64>,
+    /// Id that fills left padding.
+    pub pad_id: i64,
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// An end-of-sequence token was generated.
+    Eos,
+    /// A stop string appeared.
+    Stop,
+    /// `max_new_tokens` or the model's positions ran out.
+    Length,
+}
+
+/// The result for one prompt.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Generated ids, the final eos included.
+    pub token_ids: Vec<i64>,
+    /// Decoded completion, special tokens removed, cut at a stop string.
+    pub text: String,
+    /// Why it ended.
+    pub finish: Finish,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Seconds of the batch's prefill.
+    pub prefill_s: f64,
+    /// Seconds from the first decode step until this row finished.
+    pub decode_s: f64,
+}
+
+/// Per-row state while decoding.
+struct Row {
+    tokens: Vec<i64>,
+    text: String,
+    streamed: usize,
+    finish: Option<Finish>,
+    decode_s: f64,
+}
+
+/// Generates a completion for each prompt (token ids), in one batch.
+///
+/// Without a tokenizer only token ids are produced (no text, no stop strings).
+/// `on_text(row, delta)` receives completion text as it becomes final, for streaming.
+pub fn generate(
+    model: &Llama,
+    tokenizer: Option<&Tokenizer>,
+    head: &mut dyn NextTokenLogits,
+    prompts: &[Vec<i64>],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<Generation>> {
+    let _guard = tch::no_grad_guard();
+    let device = model.device();
+    let max_pos = model.config.max_position_embeddings;
+    let b = prompts.len();
+    let t = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            crate::bail_usage!("prompt {i} is empty after tokenization");
+        }
+        if p.len() as i64 >= max_pos {
+            crate::bail_usage!(
+                "prompt {i} has {} tokens, more than the model's {max_pos} positions (max_position_embeddings) allow",
+                p.len()
+            );
+        }
+    }
+    let budget = (opts.max_new_tokens as i64).min(max_pos - t);
+    let (ids, valid) = left_pad(prompts, opts.pad_id, device);
+    let padded = prompts.iter().any(|p| p.len() as i64 != t);
+    let mut key_valid = padded.then(|| valid.shallow_clone());
+    let mut positions = (valid.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+    let mut cache = model.new_cache(t + budget.max(0));
+
+    let start = Instant::now();
+    let mask = AttentionMask::new(key_valid.as_ref(), t, t, device);
+    let step = Step { positions: &positions, mask: &mask };
+    let hidden = model.forward_hidden(&ids, &step, &mut cache);
+    let mut logits = head.logits(model, &hidden.narrow(1, t - 1, 1), &cache, &step)?;
+    sync(device);
+    let prefill_s = start.elapsed().as_secs_f64();
+
+    let mut rows: Vec<Row> = (0..b)
+        .map(|_| Row { tokens: Vec::new(), text: String::new(), streamed: 0, finish: None, decode_s: 0.0 })
+        .collect();
+    let mut active: Vec<usize> = (0..b).collect();
+    if tokenizer.is_none() && !opts.stop_strings.is_empty() {
+        anyhow::bail!("stop strings need a tokenizer");
+    }
+    let eos = Tensor::from_slice(&opts.eos_ids).to_device(device);
+    let decode_start = Instant::now();
+    for n in 0..budget as usize {
+        if n < opts.min_new_tokens && !opts.eos_ids.is_empty() {
+            let _ = logits.index_fill_(1, &eos, f64::NEG_INFINITY);
+        }
+        let next = opts.sampler.sample(&logits);
+        let next_host: Vec<i64> = Vec::try_from(&next.to_device(Device::Cpu))?;
+        for (slot, &row_idx) in active.iter().enumerate() {
+            let row = &mut rows[row_idx];
+            row.tokens.push(next_host[slot]);
+            row.finish = check_finish(row, tokenizer, opts)?;
+            if row.finish.is_some() || n + 1 == budget as usize {
+                row.decode_s = decode_start.elapsed().as_secs_f64();
+            }
+            stream(row_idx, row, opts, on_text);
+        }
+        let keep: Vec<i64> = (0..active.len() as i64).filter(|&s| rows[active[s as usize]].finish.is_none()).collect();
+        if keep.is_empty() || n + 1 == budget as usize {
+            break;
+        }
+        let mut next = next.unsqueeze(1);
+        if keep.len() < active.len() {
+            let index = Tensor::from_slice(&keep).to_device(device);
+            cache.select_rows(&index);
+            next = next.index_select(0, &index);
+            positions = positions.index_select(0, &index);
+            key_valid = key_valid.map(|k| k.index_select(0, &index));
+            active = keep.iter().map(|&s| active[s as usize]).collect();
+        }
+        positions = positions.narrow(1, positions.size()[1] - 1, 1) + 1;
+        key_valid = key_valid.map(|k| Tensor::cat(&[k, Tensor::ones([active.len() as i64, 1], (Kind::Bool, device))], 1));
+        let mask = AttentionMask::new(key_valid.as_ref(), 1, cache.len() + 1, device);
+        let step = Step { positions: &positions, mask: &mask };
+        let hidden = model.forward_hidden(&next, &step, &mut cache);
+        logits = head.logits(model, &hidden, &cache, &step)?;
+    }
+    Ok(rows
+        .into_iter()
+        .zip(prompts)
+        .map(|(row, prompt)| {
+            Generation {
+                finish: row.finish.unwrap_or(Finish::Length),
+                token_ids: row.tokens,
+                text: row.text,
+                prompt_tokens: prompt.len(),
+                prefill_s,
+                decode_s: row.decode_s,
+            }
+        })
+        .collect())
+}
+
+/// `[B, T]` ids left-padded with `pad`, and the mask of real tokens.
+fn left_pad(prompts: &[Vec<i64>], pad: i64, device: Device) -> (Tensor, Tensor) {
+    let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * t);
+    let mut valid = Vec::with_capacity(prompts.len() * t);
+    for p in prompts {
+        let pad_len = t - p.len();
+        ids.extend(std::iter::repeat_n(pad, pad_len).chain(p.iter().copied()));
+        valid.extend(std::iter::repeat_n(false, pad_len).chain(std::iter::repeat_n(true, p.len())));
+    }
+    let shape = [prompts.len() as i64, t as i64];
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&valid).view(shape).to_device(device),
+    )
+}
+
+/// Decodes the row and decides whether it has ended.
+fn check_finish(row: &mut Row, tokenizer: Option<&Tokenizer>, opts: &GenerateOptions) -> Result<Option<Finish>> {
+    let last = *row.tokens.last().expect("a token was just pushed");
+    let Some(tokenizer) = tokenizer else {
+        return Ok(opts.eos_ids.contains(&last).then_some(Finish::Eos));
+    };
+    row.text = tokenizer.decode(&row.tokens)?;
+    if let Some(cut) = opts.stop_strings.iter().filter_map(|s| row.text.find(s.as_str())).min() {
+        row.text.truncate(cut);
+        return Ok(Some(Finish::Stop));
+    }
+    Ok(opts.eos_ids.contains(&last).then_some(Finish::Eos))
+}
+
+/// Emits the part of the row's text that can no longer change: not a possibly
+/// incomplete UTF-8 character, not a possible prefix of a stop string.
+fn stream(row_idx: usize, row: &mut Row, opts: &GenerateOptions, on_text: &mut dyn FnMut(usize, &str)) {
+    let mut end = row.text.len();
+    if row.finish.is_none() {
+        if row.text.ends_with('\u{FFFD}') {
+            end -= '\u{FFFD}'.len_utf8();
+        }
+        let hold = opts.stop_strings.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+        end = end.saturating_sub(hold);
+        while !row.text.is_char_boundary(end) {
+            end -= 1;
+        }
+    }
+    if end > row.streamed {
+        on_text(row_idx, &row.text[row.streamed..end]);
+        row.streamed = end;
+    }
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(n) = device {
+        tch::Cuda::synchronize(n as i64);
+    }
+}

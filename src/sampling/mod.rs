@@ -1,0 +1,7 @@
+//! Decoding: next-token selection and the generation loop.
+
+pub mod generate;
+pub mod logits;
+
+pub use generate::{generate, BaseLm, Finish, GenerateOptions, Generation, NextTokenLogits};
+pub use logits::TokenSampler;
