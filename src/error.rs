@@ -54,3 +54,15 @@ pub fn one_line(err: &anyhow::Error) -> String {
     }
     line.replace('\n', " ")
 }
+
+/// Turns an error into a [`UsageError`] carrying `context` in front of it.
+pub trait OrUsage<T> {
+    /// Maps the error to `usage("{context}: {error}")`.
+    fn or_usage(self, context: impl FnOnce() -> String) -> anyhow::Result<T>;
+}
+
+impl<T, E: fmt::Display> OrUsage<T> for Result<T, E> {
+    fn or_usage(self, context: impl FnOnce() -> String) -> anyhow::Result<T> {
+        self.map_err(|e| usage(format!("{}: {e}", context())))
+    }
+}

@@ -1,6 +1,6 @@
 //! `l2d generate`: completions from a model directory.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::data::chat::Message;
 use crate::data::tokenizer::Tokenizer;
-use crate::error::usage;
+use crate::error::{usage, OrUsage};
 use crate::model::Llama;
 use crate::runtime;
 use crate::sampling::{generate, BaseLm, GenerateOptions, Generation, TokenSampler};
@@ -40,10 +40,10 @@ pub struct Args {
     #[arg(long)]
     pub min_new_tokens: Option<usize>,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f64>,
     /// Nucleus sampling threshold.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f64>,
     /// Keep only the k most likely tokens (0 = off).
     #[arg(long)]
@@ -210,7 +210,7 @@ fn encode(tokenizer: &Tokenizer, prompt: &Prompt, system: Option<&str>) -> Resul
 
 /// Reads `--prompts`; every bad line is named by file and line number.
 fn read_prompts(path: &Path, chat: bool) -> Result<Vec<(Option<serde_json::Value>, Prompt)>> {
-    let text = std::fs::read_to_string(path).with_context(|| usage(format!("--prompts: cannot read {}", path.display())))?;
+    let text = std::fs::read_to_string(path).or_usage(|| format!("--prompts: cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 use super::chat::{ChatTemplate, Message, TokenizerConfig};
-use crate::error::usage;
+use crate::error::{usage, OrUsage};
 
 /// Tokenizer plus what generation needs from the model directory.
 pub struct Tokenizer {
@@ -117,7 +117,7 @@ fn read_eos_field(path: &Path) -> Result<Vec<i64>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(path).with_context(|| usage(format!("cannot read {}", path.display())))?;
+    let text = std::fs::read_to_string(path).or_usage(|| format!("cannot read {}", path.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| usage(format!("{}: malformed JSON: {e}", path.display())))?;
     Ok(token_ids(value.get("eos_token_id")))

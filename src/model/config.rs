@@ -1,10 +1,10 @@
 //! `config.json` of a Hugging Face causal LM, as transformers writes it.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 use std::path::Path;
 
-use crate::error::usage;
+use crate::error::{usage, OrUsage};
 
 /// The architectures l2d runs; Qwen2 is Llama with q/k/v biases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,7 @@ impl ModelConfig {
     /// Reads and checks `config.json`; every problem names the file and field.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
-            .with_context(|| usage(format!("cannot read {}", path.display())))?;
+            .or_usage(|| format!("cannot read {}", path.display()))?;
         Self::from_json(&text).map_err(|e| usage(format!("{}: {}", path.display(), crate::error::one_line(&e))))
     }
 

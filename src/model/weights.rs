@@ -11,7 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-use crate::error::usage;
+use crate::error::{usage, OrUsage};
 
 /// The safetensors files of one checkpoint, memory-mapped.
 pub struct Weights {
@@ -47,7 +47,7 @@ impl Weights {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for path in paths {
-            let file = File::open(path).with_context(|| usage(format!("cannot open {}", path.display())))?;
+            let file = File::open(path).or_usage(|| format!("cannot open {}", path.display()))?;
             // SAFETY: the mapping is read-only; a file changed underneath us is
             // the same hazard as for every mmap-based loader (transformers too).
             let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
@@ -114,7 +114,7 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
-    let text = std::fs::read_to_string(index).with_context(|| usage(format!("cannot read {}", index.display())))?;
+    let text = std::fs::read_to_string(index).or_usage(|| format!("cannot read {}", index.display()))?;
     let parsed: Index = serde_json::from_str(&text)
         .map_err(|e| usage(format!("{}: field weight_map: {e}", index.display())))?;
     let dir = index.parent().unwrap_or(Path::new("."));

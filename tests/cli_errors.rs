@@ -1,0 +1,157 @@
+//! Bad input gets one clear line naming the file, field or flag, the right
+//! exit code, and never a panic or backtrace.
+
+mod common;
+use common::*;
+
+fn damaged(name: &str, f: impl FnOnce(&std::path::Path)) -> std::path::PathBuf {
+    let dir = scratch(name).join("model");
+    copy_dir(&tiny_model("llama"), &dir);
+    f(&dir);
+    dir
+}
+
+fn gen(model: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "2"];
+    args.extend_from_slice(extra);
+    l2d(&args)
+}
+
+#[test]
+fn missing_model_directory() {
+    let out = gen(std::path::Path::new("/nonexistent/model"), &[]);
+    assert_error(&out, 2, &["/nonexistent/model", "does not exist"]);
+}
+
+#[test]
+fn missing_config_json() {
+    let dir = damaged("no-config", |d| std::fs::remove_file(d.join("config.json")).unwrap());
+    assert_error(&gen(&dir, &[]), 2, &["config.json"]);
+}
+
+#[test]
+fn malformed_config_json() {
+    let dir = damaged("bad-config", |d| std::fs::write(d.join("config.json"), "{\"model_type\": ").unwrap());
+    assert_error(&gen(&dir, &[]), 2, &["config.json"]);
+}
+
+#[test]
+fn unsupported_model_type() {
+    let dir = damaged("gpt2", |d| edit_json(&d.join("config.json"), |v| v["model_type"] = "gpt2".into()));
+    assert_error(&gen(&dir, &[]), 2, &["config.json", "model_type", "gpt2"]);
+}
+
+#[test]
+fn config_field_of_wrong_type() {
+    let dir = damaged("bad-field", |d| edit_json(&d.join("config.json"), |v| v["hidden_size"] = "wide".into()));
+    assert_error(&gen(&dir, &[]), 2, &["config.json", "hidden_size"]);
+}
+
+#[test]
+fn tensor_missing_is_named() {
+    let dir = damaged("missing-tensor", |d| {
+        let path = d.join("model.safetensors");
+        let mut tensors = tch::Tensor::read_safetensors(&path).unwrap();
+        tensors.retain(|(n, _)| n != "model.layers.1.mlp.up_proj.weight");
+        l2d::model::weights::save(&path, &tensors).unwrap();
+    });
+    assert_error(&gen(&dir, &[]), 2, &["model.layers.1.mlp.up_proj.weight", "missing"]);
+}
+
+#[test]
+fn tensor_of_wrong_shape_is_named() {
+    let dir = damaged("bad-shape", |d| {
+        let path = d.join("model.safetensors");
+        let mut tensors = tch::Tensor::read_safetensors(&path).unwrap();
+        for (name, t) in tensors.iter_mut() {
+            if name == "model.layers.0.self_attn.k_proj.weight" {
+                *t = t.narrow(0, 0, 8);
+            }
+        }
+        l2d::model::weights::save(&path, &tensors).unwrap();
+    });
+    assert_error(&gen(&dir, &[]), 2, &["model.layers.0.self_attn.k_proj.weight", "shape"]);
+}
+
+#[test]
+fn corrupt_safetensors() {
+    let dir = damaged("corrupt-st", |d| std::fs::write(d.join("model.safetensors"), b"garbage").unwrap());
+    assert_error(&gen(&dir, &[]), 2, &["model.safetensors"]);
+}
+
+#[test]
+fn missing_tokenizer() {
+    let dir = damaged("no-tokenizer", |d| std::fs::remove_file(d.join("tokenizer.json")).unwrap());
+    assert_error(&gen(&dir, &[]), 2, &["tokenizer.json"]);
+}
+
+#[test]
+fn dtype_unsupported_on_device() {
+    assert_error(&gen(&tiny_model("llama"), &["--device", "cpu", "--dtype", "f16"]), 2, &["f16", "cpu"]);
+    assert_error(&gen(&tiny_model("llama"), &["--dtype", "f8"]), 2, &["--dtype", "f8"]);
+}
+
+#[test]
+fn cuda_asked_for_but_absent() {
+    let out = gen(&tiny_model("llama"), &["--device", "cuda"]);
+    if tch::Cuda::is_available() {
+        assert!(out.status.success(), "{}", stderr(&out));
+    } else {
+        assert_error(&out, 2, &["--device cuda", "no CUDA device"]);
+    }
+    assert_error(&gen(&tiny_model("llama"), &["--device", "tpu"]), 2, &["--device", "tpu"]);
+}
+
+#[test]
+fn prompt_longer_than_positions() {
+    let dir = damaged("short-positions", |d| {
+        edit_json(&d.join("config.json"), |v| v["max_position_embeddings"] = 16.into())
+    });
+    let long = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen";
+    let out = l2d(&["generate", "--model", dir.to_str().unwrap(), "--prompt", long]);
+    assert_error(&out, 2, &["max_position_embeddings", "16"]);
+}
+
+#[test]
+fn malformed_prompts_file_names_the_line() {
+    let dir = scratch("bad-prompts");
+    let file = dir.join("p.jsonl");
+    std::fs::write(&file, "{\"prompt\": \"ok\"}\n{\"promt\": \"typo\"}\n").unwrap();
+    let model = tiny_model("llama");
+    let out = l2d(&["generate", "--model", model.to_str().unwrap(), "--prompts", file.to_str().unwrap()]);
+    assert_error(&out, 2, &["p.jsonl:2"]);
+    let out = l2d(&["generate", "--model", model.to_str().unwrap(), "--prompts", "/nonexistent.jsonl"]);
+    assert_error(&out, 2, &["--prompts", "/nonexistent.jsonl"]);
+}
+
+#[test]
+fn unknown_config_key_and_bad_flags() {
+    let model = tiny_model("llama");
+    let out = gen(&model, &["--set", "generate.temprature=0.5"]);
+    assert_error(&out, 2, &["generate.temprature"]);
+    let out = gen(&model, &["--temperature", "-1"]);
+    assert_error(&out, 2, &["--temperature"]);
+    let out = gen(&model, &["--top-p", "0"]);
+    assert_error(&out, 2, &["--top-p"]);
+    let out = l2d(&["generate", "--model", model.to_str().unwrap()]);
+    assert_error(&out, 2, &["--prompt"]);
+    // clap's own usage errors exit 2 as well.
+    assert_eq!(l2d(&["generate", "--no-such-flag"]).status.code(), Some(2));
+}
+
+#[test]
+fn chat_without_template() {
+    let dir = damaged("no-template", |d| {
+        edit_json(&d.join("tokenizer_config.json"), |v| {
+            v.as_object_mut().unwrap().remove("chat_template");
+        })
+    });
+    assert_error(&gen(&dir, &["--chat"]), 2, &["chat_template"]);
+}
+
+#[test]
+fn init_refuses_existing_output() {
+    let dir = scratch("init-exists");
+    let out = l2d(&["init", "--arch", "llama", "--out", dir.to_str().unwrap()]);
+    assert_error(&out, 2, &[dir.to_str().unwrap(), "exists"]);
+}

@@ -1,0 +1,93 @@
+//! Helpers shared by the integration tests that drive the `l2d` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Runs `l2d` with `args`; stdout and stderr captured.
+pub fn l2d(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_l2d"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run l2d")
+}
+
+/// Stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(out: Output) -> String {
+    assert!(out.status.success(), "l2d failed: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// Asserts the error contract: the exit code, one `error:` line on stderr that
+/// contains every needle, no panic or backtrace, nothing on stdout.
+pub fn assert_error(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr, got: {err}");
+    assert!(lines[0].starts_with("error:"), "stderr: {err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "stderr lacks {n:?}: {err}");
+    }
+    for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
+        assert!(!err.contains(bad), "stderr shows a panic: {err}");
+    }
+    assert!(out.stdout.is_empty(), "stdout not empty: {}", stdout(out));
+}
+
+/// A scratch directory removed at process exit is not needed: tests use
+/// unique subdirectories of the target dir's tmp folder.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A `tiny` model directory made by `l2d init` once per test process.
+pub fn tiny_model(arch: &str) -> PathBuf {
+    static LLAMA: OnceLock<PathBuf> = OnceLock::new();
+    static QWEN2: OnceLock<PathBuf> = OnceLock::new();
+    let cell = if arch == "llama" { &LLAMA } else { &QWEN2 };
+    cell.get_or_init(|| {
+        let dir = scratch(&format!("tiny-{arch}")).join("model");
+        ok(l2d(&["init", "--arch", arch, "--preset", "tiny", "--seed", "3", "--out", dir.to_str().unwrap()]));
+        dir
+    })
+    .clone()
+}
+
+/// Copies a model directory so that a test can damage it.
+pub fn copy_dir(src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dest.join(entry.file_name())).unwrap();
+    }
+}
+
+/// The Python of the setup's virtual environment (torch + transformers).
+pub fn python() -> PathBuf {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(py.exists(), "{} missing: run scripts/setup.sh --test-deps", py.display());
+    py
+}
+
+/// Edits a JSON file in place.
+pub fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
