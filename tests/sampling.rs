@@ -1,0 +1,103 @@
+//! Next-token selection and generation stopping rules.
+
+use tch::{Device, Kind, Tensor};
+
+use l2d::model::Llama;
+use l2d::sampling::{generate, BaseLm, Finish, GenerateOptions, TokenSampler};
+
+fn sampler(temperature: f64, top_k: i64, top_p: f64) -> TokenSampler {
+    TokenSampler { temperature, top_k, top_p }
+}
+
+/// Draws `n` tokens from the same logits row and counts each id.
+fn histogram(s: &TokenSampler, logits: &[f32], n: usize) -> Vec<usize> {
+    tch::manual_seed(0);
+    let row = Tensor::from_slice(logits).unsqueeze(0).repeat([n as i64, 1]);
+    let ids: Vec<i64> = Vec::try_from(s.sample(&row)).unwrap();
+    let mut counts = vec![0; logits.len()];
+    for id in ids {
+        counts[id as usize] += 1;
+    }
+    counts
+}
+
+const LOGITS: [f32; 5] = [2.0, 1.5, 1.0, 0.0, -1.0];
+
+#[test]
+fn temperature_zero_is_argmax() {
+    let counts = histogram(&sampler(0.0, 0, 1.0), &LOGITS, 50);
+    assert_eq!(counts, vec![50, 0, 0, 0, 0]);
+}
+
+#[test]
+fn top_k_keeps_only_the_k_best() {
+    let counts = histogram(&sampler(1.0, 2, 1.0), &LOGITS, 4000);
+    assert_eq!(&counts[2..], &[0, 0, 0]);
+    // softmax([2, 1.5]) = [0.622, 0.378]
+    let p0 = counts[0] as f64 / 4000.0;
+    assert!((p0 - 0.622).abs() < 0.03, "p0 = {p0}");
+}
+
+#[test]
+fn top_p_keeps_the_smallest_nucleus() {
+    // probabilities: 0.448 0.272 0.165 0.061 0.022 -> top_p 0.7 keeps the first two
+    // (0.448 < 0.7, 0.448 + 0.272 >= 0.7), as transformers' TopPLogitsWarper does.
+    let counts = histogram(&sampler(1.0, 0, 0.7), &LOGITS, 4000);
+    assert!(counts[0] > 0 && counts[1] > 0, "{counts:?}");
+    assert_eq!(&counts[2..], &[0, 0, 0]);
+    // A tiny top_p still keeps the most likely token.
+    assert_eq!(histogram(&sampler(1.0, 0, 1e-6), &LOGITS, 100), vec![100, 0, 0, 0, 0]);
+}
+
+#[test]
+fn sampling_follows_the_softmax() {
+    let counts = histogram(&sampler(2.0, 0, 1.0), &LOGITS, 20000);
+    let scaled: Vec<f64> = LOGITS.iter().map(|&l| (l as f64 / 2.0).exp()).collect();
+    let z: f64 = scaled.iter().sum();
+    for (c, s) in counts.iter().zip(&scaled) {
+        let (got, want) = (*c as f64 / 20000.0, s / z);
+        assert!((got - want).abs() < 0.015, "{got} vs {want}");
+    }
+}
+
+fn parity_model() -> Llama {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/llama");
+    Llama::load(&dir, Device::Cpu, Kind::Float).unwrap()
+}
+
+fn opts(max: usize, min: usize, eos: Vec<i64>) -> GenerateOptions {
+    GenerateOptions { sampler: sampler(0.0, 0, 1.0), max_new_tokens: max, min_new_tokens: min, stop_strings: vec![], eos_ids: eos, pad_id: 0 }
+}
+
+#[test]
+fn eos_ends_generation_unless_min_new_tokens() {
+    let model = parity_model();
+    let prompt = vec![5i64, 17, 42, 99];
+    let free = generate(&model, None, &mut BaseLm, &[prompt.clone()], &opts(10, 0, vec![]), &mut |_, _| {}).unwrap();
+    assert_eq!(free[0].finish, Finish::Length);
+    assert_eq!(free[0].token_ids.len(), 10);
+    // Declare the third greedy token an eos id: generation ends right there.
+    let eos = free[0].token_ids[2];
+    let first_eos = free[0].token_ids.iter().position(|&t| t == eos).unwrap();
+    let stopped = generate(&model, None, &mut BaseLm, &[prompt.clone()], &opts(10, 0, vec![eos]), &mut |_, _| {}).unwrap();
+    assert_eq!(stopped[0].finish, Finish::Eos);
+    assert_eq!(stopped[0].token_ids, free[0].token_ids[..=first_eos].to_vec());
+    // With min_new_tokens the eos id cannot appear before that many tokens.
+    let held = generate(&model, None, &mut BaseLm, &[prompt], &opts(10, 6, vec![eos]), &mut |_, _| {}).unwrap();
+    assert!(held[0].token_ids.len() >= 6);
+    assert!(!held[0].token_ids[..5].contains(&eos));
+}
+
+#[test]
+fn finished_rows_leave_the_batch_without_changing_the_others() {
+    let model = parity_model();
+    let a = vec![5i64, 17, 42, 99, 7, 8];
+    let b = vec![11i64, 3];
+    let alone_b = generate(&model, None, &mut BaseLm, &[b.clone()], &opts(12, 0, vec![]), &mut |_, _| {}).unwrap();
+    let eos = generate(&model, None, &mut BaseLm, &[a.clone()], &opts(12, 0, vec![]), &mut |_, _| {}).unwrap()[0].token_ids[1];
+    assert!(!alone_b[0].token_ids.contains(&eos), "fixture: the chosen eos id must not occur in row b");
+    let batch = generate(&model, None, &mut BaseLm, &[a, b], &opts(12, 0, vec![eos]), &mut |_, _| {}).unwrap();
+    assert_eq!(batch[0].finish, Finish::Eos);
+    assert!(batch[0].token_ids.len() <= 2);
+    assert_eq!(batch[1].token_ids, alone_b[0].token_ids);
+}
