@@ -7,6 +7,7 @@
 
 mod corpus;
 mod files;
+mod lexicon;
 mod rng;
 mod templates;
 mod tokenizer;
@@ -185,22 +186,38 @@ pub struct InitOptions {
 
 /// Writes the model directory `opts.out` atomically: whole or not at all.
 pub fn init_model_dir(opts: &InitOptions) -> Result<()> {
+    // Read the corpus first, so that a bad --corpus leaves no trace on disk.
     let text = match &opts.corpus {
         Some(path) => read_corpus(path)?,
         None => builtin_corpus(),
     };
-    let shape = opts.preset.shape();
     let staged = crate::io::StagedDir::new(&opts.out)?;
-    let dir = staged.path();
-    let trained = tokenizer::train(opts.arch, shape.vocab, &text)?;
-    write(dir, "tokenizer.json", trained.json.as_bytes())?;
-    let ids = trained.ids;
-    files::write_json(dir, "config.json", &files::config(opts.arch, &shape, &ids))?;
-    files::write_json(dir, "generation_config.json", &files::generation_config(opts.arch, &ids))?;
-    files::write_json(dir, "tokenizer_config.json", &files::tokenizer_config(opts.arch, &shape, &ids))?;
-    write(dir, "model.safetensors", &weights::safetensors_bytes(opts.arch, &shape, opts.seed)?)?;
+    write_model_files(staged.path(), opts, &text)?;
     staged.commit()?;
     Ok(())
+}
+
+fn write_model_files(dir: &Path, opts: &InitOptions, text: &str) -> Result<()> {
+    let (arch, shape) = (opts.arch, opts.preset.shape());
+    let trained = tokenizer::train(arch, shape.vocab, text)?;
+    write(dir, "tokenizer.json", trained.json.as_bytes())?;
+    let ids = &trained.ids;
+    let json_files = [
+        ("config.json", files::config(arch, &shape, ids)),
+        (
+            "generation_config.json",
+            files::generation_config(arch, ids),
+        ),
+        (
+            "tokenizer_config.json",
+            files::tokenizer_config(arch, &shape, ids),
+        ),
+    ];
+    for (name, value) in &json_files {
+        files::write_json(dir, name, value)?;
+    }
+    let weights = weights::safetensors_bytes(arch, &shape, opts.seed)?;
+    write(dir, "model.safetensors", &weights)
 }
 
 /// Reads a user corpus; a missing, unreadable or empty file is the user's mistake.

@@ -9,6 +9,7 @@ pub mod data;
 pub mod error;
 pub mod init;
 pub mod io;
+pub mod l2d;
 pub mod model;
 pub mod runtime;
 pub mod sampling;

@@ -22,7 +22,13 @@ then gives 7 to Anna. How many apples does he have now?\n\
 Answer: He buys 3 * 5 = 15 apples. 12 + 15 - 7 = 20.\n#### 20";
 
 fn options(arch: Arch, preset: Preset, out: &Path, seed: u64) -> InitOptions {
-    InitOptions { arch, preset, out: out.to_path_buf(), seed, corpus: None }
+    InitOptions {
+        arch,
+        preset,
+        out: out.to_path_buf(),
+        seed,
+        corpus: None,
+    }
 }
 
 fn make(arch: Arch, preset: Preset, seed: u64) -> (tempfile::TempDir, PathBuf) {
@@ -42,7 +48,10 @@ fn tokenizer(dir: &Path) -> Tokenizer {
 }
 
 fn id(tok: &Tokenizer, token: &str) -> u64 {
-    u64::from(tok.token_to_id(token).unwrap_or_else(|| panic!("no token {token}")))
+    u64::from(
+        tok.token_to_id(token)
+            .unwrap_or_else(|| panic!("no token {token}")),
+    )
 }
 
 /// Renders a chat template the way `transformers` does (trimmed blocks, Python
@@ -52,15 +61,27 @@ fn render(template: &str, ctx: Value) -> Result<String, minijinja::Error> {
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_function("strftime_now", |fmt: String| {
+        chrono::Local::now().format(&fmt).to_string()
     });
-    env.add_function("strftime_now", |fmt: String| chrono::Local::now().format(&fmt).to_string());
-    env.template_from_str(template)?.render(minijinja::Value::from_serialize(&ctx))
+    env.template_from_str(template)?
+        .render(minijinja::Value::from_serialize(&ctx))
 }
 
 fn chat_template(dir: &Path) -> String {
-    read_json(dir, "tokenizer_config.json")["chat_template"].as_str().unwrap().to_string()
+    read_json(dir, "tokenizer_config.json")["chat_template"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn conversation() -> Value {
@@ -137,7 +158,10 @@ fn check_vocabulary(arch: Arch, tok: &Tokenizer, config: &Value) {
     // The built-in corpus is rich enough to fill the vocabulary exactly.
     assert_eq!(total, vocab);
     for s in arch.special_tokens() {
-        assert!(tok.get_added_vocabulary().is_special_token(s), "{s} is not special");
+        assert!(
+            tok.get_added_vocabulary().is_special_token(s),
+            "{s} is not special"
+        );
     }
 }
 
@@ -205,19 +229,26 @@ fn check_chat_round_trip(arch: Arch, tok: &Tokenizer, dir: &Path) {
     let rendered = render(&chat_template(dir), ctx).unwrap();
     match arch {
         Arch::Llama => {
-            assert!(rendered.starts_with("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"));
+            assert!(rendered
+                .starts_with("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"));
             assert!(rendered.contains("Cutting Knowledge Date: December 2023\nToday Date: "));
             assert!(rendered.contains("You are a careful math tutor.<|eot_id|>"));
-            assert!(rendered.ends_with("#### 20<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"));
+            assert!(rendered
+                .ends_with("#### 20<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"));
         }
         Arch::Qwen2 => {
-            assert!(rendered.starts_with("<|im_start|>system\nYou are a careful math tutor. <|im_end|>\n"));
+            assert!(rendered
+                .starts_with("<|im_start|>system\nYou are a careful math tutor. <|im_end|>\n"));
             assert!(rendered.contains("<|im_start|>user\nWhat is 17 + 25?<|im_end|>\n"));
             assert!(rendered.ends_with("#### 20<|im_end|>\n<|im_start|>assistant\n"));
         }
     }
     // apply_chat_template(tokenize=True) encodes without adding special tokens.
-    let ids = tok.encode(rendered.as_str(), false).unwrap().get_ids().to_vec();
+    let ids = tok
+        .encode(rendered.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
     assert_eq!(tok.decode(&ids, false).unwrap(), rendered);
     for s in arch.special_tokens() {
         let id = tok.token_to_id(s).unwrap();
@@ -252,14 +283,21 @@ fn expected_tensors(arch: Arch, preset: Preset) -> Vec<(String, Vec<usize>)> {
             layer.push(("self_attn.k_proj.bias", vec![kv]));
             layer.push(("self_attn.v_proj.bias", vec![kv]));
         }
-        out.extend(layer.into_iter().map(|(n, shape)| (format!("{p}.{n}"), shape)));
+        out.extend(
+            layer
+                .into_iter()
+                .map(|(n, shape)| (format!("{p}.{n}"), shape)),
+        );
     }
     out.sort();
     out
 }
 
 fn floats(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn check_weights(arch: Arch, preset: Preset, dir: &Path) {
@@ -284,9 +322,17 @@ fn check_weights(arch: Arch, preset: Preset, dir: &Path) {
         } else {
             let n = values.len() as f64;
             let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-            let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+            let var = values
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / n;
             assert!(mean.abs() < 0.01, "{name}: mean {mean}");
-            assert!((var.sqrt() - 0.02).abs() < 0.006, "{name}: std {}", var.sqrt());
+            assert!(
+                (var.sqrt() - 0.02).abs() < 0.006,
+                "{name}: std {}",
+                var.sqrt()
+            );
         }
     }
 }
@@ -312,7 +358,10 @@ fn qwen2_small_directory_is_complete_and_consistent() {
 }
 
 fn file_bytes(dir: &Path) -> Vec<Vec<u8>> {
-    FILES.iter().map(|f| std::fs::read(dir.join(f)).unwrap()).collect()
+    FILES
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect()
 }
 
 #[test]
@@ -322,7 +371,10 @@ fn same_seed_gives_same_bytes_and_another_seed_other_weights() {
         let (_b, again) = make(arch, Preset::Tiny, 7);
         let (_c, other) = make(arch, Preset::Tiny, 8);
         assert_eq!(file_bytes(&first), file_bytes(&again), "{arch}");
-        for (name, (a, b)) in FILES.iter().zip(file_bytes(&first).iter().zip(&file_bytes(&other))) {
+        for (name, (a, b)) in FILES
+            .iter()
+            .zip(file_bytes(&first).iter().zip(&file_bytes(&other)))
+        {
             // The seed drives the weights only; the tokenizer comes from the corpus.
             assert_eq!(*name == "model.safetensors", a != b, "{arch} {name}");
         }
@@ -337,7 +389,10 @@ fn existing_output_is_refused_as_usage_error() {
     std::fs::write(out.join("keep.txt"), "mine").unwrap();
     let err = init_model_dir(&options(Arch::Llama, Preset::Tiny, &out, 0)).unwrap_err();
     assert_eq!(exit_code(&err), 2, "{err:#}");
-    assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "mine"
+    );
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 }
 
@@ -348,10 +403,16 @@ fn missing_or_empty_corpus_is_usage_error_naming_it() {
     std::fs::write(&empty, "  \n").unwrap();
     for corpus in [tmp.path().join("no-such-corpus.txt"), empty] {
         let out = tmp.path().join("model");
-        let opts = InitOptions { corpus: Some(corpus.clone()), ..options(Arch::Qwen2, Preset::Tiny, &out, 0) };
+        let opts = InitOptions {
+            corpus: Some(corpus.clone()),
+            ..options(Arch::Qwen2, Preset::Tiny, &out, 0)
+        };
         let err = init_model_dir(&opts).unwrap_err();
         assert_eq!(exit_code(&err), 2, "{err:#}");
-        assert!(one_line(&err).contains(&corpus.display().to_string()), "{err:#}");
+        assert!(
+            one_line(&err).contains(&corpus.display().to_string()),
+            "{err:#}"
+        );
         assert!(!out.exists());
     }
 }
@@ -364,7 +425,10 @@ fn custom_corpus_trains_the_tokenizer() {
     std::fs::write(&corpus, &text).unwrap();
     for arch in Arch::ALL {
         let out = tmp.path().join(arch.as_str());
-        let opts = InitOptions { corpus: Some(corpus.clone()), ..options(arch, Preset::Tiny, &out, 0) };
+        let opts = InitOptions {
+            corpus: Some(corpus.clone()),
+            ..options(arch, Preset::Tiny, &out, 0)
+        };
         init_model_dir(&opts).unwrap();
         let tok = tokenizer(&out);
         // A corpus this small cannot fill the vocabulary; what it yields is a
@@ -411,7 +475,11 @@ fn chat_templates_render_tools_and_raise_on_misuse() {
 fn builtin_corpus_is_deterministic_and_bounded() {
     let text = builtin_corpus();
     assert_eq!(text, builtin_corpus());
-    assert!((100_000..400_000).contains(&text.len()), "{} bytes", text.len());
+    assert!(
+        (100_000..400_000).contains(&text.len()),
+        "{} bytes",
+        text.len()
+    );
     assert!(text.contains("\n#### "));
     assert!(text.contains("assistant\n"));
 }

@@ -55,7 +55,8 @@ fn llama_config(s: &Shape, ids: &SpecialIds) -> Value {
             "factor": 32.0,
             "low_freq_factor": 1.0,
             "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
+            // Below max_position_embeddings, as in the real models (transformers warns otherwise).
+            "original_max_position_embeddings": s.max_positions / 4,
         },
         "bos_token_id": ids.get("<|begin_of_text|>"),
         "eos_token_id": llama_eos(ids),

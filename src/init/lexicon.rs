@@ -60,7 +60,8 @@ observe predict record pretend wonder notice practice improve finish complete at
 forgive borrow whistle sneeze yawn stretch wander hurry relax breathe float sink melt freeze";
 
 /// Adjectives of size, colour, weather, mood and character.
-pub(crate) const ADJECTIVES: &str = "good new first last long great little own other old right big \
+pub(crate) const ADJECTIVES: &str =
+    "good new first last long great little own other old right big \
 high different small large next early young important few public bad same able free sure full \
 special easy clear recent certain personal open red difficult available likely short single \
 current wrong private past foreign fine common poor natural similar hot central happy serious \
@@ -78,12 +79,13 @@ narrow steep shallow distant hidden broken cheap expensive ordinary unusual";
 /// Adverbs of manner, frequency and time.
 pub(crate) const ADVERBS: &str = "quickly slowly carefully quietly loudly happily sadly easily \
 gently suddenly finally usually often always never sometimes rarely soon later today tomorrow \
-yesterday together almost nearly really very quite rather already still again early late \
+yesterday together again early late \
 everywhere somewhere outside inside upstairs downstairs nearby eagerly proudly bravely politely \
 patiently calmly cheerfully nervously secretly silently";
 
 /// First halves of invented English-looking place names.
-pub(crate) const TOWN_HEADS: &str = "Ash Brook Oak Elm Stone River Green North South East West Red \
+pub(crate) const TOWN_HEADS: &str =
+    "Ash Brook Oak Elm Stone River Green North South East West Red \
 Black White Fair Glen Maple Cedar Pine Silver Gold Iron Clear Long High Mill Spring Summer Winter \
 Wolf Bear Fox Deer Eagle Raven Swan Rose Lake Sand Kings Queens Bright Wind Frost Hazel Willow \
 Thorn Moss Amber Copper";

@@ -20,7 +20,13 @@ use tokenizers::{
     SplitDelimiterBehavior, TokenizerImpl,
 };
 
-type Tok = TokenizerImpl<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
+type Tok = TokenizerImpl<
+    BPE,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
 
 /// Llama 3's pre-tokenizer regex (tiktoken's cl100k pattern).
 const LLAMA_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -28,8 +34,10 @@ const LLAMA_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// Qwen 2's pre-tokenizer regex: as Llama 3's, but one digit per pre-token.
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// Pairs seen once say little about the text; skipping them keeps merges meaningful.
-const MIN_PAIR_FREQUENCY: u64 = 2;
+/// Merges go in order of frequency, so allowing pairs seen once only adds
+/// tokens after every frequent pair is merged; it lets a narrow corpus fill
+/// the vocabulary instead of leaving embedding rows unused.
+const MIN_PAIR_FREQUENCY: u64 = 0;
 
 /// A trained tokenizer: its `tokenizer.json` text and its special token ids.
 pub(crate) struct Trained {
@@ -68,7 +76,10 @@ pub(crate) fn train(arch: Arch, vocab_size: usize, text: &str) -> Result<Trained
     // Chunks end at blank lines, so "\n\n" stays visible to the trainer.
     tok.train(&mut trainer, text.split_inclusive("\n\n"))
         .map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
-    let added: Vec<AddedToken> = specials.iter().map(|s| AddedToken::from(*s, true)).collect();
+    let added: Vec<AddedToken> = specials
+        .iter()
+        .map(|s| AddedToken::from(*s, true))
+        .collect();
     tok.add_special_tokens(&added);
     let ids = special_ids(&tok, specials)?;
     tok.with_post_processor(Some(post_processor(arch, &ids)?));
@@ -76,7 +87,9 @@ pub(crate) fn train(arch: Arch, vocab_size: usize, text: &str) -> Result<Trained
     if total > vocab_size {
         anyhow::bail!("trained tokenizer has {total} tokens, more than vocab_size {vocab_size}");
     }
-    let json = tok.to_string(true).map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))?;
+    let json = tok
+        .to_string(true)
+        .map_err(|e| anyhow!("cannot serialise the tokenizer: {e}"))?;
     Ok(Trained { json, ids })
 }
 
@@ -89,8 +102,12 @@ fn untrained(arch: Arch) -> Result<Tok> {
         .ignore_merges(ignore_merges)
         .build()
         .map_err(|e| anyhow!("cannot build the BPE model: {e}"))?;
-    let split = Split::new(SplitPattern::Regex(regex.into()), SplitDelimiterBehavior::Isolated, false)
-        .map_err(|e| anyhow!("bad pre-tokenizer regex: {e}"))?;
+    let split = Split::new(
+        SplitPattern::Regex(regex.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| anyhow!("bad pre-tokenizer regex: {e}"))?;
     let pre = PreSequence::new(vec![
         PreTokenizerWrapper::Split(split),
         PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, trim_offsets, false)),
@@ -115,7 +132,9 @@ fn decoder(arch: Arch) -> ByteLevel {
 /// Llama 3 adds bos through TemplateProcessing; Qwen 2 adds nothing.
 fn post_processor(arch: Arch, ids: &SpecialIds) -> Result<PostProcessorWrapper> {
     match arch {
-        Arch::Qwen2 => Ok(PostProcessorWrapper::ByteLevel(ByteLevel::new(false, false, false))),
+        Arch::Qwen2 => Ok(PostProcessorWrapper::ByteLevel(ByteLevel::new(
+            false, false, false,
+        ))),
         Arch::Llama => {
             let bos = "<|begin_of_text|>";
             let template = TemplateProcessing::builder()
@@ -136,7 +155,9 @@ fn post_processor(arch: Arch, ids: &SpecialIds) -> Result<PostProcessorWrapper> 
 fn special_ids(tok: &Tok, specials: &[&str]) -> Result<SpecialIds> {
     let mut map = BTreeMap::new();
     for s in specials {
-        let id = tok.token_to_id(s).ok_or_else(|| anyhow!("special token {s} was not added"))?;
+        let id = tok
+            .token_to_id(s)
+            .ok_or_else(|| anyhow!("special token {s} was not added"))?;
         map.insert(s.to_string(), id);
     }
     Ok(SpecialIds(map))

@@ -29,13 +29,19 @@ pub(crate) fn safetensors_bytes(arch: Arch, shape: &Shape, seed: u64) -> Result<
     let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = specs(arch, shape)
         .into_iter()
         .map(|s| {
-            let bytes = values(&s, seed).iter().flat_map(|v| v.to_le_bytes()).collect();
+            let bytes = values(&s, seed)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
             (s.name, s.shape, bytes)
         })
         .collect();
     let mut views = Vec::with_capacity(tensors.len());
     for (name, dims, bytes) in &tensors {
-        views.push((name.as_str(), TensorView::new(Dtype::F32, dims.clone(), bytes)?));
+        views.push((
+            name.as_str(),
+            TensorView::new(Dtype::F32, dims.clone(), bytes)?,
+        ));
     }
     // transformers refuses safetensors checkpoints without this marker.
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -63,7 +69,11 @@ fn normal(n: usize, mut rng: SplitMix64) -> Vec<f32> {
 
 /// Every tensor of the checkpoint; tied embeddings, so no `lm_head.weight`.
 fn specs(arch: Arch, s: &Shape) -> Vec<Spec> {
-    let mut out = vec![spec("model.embed_tokens.weight", &[s.vocab, s.hidden], Fill::Normal)];
+    let mut out = vec![spec(
+        "model.embed_tokens.weight",
+        &[s.vocab, s.hidden],
+        Fill::Normal,
+    )];
     for i in 0..s.layers {
         out.extend(layer_specs(arch, s, &format!("model.layers.{i}")));
     }
@@ -72,26 +82,83 @@ fn specs(arch: Arch, s: &Shape) -> Vec<Spec> {
 }
 
 fn layer_specs(arch: Arch, s: &Shape, prefix: &str) -> Vec<Spec> {
-    let (d, q, kv, ffn) = (s.hidden, s.heads * s.head_dim(), s.kv_heads * s.head_dim(), s.intermediate);
+    let (d, q, kv, ffn) = (
+        s.hidden,
+        s.heads * s.head_dim(),
+        s.kv_heads * s.head_dim(),
+        s.intermediate,
+    );
     let mut out = vec![
-        spec(&format!("{prefix}.input_layernorm.weight"), &[d], Fill::Ones),
-        spec(&format!("{prefix}.self_attn.q_proj.weight"), &[q, d], Fill::Normal),
-        spec(&format!("{prefix}.self_attn.k_proj.weight"), &[kv, d], Fill::Normal),
-        spec(&format!("{prefix}.self_attn.v_proj.weight"), &[kv, d], Fill::Normal),
-        spec(&format!("{prefix}.self_attn.o_proj.weight"), &[d, q], Fill::Normal),
-        spec(&format!("{prefix}.post_attention_layernorm.weight"), &[d], Fill::Ones),
-        spec(&format!("{prefix}.mlp.gate_proj.weight"), &[ffn, d], Fill::Normal),
-        spec(&format!("{prefix}.mlp.up_proj.weight"), &[ffn, d], Fill::Normal),
-        spec(&format!("{prefix}.mlp.down_proj.weight"), &[d, ffn], Fill::Normal),
+        spec(
+            &format!("{prefix}.input_layernorm.weight"),
+            &[d],
+            Fill::Ones,
+        ),
+        spec(
+            &format!("{prefix}.self_attn.q_proj.weight"),
+            &[q, d],
+            Fill::Normal,
+        ),
+        spec(
+            &format!("{prefix}.self_attn.k_proj.weight"),
+            &[kv, d],
+            Fill::Normal,
+        ),
+        spec(
+            &format!("{prefix}.self_attn.v_proj.weight"),
+            &[kv, d],
+            Fill::Normal,
+        ),
+        spec(
+            &format!("{prefix}.self_attn.o_proj.weight"),
+            &[d, q],
+            Fill::Normal,
+        ),
+        spec(
+            &format!("{prefix}.post_attention_layernorm.weight"),
+            &[d],
+            Fill::Ones,
+        ),
+        spec(
+            &format!("{prefix}.mlp.gate_proj.weight"),
+            &[ffn, d],
+            Fill::Normal,
+        ),
+        spec(
+            &format!("{prefix}.mlp.up_proj.weight"),
+            &[ffn, d],
+            Fill::Normal,
+        ),
+        spec(
+            &format!("{prefix}.mlp.down_proj.weight"),
+            &[d, ffn],
+            Fill::Normal,
+        ),
     ];
     if arch.qkv_bias() {
-        out.push(spec(&format!("{prefix}.self_attn.q_proj.bias"), &[q], Fill::Normal));
-        out.push(spec(&format!("{prefix}.self_attn.k_proj.bias"), &[kv], Fill::Normal));
-        out.push(spec(&format!("{prefix}.self_attn.v_proj.bias"), &[kv], Fill::Normal));
+        out.push(spec(
+            &format!("{prefix}.self_attn.q_proj.bias"),
+            &[q],
+            Fill::Normal,
+        ));
+        out.push(spec(
+            &format!("{prefix}.self_attn.k_proj.bias"),
+            &[kv],
+            Fill::Normal,
+        ));
+        out.push(spec(
+            &format!("{prefix}.self_attn.v_proj.bias"),
+            &[kv],
+            Fill::Normal,
+        ));
     }
     out
 }
 
 fn spec(name: &str, shape: &[usize], fill: Fill) -> Spec {
-    Spec { name: name.to_string(), shape: shape.to_vec(), fill }
+    Spec {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        fill,
+    }
 }

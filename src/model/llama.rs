@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
-use super::rope::Rope;
+use super::rope::{Rope, Rotation};
 use super::weights::Weights;
 
 /// A frozen affine map `x W^T + b`, stored as transformers stores it (`[out, in]`).
@@ -26,6 +26,18 @@ impl Linear {
         let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
         let bias = if bias { Some(w.get(&format!("{name}.bias"), &[out_dim])?) } else { None };
         Ok(Self { weight, bias })
+    }
+
+    /// Stacks the rows of several maps into one (their outputs concatenated).
+    fn fuse(parts: Vec<Linear>) -> Self {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|p| p.bias.as_ref()).collect();
+        Self { weight: Tensor::cat(&weights, 0), bias: biases.map(|b| Tensor::cat(&b, 0)) }
+    }
+
+    /// `len` output rows starting at `start`, as views of this map.
+    pub fn rows(&self, start: i64, len: i64) -> Linear {
+        Linear { weight: self.weight.narrow(0, start, len), bias: self.bias.as_ref().map(|b| b.narrow(0, start, len)) }
     }
 
     /// Applies the map to the last dimension of `x`.
@@ -110,13 +122,12 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Tenso
 }
 
 /// Grouped-query self-attention with rotary positions.
+///
+/// q, k and v are stored as one fused `[(H + 2*KV)*hd, d]` matrix: one matmul
+/// instead of three per layer and token, which dominates small-batch decode.
 pub struct Attention {
-    /// Query projection `[H*hd, d]`.
-    pub q_proj: Linear,
-    /// Key projection `[KV*hd, d]`.
-    pub k_proj: Linear,
-    /// Value projection `[KV*hd, d]`.
-    pub v_proj: Linear,
+    /// Rows `[q; k; v]` of `q_proj`, `k_proj`, `v_proj` (biases likewise, if any).
+    pub qkv_proj: Linear,
     /// Output projection `[d, H*hd]`.
     pub o_proj: Linear,
     /// Query heads.
@@ -128,6 +139,21 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// The `q_proj` rows of the fused projection (a view, no copy).
+    pub fn q_proj(&self) -> Linear {
+        self.qkv_proj.rows(0, self.num_heads * self.head_dim)
+    }
+
+    /// Queries, keys and values `[B, n, T, hd]` of `x` `[B, T, d]`.
+    pub fn project_qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let qkv = self.qkv_proj.forward(x);
+        let (q_dim, kv_dim) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
+        let q = self.split_heads(&qkv.narrow(-1, 0, q_dim), self.num_heads);
+        let k = self.split_heads(&qkv.narrow(-1, q_dim, kv_dim), self.num_kv_heads);
+        let v = self.split_heads(&qkv.narrow(-1, q_dim + kv_dim, kv_dim), self.num_kv_heads);
+        (q, k, v)
+    }
+
     /// Splits `[B, T, n*hd]` into heads `[B, n, T, hd]`.
     pub fn split_heads(&self, x: &Tensor, n: i64) -> Tensor {
         let (b, t, _) = x.size3().expect("[B, T, D]");
@@ -141,20 +167,33 @@ impl Attention {
     }
 }
 
-/// The SwiGLU feed-forward block.
+/// The SwiGLU feed-forward block, gate and up fused into one `[2*ffn, d]` matrix.
 pub struct Mlp {
-    /// `[ffn, d]`.
-    pub gate_proj: Linear,
-    /// `[ffn, d]`.
-    pub up_proj: Linear,
+    /// Rows `[gate; up]` of `gate_proj` and `up_proj`.
+    pub gate_up_proj: Linear,
     /// `[d, ffn]`.
     pub down_proj: Linear,
+    /// Width of the hidden layer.
+    pub ffn: i64,
 }
 
 impl Mlp {
+    /// The `gate_proj` rows (a view).
+    pub fn gate_proj(&self) -> Linear {
+        self.gate_up_proj.rows(0, self.ffn)
+    }
+
+    /// The `up_proj` rows (a view).
+    pub fn up_proj(&self) -> Linear {
+        self.gate_up_proj.rows(self.ffn, self.ffn)
+    }
+
     /// `down(silu(gate(x)) * up(x))`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        let gu = self.gate_up_proj.forward(x);
+        let gate = gu.narrow(-1, 0, self.ffn);
+        let up = gu.narrow(-1, self.ffn, self.ffn);
+        self.down_proj.forward(&(gate.silu() * up))
     }
 }
 
@@ -170,12 +209,27 @@ pub struct DecoderLayer {
     pub mlp: Mlp,
 }
 
-/// Inputs shared by every layer of one forward pass.
-pub struct Step<'a> {
+/// Inputs shared by every layer of one forward pass (of either stream).
+pub struct Step {
     /// Position id of each new token, `[B, T]`.
-    pub positions: &'a Tensor,
+    pub positions: Tensor,
     /// Which cached and new keys each new token sees.
-    pub mask: &'a AttentionMask,
+    pub mask: AttentionMask,
+    /// Rotary cos/sin at `positions`.
+    pub rotation: Rotation,
+}
+
+impl Step {
+    /// The same pass restricted to its last query position (keys unchanged):
+    /// what the diffusion stream needs after a prefill.
+    pub fn last(&self) -> Step {
+        let t = self.positions.size()[1];
+        let mask = match &self.mask {
+            AttentionMask::Causal | AttentionMask::Full => AttentionMask::Full,
+            AttentionMask::Explicit(m) => AttentionMask::Explicit(m.narrow(2, t - 1, 1)),
+        };
+        Step { positions: self.positions.narrow(1, t - 1, 1), mask, rotation: self.rotation.last() }
+    }
 }
 
 /// A Llama-3 / Qwen2.5 causal LM.
@@ -233,6 +287,12 @@ impl Llama {
         self.embed_tokens.kind()
     }
 
+    /// The per-pass inputs for new tokens at `positions` `[B, T]`.
+    pub fn step(&self, positions: Tensor, mask: AttentionMask) -> Step {
+        let rotation = self.rope.at(&positions, self.kind());
+        Step { positions, mask, rotation }
+    }
+
     /// A KV cache with room for `capacity` positions.
     pub fn new_cache(&self, capacity: i64) -> KvCache {
         KvCache::with_capacity(self.layers.len(), capacity)
@@ -253,13 +313,11 @@ impl Llama {
 
     fn self_attention(&self, layer: usize, x: &Tensor, step: &Step, cache: &mut KvCache) -> Tensor {
         let attn = &self.layers[layer].self_attn;
-        let q = attn.split_heads(&attn.q_proj.forward(x), attn.num_heads);
-        let k = attn.split_heads(&attn.k_proj.forward(x), attn.num_kv_heads);
-        let v = attn.split_heads(&attn.v_proj.forward(x), attn.num_kv_heads);
-        let q = self.rope.apply(&q, step.positions);
-        let k = self.rope.apply(&k, step.positions);
+        let (q, k, v) = attn.project_qkv(x);
+        let q = step.rotation.apply(&q);
+        let k = step.rotation.apply(&k);
         let (k, v) = cache.append(layer, &k, &v);
-        attn.o_proj.forward(&attn.merge_heads(&attend(&q, &k, &v, step.mask)))
+        attn.o_proj.forward(&attn.merge_heads(&attend(&q, &k, &v, &step.mask)))
     }
 
     /// Final norm and LM head: logits `[.., V]` in the model dtype.
@@ -271,9 +329,9 @@ impl Llama {
     pub fn forward(&self, input_ids: &Tensor) -> Tensor {
         let (b, t) = input_ids.size2().expect("[B, T]");
         let positions = Tensor::arange(t, (Kind::Int64, input_ids.device())).unsqueeze(0).expand([b, t], false);
-        let mask = AttentionMask::Causal;
+        let step = self.step(positions, AttentionMask::Causal);
         let mut cache = KvCache::growing(self.layers.len());
-        let hidden = self.forward_hidden(input_ids, &Step { positions: &positions, mask: &mask }, &mut cache);
+        let hidden = self.forward_hidden(input_ids, &step, &mut cache);
         self.logits(&hidden)
     }
 }
@@ -282,18 +340,23 @@ fn load_layer(c: &ModelConfig, w: &Weights, i: usize) -> Result<DecoderLayer> {
     let p = format!("model.layers.{i}");
     let (d, hd, h, kv, ffn) = (c.hidden_size, c.head_dim(), c.num_attention_heads, c.num_kv_heads(), c.intermediate_size);
     let self_attn = Attention {
-        q_proj: Linear::load(w, &format!("{p}.self_attn.q_proj"), h * hd, d, c.qkv_bias())?,
-        k_proj: Linear::load(w, &format!("{p}.self_attn.k_proj"), kv * hd, d, c.qkv_bias())?,
-        v_proj: Linear::load(w, &format!("{p}.self_attn.v_proj"), kv * hd, d, c.qkv_bias())?,
+        qkv_proj: Linear::fuse(vec![
+            Linear::load(w, &format!("{p}.self_attn.q_proj"), h * hd, d, c.qkv_bias())?,
+            Linear::load(w, &format!("{p}.self_attn.k_proj"), kv * hd, d, c.qkv_bias())?,
+            Linear::load(w, &format!("{p}.self_attn.v_proj"), kv * hd, d, c.qkv_bias())?,
+        ]),
         o_proj: Linear::load(w, &format!("{p}.self_attn.o_proj"), d, h * hd, c.o_bias())?,
         num_heads: h,
         num_kv_heads: kv,
         head_dim: hd,
     };
     let mlp = Mlp {
-        gate_proj: Linear::load(w, &format!("{p}.mlp.gate_proj"), ffn, d, false)?,
-        up_proj: Linear::load(w, &format!("{p}.mlp.up_proj"), ffn, d, false)?,
+        gate_up_proj: Linear::fuse(vec![
+            Linear::load(w, &format!("{p}.mlp.gate_proj"), ffn, d, false)?,
+            Linear::load(w, &format!("{p}.mlp.up_proj"), ffn, d, false)?,
+        ]),
         down_proj: Linear::load(w, &format!("{p}.mlp.down_proj"), d, ffn, false)?,
+        ffn,
     };
     Ok(DecoderLayer {
         input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm"), d, c.rms_norm_eps)?,

@@ -22,23 +22,38 @@ impl Rope {
         Self { cos: emb.cos().to_device(device), sin: emb.sin().to_device(device) }
     }
 
-    /// Rotates `x` `[B, heads, T, head_dim]` by the positions `[B, T]`.
-    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Tensor {
-        let kind = x.kind();
-        let cos = self.cos.index_select(0, &positions.flatten(0, -1));
-        let sin = self.sin.index_select(0, &positions.flatten(0, -1));
+    /// The rotation for positions `[B, T]`, in `kind`; computed once per
+    /// forward pass and shared by every layer and both streams.
+    pub fn at(&self, positions: &Tensor, kind: Kind) -> Rotation {
         let (b, t) = positions.size2().expect("positions are [B, T]");
-        let cos = cos.view([b, 1, t, -1]).to_kind(kind);
-        let sin = sin.view([b, 1, t, -1]).to_kind(kind);
-        x * cos + rotate_half(x) * sin
+        let flat = positions.flatten(0, -1);
+        let cos = self.cos.index_select(0, &flat).view([b, 1, t, -1]);
+        let sin = self.sin.index_select(0, &flat).view([b, 1, t, -1]);
+        let half = sin.size()[3] / 2;
+        // rotate_half(x) * sin == roll(x, half) * [-sin_lo, sin_hi]: one op fewer per use.
+        let signed_sin = Tensor::cat(&[-sin.narrow(3, 0, half), sin.narrow(3, half, half)], 3);
+        Rotation { cos: cos.to_kind(kind), signed_sin: signed_sin.to_kind(kind), half }
     }
 }
 
-fn rotate_half(x: &Tensor) -> Tensor {
-    let half = x.size()[x.dim() - 1] / 2;
-    let x1 = x.narrow(-1, 0, half);
-    let x2 = x.narrow(-1, half, half);
-    Tensor::cat(&[-x2, x1], -1)
+/// Cosines and signed sines for the positions of one forward pass.
+pub struct Rotation {
+    cos: Tensor,
+    signed_sin: Tensor,
+    half: i64,
+}
+
+impl Rotation {
+    /// The rotation of the last position only.
+    pub fn last(&self) -> Rotation {
+        let t = self.cos.size()[2];
+        Rotation { cos: self.cos.narrow(2, t - 1, 1), signed_sin: self.signed_sin.narrow(2, t - 1, 1), half: self.half }
+    }
+
+    /// Rotates `x` `[B, heads, T, head_dim]` (transformers' `x*cos + rotate_half(x)*sin`).
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        x * &self.cos + x.roll([self.half], [-1]) * &self.signed_sin
+    }
 }
 
 /// The inverse frequencies, mirroring transformers' `_compute_default_rope_parameters`

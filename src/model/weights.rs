@@ -77,6 +77,27 @@ impl Weights {
         names
     }
 
+    /// SHA-256 over every tensor's name, dtype, shape and three 4 KiB samples of
+    /// its bytes (start, middle, end): tells base models apart without reading
+    /// gigabytes.
+    pub fn checksum(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for name in self.names() {
+            let (path, mmap) = &self.files[self.index[&name]];
+            let st = SafeTensors::deserialize(mmap)
+                .map_err(|e| usage(format!("{}: not a valid safetensors file: {e}", path.display())))?;
+            let view = st.tensor(&name).map_err(|e| usage(format!("{}: {name}: {e}", path.display())))?;
+            hasher.update(format!("{name}|{:?}|{:?}|", view.dtype(), view.shape()).as_bytes());
+            let data = view.data();
+            const SAMPLE: usize = 4096;
+            for start in [0, data.len().saturating_sub(SAMPLE) / 2, data.len().saturating_sub(SAMPLE)] {
+                hasher.update(&data[start..(start + SAMPLE).min(data.len())]);
+            }
+        }
+        Ok(format!("{:x}", hasher.finalize()))
+    }
+
     /// Loads `name`, checks its shape, converts it to the target dtype and device.
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
         let (path, tensor) = self.read(name)?;

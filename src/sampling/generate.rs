@@ -122,8 +122,7 @@ pub fn generate(
     let mut cache = model.new_cache(t + budget.max(0));
 
     let start = Instant::now();
-    let mask = AttentionMask::new(key_valid.as_ref(), t, t, device);
-    let step = Step { positions: &positions, mask: &mask };
+    let step = model.step(positions.shallow_clone(), AttentionMask::new(key_valid.as_ref(), t, t, device));
     let hidden = model.forward_hidden(&ids, &step, &mut cache);
     let mut logits = head.logits(model, &hidden.narrow(1, t - 1, 1), &cache, &step)?;
     sync(device);
@@ -168,8 +167,7 @@ pub fn generate(
         }
         positions = positions.narrow(1, positions.size()[1] - 1, 1) + 1;
         key_valid = key_valid.map(|k| Tensor::cat(&[k, Tensor::ones([active.len() as i64, 1], (Kind::Bool, device))], 1));
-        let mask = AttentionMask::new(key_valid.as_ref(), 1, cache.len() + 1, device);
-        let step = Step { positions: &positions, mask: &mask };
+        let step = model.step(positions.shallow_clone(), AttentionMask::new(key_valid.as_ref(), 1, cache.len() + 1, device));
         let hidden = model.forward_hidden(&next, &step, &mut cache);
         logits = head.logits(model, &hidden, &cache, &step)?;
     }

@@ -2,6 +2,7 @@
 
 pub mod generate;
 pub mod logits;
+pub mod ode;
 
 pub use generate::{generate, BaseLm, Finish, GenerateOptions, Generation, NextTokenLogits};
 pub use logits::TokenSampler;

@@ -1,0 +1,117 @@
+//! L2D checkpoints: a directory with `l2d.safetensors` (only the L2D tensors,
+//! named as the reference names them) and `l2d.json` (hyper-parameters, the
+//! identity of the base model, the training step).
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+use super::{L2d, Shape};
+use crate::config::L2dConfig;
+use crate::error::OrUsage;
+use crate::model::weights::Weights;
+use crate::model::Llama;
+
+/// Tensor file inside a checkpoint directory.
+pub const TENSORS: &str = "l2d.safetensors";
+/// Metadata file inside a checkpoint directory.
+pub const METADATA: &str = "l2d.json";
+
+/// Which base model a checkpoint belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaseIdentity {
+    /// SHA-256 of the shape-defining `config.json` fields.
+    pub config_sha256: String,
+    /// SHA-256 over every tensor's name, dtype, shape and three 4 KiB samples of its bytes.
+    pub tensors_sha256: String,
+}
+
+impl BaseIdentity {
+    /// The identity of the model directory `dir` whose config is `model.config`.
+    pub fn of(model: &Llama, dir: &Path) -> Result<Self> {
+        let weights = Weights::open_dir(dir, Device::Cpu, Kind::Float)?;
+        Ok(Self { config_sha256: model.config.fingerprint(), tensors_sha256: weights.checksum()? })
+    }
+}
+
+/// `l2d.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Always `"l2d"`.
+    pub format: String,
+    /// Layout version of this directory.
+    pub version: u32,
+    /// Tensor shapes and variant.
+    pub shape: Shape,
+    /// The `[l2d]` section the checkpoint was trained with (σ, sampler defaults).
+    pub l2d: L2dConfig,
+    /// The base model it was trained on.
+    pub base: BaseIdentity,
+    /// Optimizer steps taken.
+    pub step: u64,
+}
+
+/// Writes `l2d` as a checkpoint directory at `dir` (atomically: staged, then renamed).
+pub fn save(dir: &Path, l2d: &L2d, meta: &Metadata) -> Result<()> {
+    let staged = crate::io::StagedDir::new(dir)?;
+    let tensors: Vec<(String, Tensor)> = l2d.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+    crate::model::weights::save(&staged.path().join(TENSORS), &tensors)?;
+    crate::io::write_json_atomic(&staged.path().join(METADATA), meta)?;
+    staged.commit()?;
+    Ok(())
+}
+
+/// Loads a checkpoint directory, or a bare reference export (`*.safetensors`)
+/// whose hyper-parameters come from `config` (the `[l2d]` section after `--set`).
+///
+/// A directory's base identity must match `model` loaded from `base_dir`.
+pub fn load(path: &Path, model: &Llama, base_dir: &Path, config: &L2dConfig) -> Result<(L2d, Option<Metadata>)> {
+    if path.is_dir() {
+        let meta_path = path.join(METADATA);
+        let text = std::fs::read_to_string(&meta_path).or_usage(|| format!("--l2d: cannot read {}", meta_path.display()))?;
+        let meta: Metadata = serde_json::from_str(&text).or_usage(|| format!("{}: malformed", meta_path.display()))?;
+        check_base(path, &meta.base, model, base_dir)?;
+        let tensors = read_tensors(&path.join(TENSORS))?;
+        let source = path.join(TENSORS).display().to_string();
+        let l2d = L2d::from_tensors(model, meta.shape.clone(), meta.l2d.sigma, tensors, &source)?;
+        Ok((l2d, Some(meta)))
+    } else if path.extension().is_some_and(|e| e == "safetensors") {
+        let tensors = read_tensors(path)?;
+        let shape = Shape::from_config(config)?;
+        let l2d = L2d::from_tensors(model, shape, config.sigma, tensors, &path.display().to_string())?;
+        Ok((l2d, None))
+    } else if !path.exists() {
+        crate::bail_usage!("--l2d: {} does not exist", path.display());
+    } else {
+        crate::bail_usage!("--l2d: {} is neither a checkpoint directory nor a .safetensors file", path.display());
+    }
+}
+
+fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let weights = Weights::open_files(&[path.to_path_buf()], Device::Cpu, Kind::Float)?;
+    weights.names().into_iter().map(|n| Ok((n.clone(), weights.read(&n)?.1))).collect()
+}
+
+fn check_base(ckpt: &Path, want: &BaseIdentity, model: &Llama, base_dir: &Path) -> Result<()> {
+    if model.config.fingerprint() != want.config_sha256 {
+        crate::bail_usage!(
+            "--l2d {}: the checkpoint was trained on a base model with another config (shapes differ from {})",
+            ckpt.display(),
+            base_dir.display()
+        );
+    }
+    let have = BaseIdentity::of(model, base_dir)?;
+    if have.tensors_sha256 != want.tensors_sha256 {
+        crate::bail_usage!(
+            "--l2d {}: the checkpoint was trained on another base model (tensor checksum {} != {} of {})",
+            ckpt.display(),
+            &want.tensors_sha256[..12],
+            &have.tensors_sha256[..12],
+            base_dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! The L2D diffusion path (spec §1–7): a second stream through the frozen
+//! layers, conditioned on the diffusion time, reading the main path's keys and values.
+
+pub mod checkpoint;
+pub mod params;
+pub mod sampler;
+
+use anyhow::Result;
+use std::collections::HashMap;
+use tch::{Kind, Tensor};
+
+use crate::model::llama::{attend, Linear};
+use crate::model::{KvCache, Llama, Step};
+pub use params::{Shape, Variant};
+
+/// `Linear -> SiLU -> Linear`.
+pub struct Mlp2 {
+    /// First layer.
+    pub l0: Linear,
+    /// Second layer.
+    pub l2: Linear,
+}
+
+impl Mlp2 {
+    /// `l2(silu(l0(x)))`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.l2.forward(&self.l0.forward(x).silu())
+    }
+}
+
+/// One projection of the diffusion path.
+pub enum FlowProj {
+    /// `x·A·B·scale`, added to the frozen main-path map.
+    Lora {
+        /// `[in, rank]`.
+        a: Tensor,
+        /// `[rank, out]`.
+        b: Tensor,
+        /// `alpha / rank`.
+        scale: f64,
+    },
+    /// A trainable map of its own.
+    Full(Linear),
+}
+
+impl FlowProj {
+    /// Applies the projection; `main` is the frozen map of the same place.
+    pub fn forward(&self, x: &Tensor, main: &Linear) -> Tensor {
+        match self {
+            FlowProj::Lora { a, b, scale } => main.forward(x) + x.matmul(a).matmul(b) * *scale,
+            FlowProj::Full(own) => own.forward(x),
+        }
+    }
+}
+
+/// The diffusion path's own tensors in one decoder layer.
+pub struct FlowLayer {
+    /// Query projection.
+    pub q: FlowProj,
+    /// Output projection.
+    pub o: FlowProj,
+    /// MLP gate projection.
+    pub gate: FlowProj,
+    /// MLP up projection.
+    pub up: FlowProj,
+    /// MLP down projection.
+    pub down: FlowProj,
+    /// `c -> [w1, s1, g1, w2, s2, g2]`.
+    pub modulation: Mlp2,
+}
+
+/// Per-layer modulations and the final gate for one evaluation.
+pub struct Conditioning {
+    /// Per layer `[w1, s1, g1, w2, s2, g2]`, each `[.., d]`.
+    pub layers: Vec<Vec<Tensor>>,
+    /// `wd(t) = head(c(t)) - head(c(0))`, `[.., d]`.
+    pub gate: Tensor,
+}
+
+/// A trained or fresh diffusion path for one base model.
+pub struct L2d {
+    /// Shapes and variant.
+    pub shape: Shape,
+    /// Noise scale σ of `x0`.
+    pub sigma: f64,
+    /// Every trainable tensor with its reference name, in a fixed order.
+    pub params: Vec<(String, Tensor)>,
+    /// `map: R^d -> R^D`.
+    pub map: Linear,
+    /// Input encoder `D -> 256 -> d`.
+    pub encoder: Mlp2,
+    /// Timestep MLP.
+    pub timestep: Mlp2,
+    /// Final gate head.
+    pub gate_head: Mlp2,
+    /// Guidance embedding `[num_classes + 1, 256]`, last row = no label.
+    pub guidance: Option<Tensor>,
+    /// Per-layer tensors.
+    pub layers: Vec<FlowLayer>,
+}
+
+impl L2d {
+    /// A freshly initialised diffusion path for `model` (spec initialisations).
+    pub fn init(model: &Llama, shape: Shape, sigma: f64) -> Result<Self> {
+        let device = model.device();
+        let mut tensors = HashMap::new();
+        for spec in params::specs(&model.config, &shape) {
+            let t = match spec.init {
+                params::Init::CopyOfMain => main_tensor(model, &spec.name)?.to_kind(Kind::Float).copy(),
+                _ => params::initialise(&spec, device),
+            };
+            tensors.insert(spec.name, t);
+        }
+        Self::from_tensors(model, shape, sigma, tensors, "the initialisation")
+    }
+
+    /// Builds the path from named tensors, checking names and shapes against `shape`;
+    /// `source` names where they came from, for errors.
+    pub fn from_tensors(
+        model: &Llama,
+        shape: Shape,
+        sigma: f64,
+        mut tensors: HashMap<String, Tensor>,
+        source: &str,
+    ) -> Result<Self> {
+        let device = model.device();
+        let mut params = Vec::new();
+        for spec in params::specs(&model.config, &shape) {
+            let Some(t) = tensors.remove(&spec.name) else {
+                crate::bail_usage!(
+                    "{source}: tensor {} is missing (expected for variant {:?} with this base model)",
+                    spec.name,
+                    shape.variant
+                );
+            };
+            if t.size() != spec.shape {
+                crate::bail_usage!(
+                    "{source}: tensor {} has shape {:?}, expected {:?} for this base model and l2d settings",
+                    spec.name,
+                    t.size(),
+                    spec.shape
+                );
+            }
+            let t = t.to_device(device).to_kind(Kind::Float).detach().set_requires_grad(true);
+            params.push((spec.name, t));
+        }
+        if let Some(extra) = tensors.keys().min() {
+            crate::bail_usage!(
+                "{source}: unexpected tensor {extra} (wrong variant, or a checkpoint of another model?)"
+            );
+        }
+        Ok(Self::assemble(model, shape, sigma, params))
+    }
+
+    fn assemble(model: &Llama, shape: Shape, sigma: f64, params: Vec<(String, Tensor)>) -> Self {
+        let kind = model.kind();
+        let get = |name: &str| -> Tensor {
+            let t = &params.iter().find(|(n, _)| n == name).expect("validated above").1;
+            // Compute in the model dtype; the f32 tensors stay the master copies.
+            if t.kind() == kind { t.shallow_clone() } else { t.to_kind(kind) }
+        };
+        let linear = |p: &str| Linear { weight: get(&format!("{p}.weight")), bias: Some(get(&format!("{p}.bias"))) };
+        let mlp2 = |p: &str| Mlp2 { l0: linear(&format!("{p}.0")), l2: linear(&format!("{p}.2")) };
+        let has = |name: &str| params.iter().any(|(n, _)| n == name);
+        let proj = |p: &str| match shape.variant {
+            Variant::Lora => FlowProj::Lora {
+                a: get(&format!("{p}.A")),
+                b: get(&format!("{p}.B")),
+                scale: shape.lora_alpha / shape.lora_rank as f64,
+            },
+            Variant::Full => FlowProj::Full(Linear {
+                weight: get(&format!("{p}.weight")),
+                bias: has(&format!("{p}.bias")).then(|| get(&format!("{p}.bias"))),
+            }),
+        };
+        let layers = (0..model.layers.len())
+            .map(|i| {
+                let (a, m) = (format!("model.layers.{i}.self_attn"), format!("model.layers.{i}.mlp"));
+                FlowLayer {
+                    q: proj(&format!("{a}.flow_q_proj")),
+                    o: proj(&format!("{a}.flow_o_proj")),
+                    gate: proj(&format!("{m}.flow_gate_proj")),
+                    up: proj(&format!("{m}.flow_up_proj")),
+                    down: proj(&format!("{m}.flow_down_proj")),
+                    modulation: mlp2(&format!("model.layers.{i}.modulation_head.mlp")),
+                }
+            })
+            .collect();
+        // The fp32 islands (input encoder, timestep features) keep f32 weights.
+        let f32_linear = |p: &str| Linear {
+            weight: params.iter().find(|(n, _)| *n == format!("{p}.weight")).unwrap().1.shallow_clone(),
+            bias: params.iter().find(|(n, _)| *n == format!("{p}.bias")).map(|(_, t)| t.shallow_clone()),
+        };
+        let enc = "model.flow_to_lm_encoder.embedder.layers_module";
+        Self {
+            map: linear("model.flow_token_embedder.embedder.layers_module.0"),
+            encoder: Mlp2 { l0: f32_linear(&format!("{enc}.0")), l2: f32_linear(&format!("{enc}.2")) },
+            timestep: mlp2("model.timestep_embedder.mlp"),
+            gate_head: mlp2("model.modulation_head.mlp"),
+            guidance: has("model.data_label_embedder.weight").then(|| get("model.data_label_embedder.weight")),
+            layers,
+            shape,
+            sigma,
+            params,
+        }
+    }
+
+    /// Number of trainable elements.
+    pub fn num_params(&self) -> i64 {
+        self.params.iter().map(|(_, t)| t.numel() as i64).sum()
+    }
+
+    /// Clean token vectors `rep(y) = sqrt(D)·map(E[y]) / ||map(E[y])||`, `[.., D]` in f32.
+    pub fn rep(&self, model: &Llama, ids: &Tensor) -> Tensor {
+        let e = Tensor::embedding(&model.embed_tokens, ids, -1, false, false);
+        let m = self.map.forward(&e).to_kind(Kind::Float);
+        let norm = m.norm_scalaropt_dim(2.0, [-1], true);
+        m / norm * (self.shape.flow_dim as f64).sqrt()
+    }
+
+    /// Sinusoidal features of `t` `[..]` (f32): `[cos(t·f), sin(t·f)]`, `[.., timestep_dim]`.
+    pub fn timestep_features(&self, t: &Tensor) -> Tensor {
+        let half = self.shape.timestep_dim / 2;
+        let k = Tensor::arange(half, (Kind::Float, t.device()));
+        let freqs = (k * (-(10000f64.ln()) / half as f64)).exp();
+        let args = t.to_kind(Kind::Float).unsqueeze(-1) * freqs;
+        Tensor::cat(&[args.cos(), args.sin()], -1)
+    }
+
+    /// `c(t)`, plus the guidance row of `label` (`[..]`, -1 = no label) if there is an embedding.
+    fn c(&self, t: &Tensor, label: Option<&Tensor>) -> Result<Tensor> {
+        let c = self.timestep.forward(&self.timestep_features(t).to_kind(self.kind()));
+        match (&self.guidance, label) {
+            (Some(g), Some(label)) => {
+                let no_label = self.shape.num_classes;
+                let idx = label.where_scalarother(&label.ge(0), no_label);
+                Ok(c + Tensor::embedding(g, &idx, -1, false, false))
+            }
+            (Some(g), None) => Ok(c + g.get(self.shape.num_classes)),
+            (None, Some(_)) => crate::bail_usage!(
+                "a guidance class was given but this L2D checkpoint has no guidance embedding (l2d.num_classes = 0)"
+            ),
+            (None, None) => Ok(c),
+        }
+    }
+
+    /// Modulations of every layer and the final gate at times `t` `[..]`.
+    pub fn condition(&self, t: &Tensor, label: Option<&Tensor>) -> Result<Conditioning> {
+        let c_t = self.c(t, label)?;
+        let c_0 = self.c(&t.zeros_like(), label)?;
+        let gate = self.gate_head.forward(&c_t) - self.gate_head.forward(&c_0);
+        let layers = self.layers.iter().map(|l| l.modulation.forward(&c_t).chunk(6, -1)).collect();
+        Ok(Conditioning { layers, gate })
+    }
+
+    /// The diffusion stream's first hidden state from `x_t` `[.., D]` at `t` `[..]`,
+    /// computed in f32 (`x_t / std(t)`, then the encoder MLP).
+    pub fn encode(&self, x_t: &Tensor, t: &Tensor, kind: Kind) -> Tensor {
+        let t = t.to_kind(Kind::Float).unsqueeze(-1);
+        let s2 = self.sigma * self.sigma;
+        let std = ((-&t + 1.0).square() * s2 + t.square()).sqrt();
+        self.encoder.forward(&(x_t.to_kind(Kind::Float) / std)).to_kind(kind)
+    }
+
+    /// Runs the diffusion stream `h` `[B, T, d]` through every layer beside the main
+    /// path, whose keys and values for these positions are already in `cache`.
+    pub fn stream(&self, model: &Llama, mut h: Tensor, cond: &Conditioning, step: &Step, cache: &KvCache) -> Tensor {
+        for (i, (layer, flow)) in model.layers.iter().zip(&self.layers).enumerate() {
+            let m = &cond.layers[i];
+            let (w1, s1, g1, w2, s2, g2) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
+            let attn = &layer.self_attn;
+            let a = layer.input_layernorm.normalize(&h) * (&layer.input_layernorm.weight + w1) + s1;
+            let q = attn.split_heads(&flow.q.forward(&a, &attn.q_proj()), attn.num_heads);
+            let q = step.rotation.apply(&q);
+            let (k, v) = cache.get(i);
+            let out = attn.merge_heads(&attend(&q, &k, &v, &step.mask));
+            h = h + g1 * flow.o.forward(&out, &attn.o_proj);
+            let b = layer.post_attention_layernorm.normalize(&h) * (&layer.post_attention_layernorm.weight + w2) + s2;
+            let mlp = &layer.mlp;
+            let hidden = flow.gate.forward(&b, &mlp.gate_proj()).silu() * flow.up.forward(&b, &mlp.up_proj());
+            h = h + g2 * flow.down.forward(&hidden, &mlp.down_proj);
+        }
+        h
+    }
+
+    /// Logits `[B, T, V]` of the whole model at diffusion inputs `x_t` `[B, T, D]` and
+    /// times `t` `[B, T]`, given the main path's last hidden state and cache.
+    pub fn logits(
+        &self,
+        model: &Llama,
+        main_hidden: &Tensor,
+        x_t: &Tensor,
+        t: &Tensor,
+        label: Option<&Tensor>,
+        step: &Step,
+        cache: &KvCache,
+    ) -> Result<Tensor> {
+        let cond = self.condition(t, label)?;
+        let h0 = self.encode(x_t, t, model.kind());
+        let flow = self.stream(model, h0, &cond, step, cache);
+        Ok(model.logits(&(main_hidden + &cond.gate * flow)))
+    }
+
+    /// The dtype the diffusion path computes in.
+    pub fn kind(&self) -> Kind {
+        self.map.weight.kind()
+    }
+
+    /// Training loss (spec §7): mean cross-entropy of the combined logits against
+    /// the next token, `t ~ U(0, 1)` drawn independently per position.
+    pub fn loss(&self, model: &Llama, batch: &TokenBatch) -> Result<Tensor> {
+        let (b, t_len) = batch.input_ids.size2()?;
+        let t = Tensor::rand([b, t_len], (Kind::Float, model.device()));
+        self.loss_at(model, batch, &t)
+    }
+
+    /// The loss with given times `t` `[B, T]` (the same t everywhere gives `eval loss`).
+    pub fn loss_at(&self, model: &Llama, batch: &TokenBatch, t: &Tensor) -> Result<Tensor> {
+        let (main_hidden, step, cache) = main_path(model, batch);
+        let (b, t_len) = batch.input_ids.size2()?;
+        let targets = batch.labels.narrow(1, 1, t_len - 1);
+        let next = targets.where_scalarother(&targets.ge(0), 0);
+        let x1 = self.rep(model, &next);
+        let x0 = Tensor::randn([b, t_len - 1, self.shape.flow_dim], (Kind::Float, model.device())) * self.sigma;
+        let t_in = t.narrow(1, 0, t_len - 1).unsqueeze(-1);
+        let x_t = (-&t_in + 1.0) * x0 + &t_in * x1;
+        // The last position has no target: its diffusion input is zeros.
+        let x_t = Tensor::cat(&[x_t, Tensor::zeros([b, 1, self.shape.flow_dim], (Kind::Float, model.device()))], 1);
+        let logits = self.logits(model, &main_hidden, &x_t, t, batch.class_labels.as_ref(), &step, &cache)?;
+        Ok(next_token_loss(&logits, &batch.labels))
+    }
+}
+
+/// A batch of token sequences for training or loss evaluation.
+pub struct TokenBatch {
+    /// `[B, T]` token ids (right-padded).
+    pub input_ids: Tensor,
+    /// `[B, T]` labels: the token itself, or -100 where no loss is taken (padding, prompts).
+    pub labels: Tensor,
+    /// `[B, T]` guidance class per token, -1 for none.
+    pub class_labels: Option<Tensor>,
+}
+
+/// The frozen main path over a right-padded batch: last hidden state, the step
+/// (positions, causal mask, rotation) and the cache of keys and values.
+pub fn main_path(model: &Llama, batch: &TokenBatch) -> (Tensor, Step, KvCache) {
+    let (b, t) = batch.input_ids.size2().expect("[B, T]");
+    let positions = Tensor::arange(t, (Kind::Int64, model.device())).unsqueeze(0).expand([b, t], false);
+    // Right padding only ever follows the real tokens, so the plain causal mask is exact for them.
+    let step = model.step(positions, crate::model::AttentionMask::Causal);
+    let mut cache = KvCache::growing(model.layers.len());
+    let hidden = tch::no_grad(|| model.forward_hidden(&batch.input_ids, &step, &mut cache));
+    (hidden, step, cache)
+}
+
+/// Mean cross-entropy of `logits[:, i]` against `labels[:, i + 1]` over unmasked labels.
+pub fn next_token_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let (_, t, v) = logits.size3().expect("[B, T, V]");
+    let pred = logits.narrow(1, 0, t - 1).reshape([-1, v]).to_kind(Kind::Float);
+    let target = labels.narrow(1, 1, t - 1).reshape([-1]);
+    pred.cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Mean, -100, 0.0)
+}
+
+/// The frozen main-path tensor a full-variant copy starts from.
+fn main_tensor(model: &Llama, name: &str) -> Result<Tensor> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let layer: usize = parts[2].parse()?;
+    let l = &model.layers[layer];
+    let linear = match parts[4] {
+        "flow_q_proj" => l.self_attn.q_proj(),
+        "flow_o_proj" => Linear { weight: l.self_attn.o_proj.weight.shallow_clone(), bias: l.self_attn.o_proj.bias.as_ref().map(|b| b.shallow_clone()) },
+        "flow_gate_proj" => l.mlp.gate_proj(),
+        "flow_up_proj" => l.mlp.up_proj(),
+        "flow_down_proj" => Linear { weight: l.mlp.down_proj.weight.shallow_clone(), bias: None },
+        other => anyhow::bail!("no main-path tensor for {other}"),
+    };
+    match parts[5] {
+        "weight" => Ok(linear.weight),
+        "bias" => linear.bias.ok_or_else(|| anyhow::anyhow!("{name}: the main path has no bias here")),
+        other => anyhow::bail!("no main-path tensor for {other}"),
+    }
+}

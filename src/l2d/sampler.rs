@@ -1,0 +1,186 @@
+//! Algorithm 1: per token, the main path once with its KV cache, then an ODE
+//! over the diffusion stream alone, then one last evaluation at t = 1.
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use super::L2d;
+use crate::config::{L2dConfig, X1Schedule};
+use crate::model::{KvCache, Llama, Step};
+use crate::sampling::generate::NextTokenLogits;
+use crate::sampling::ode::{self, OdeOptions, Solver};
+
+/// How `x1_hat` is formed from the diffusion path's logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum X1Estimate {
+    /// `rep(y)`, `y ~ softmax(logits / tau)`.
+    Sample,
+    /// `sum_k softmax(logits / tau)_k · rep(k)`.
+    Average,
+}
+
+/// Settings of the L2D sampler.
+#[derive(Debug, Clone)]
+pub struct SamplerOptions {
+    /// Solver, grid and tolerances.
+    pub ode: OdeOptions,
+    /// Sample or average.
+    pub x1_estimate: X1Estimate,
+    /// Base temperature of `x1_hat`.
+    pub x1_temperature: f64,
+    /// Time dependence of that temperature.
+    pub x1_schedule: X1Schedule,
+    /// Class to guide towards, with the guidance weight `w`.
+    pub guidance: Option<(i64, f64)>,
+}
+
+impl SamplerOptions {
+    /// The sampling part of the `[l2d]` config section, validated.
+    pub fn from_config(c: &L2dConfig) -> Result<Self> {
+        let solver = Solver::parse(&c.solver)?;
+        if c.steps < 2 {
+            crate::bail_usage!("l2d.steps: must be at least 2 (the grid linspace(0, 1, S) needs two points), got {}", c.steps);
+        }
+        let x1_estimate = match c.x1_estimate.as_str() {
+            "sample" => X1Estimate::Sample,
+            "average" => X1Estimate::Average,
+            other => crate::bail_usage!("l2d.x1_estimate: unknown {other:?} (expected sample or average)"),
+        };
+        let x1_schedule = X1Schedule::parse(&c.x1_schedule).map_err(|e| crate::error::usage(format!("l2d.x1_schedule: {e}")))?;
+        let guidance = c.guidance_class.map(|class| (class, c.guidance_weight));
+        Ok(Self {
+            ode: OdeOptions { solver, steps: c.steps, atol: c.atol, rtol: c.rtol, max_evals: 10_000 },
+            x1_estimate,
+            x1_temperature: c.x1_temperature,
+            x1_schedule,
+            guidance,
+        })
+    }
+
+    /// `tau(t)`.
+    fn temperature(&self, t: f64) -> f64 {
+        match self.x1_schedule {
+            X1Schedule::Constant => self.x1_temperature,
+            X1Schedule::Polynomial { power, end } if t < end => self.x1_temperature * (1.0 - t / end).powf(power),
+            X1Schedule::Polynomial { .. } => 0.0,
+        }
+    }
+
+    /// The reference reads the temperature half a step ahead for midpoint and a
+    /// full step ahead for Euler.
+    fn temperature_offset(&self) -> f64 {
+        let h = 1.0 / (self.ode.steps as f64 - 1.0);
+        match self.ode.solver {
+            Solver::Midpoint => h / 2.0,
+            Solver::Euler => h,
+            _ => 0.0,
+        }
+    }
+}
+
+/// The next-token logits of an L2D model, for [`crate::sampling::generate()`].
+pub struct L2dHead<'a> {
+    l2d: &'a L2d,
+    opts: SamplerOptions,
+    /// `rep(k)` of every token `[V, D]`, computed once.
+    rep_vocab: Tensor,
+    evals: usize,
+    tokens: usize,
+}
+
+impl<'a> L2dHead<'a> {
+    /// Prepares sampling from `l2d` on top of `model`.
+    pub fn new(model: &Llama, l2d: &'a L2d, opts: SamplerOptions) -> Result<Self> {
+        if let Some((class, w)) = opts.guidance {
+            if l2d.guidance.is_none() {
+                crate::bail_usage!("--guidance-class {class}: this L2D checkpoint has no guidance embedding (l2d.num_classes = 0)");
+            }
+            if class < 0 || class >= l2d.shape.num_classes {
+                crate::bail_usage!("--guidance-class {class}: must be in 0..{}", l2d.shape.num_classes);
+            }
+            if w < 1.0 {
+                crate::bail_usage!("--guidance-weight {w}: must be >= 1");
+            }
+        }
+        let rep_vocab = tch::no_grad(|| {
+            let ids = Tensor::arange(model.config.vocab_size, (Kind::Int64, model.device()));
+            l2d.rep(model, &ids).to_kind(Kind::Double)
+        });
+        Ok(Self { l2d, opts, rep_vocab, evals: 0, tokens: 0 })
+    }
+
+    /// `x1_hat` `[B, D]` (f64) from logits `[B, V]` at temperature `tau`.
+    fn x1_hat(&self, logits: &Tensor, tau: f64) -> Tensor {
+        if tau <= 0.0 {
+            return self.rep_vocab.index_select(0, &logits.argmax(-1, false));
+        }
+        let probs = (logits.to_kind(Kind::Float) / tau).softmax(-1, Kind::Float);
+        match self.opts.x1_estimate {
+            X1Estimate::Sample => self.rep_vocab.index_select(0, &probs.multinomial(1, false).squeeze_dim(-1)),
+            X1Estimate::Average => probs.to_kind(Kind::Double).matmul(&self.rep_vocab),
+        }
+    }
+}
+
+/// One evaluation of the diffusion path for the newest token of each row.
+struct Eval<'s> {
+    model: &'s Llama,
+    hidden: &'s Tensor,
+    step: &'s Step,
+    cache: &'s KvCache,
+}
+
+impl Eval<'_> {
+    /// Logits `[B, V]` at state `x` `[B, D]` and time `t` for `label` (`None` = no label).
+    fn logits(&self, l2d: &L2d, x: &Tensor, t: f64, label: Option<i64>) -> Result<Tensor> {
+        let b = x.size()[0];
+        let device = x.device();
+        let t = Tensor::full([b, 1], t, (Kind::Float, device));
+        let label = label.map(|c| Tensor::full([b, 1], c, (Kind::Int64, device)));
+        let x = x.to_kind(Kind::Float).unsqueeze(1);
+        let logits = l2d.logits(self.model, self.hidden, &x, &t, label.as_ref(), self.step, self.cache)?;
+        Ok(logits.squeeze_dim(1))
+    }
+}
+
+impl NextTokenLogits for L2dHead<'_> {
+    fn logits(&mut self, model: &Llama, hidden: &Tensor, cache: &KvCache, step: &Step) -> Result<Tensor> {
+        let step = step.last();
+        let eval = Eval { model, hidden, step: &step, cache };
+        let b = hidden.size()[0];
+        let x0 = Tensor::randn([b, self.l2d.shape.flow_dim], (Kind::Double, hidden.device())) * self.l2d.sigma;
+        let offset = self.opts.temperature_offset();
+        let mut calls = 0usize;
+        let (x1, _) = {
+            let this = &*self;
+            let mut velocity = |t: f64, x: &Tensor| -> Result<Tensor> {
+                if t >= 1.0 {
+                    return Ok(x.zeros_like());
+                }
+                let tau = this.opts.temperature(t + offset);
+                let v = |label: Option<i64>, calls: &mut usize| -> Result<Tensor> {
+                    *calls += 1;
+                    let logits = eval.logits(this.l2d, x, t, label)?;
+                    Ok((this.x1_hat(&logits, tau) - x) / (1.0 - t))
+                };
+                match this.opts.guidance {
+                    Some((class, w)) if w != 1.0 => {
+                        Ok(v(Some(class), &mut calls)? * w + v(None, &mut calls)? * (1.0 - w))
+                    }
+                    Some((class, _)) => v(Some(class), &mut calls),
+                    None => v(None, &mut calls),
+                }
+            };
+            ode::integrate(&self.opts.ode, &x0, &mut velocity)?
+        };
+        let label = self.opts.guidance.map(|(c, _)| c);
+        let logits = eval.logits(self.l2d, &x1, 1.0, label)?;
+        self.evals += calls + 1;
+        self.tokens += 1;
+        Ok(logits)
+    }
+
+    fn evals_per_token(&self) -> f64 {
+        if self.tokens == 0 { 0.0 } else { self.evals as f64 / self.tokens as f64 }
+    }
+}
