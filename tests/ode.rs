@@ -74,7 +74,8 @@ fn rows_state() -> Tensor {
 #[test]
 fn fixed_solvers_match_exponential_decay() {
     let want = scaled(&X0, (-1f64).exp());
-    for (solver, bound) in [(Solver::Euler, 4e-3), (Solver::Midpoint, 2e-5), (Solver::Rk4, 1e-10)] {
+    // Leading error terms at h = 1/100 for |x0| = 3: e^-1 |x0| h/2, h^2/6 and h^4/120 of that scale.
+    for (solver, bound) in [(Solver::Euler, 7e-3), (Solver::Midpoint, 3e-5), (Solver::Rk4, 1e-10)] {
         let (got, _) = solve(&opts(solver, 101, 0.0), &state(&X0), decay);
         let err = max_abs_diff(&got, &want);
         assert!(err < bound, "{solver}: error {err:e} >= {bound:e}");
@@ -205,9 +206,10 @@ fn adaptive_counts_are_init_plus_whole_steps() {
 fn state_of_any_shape() {
     let x0 = Tensor::arange(24, (Kind::Double, tch::Device::Cpu)).view([2, 3, 4]) / 10.0;
     let want = scaled(&values(&x0), (-1f64).exp());
-    for solver in [Solver::Midpoint, Solver::Dopri5] {
+    for (solver, bound) in [(Solver::Midpoint, 1e-3), (Solver::Dopri5, 1e-6)] {
         let (got, _) = solve(&opts(solver, 33, 1e-8), &x0, decay);
-        assert!(max_abs_diff(&got, &want) < 1e-4, "{solver}");
+        let err = max_abs_diff(&got, &want);
+        assert!(err < bound, "{solver}: error {err:e}");
     }
 }
 
@@ -231,11 +233,18 @@ fn l2d_field_reaches_its_target() {
     let (rk4, _) = solve(&opts(Solver::Rk4, 8, 0.0), &x0, &target);
     let short: Vec<f64> = X0.iter().zip(&cv).map(|(a, c)| a + (1.0 - h / 8.0) * (c - a)).collect();
     assert!(max_abs_diff(&rk4, &short) < 1e-14, "rk4: {rk4:?}");
-    for solver in ADAPTIVE {
+    // An adaptive step landing on t = 1 sees v = 0 in its alpha = 1 stages; what that costs depends
+    // on where those stages enter the solution and the error estimate:
+    // - bosh3: only the FSAL stage sits at t = 1 and it has no weight in the solution, so c is exact;
+    // - adaptive_heun: the deficit dt/2 (c - x0) is exactly the error estimate, so it stays within tolerance;
+    // - dopri5: the deficit is 11/84 dt (c - x0) but the estimate only (176/6300 - 1/60) dt (c - x0),
+    //   11.6 times smaller, so it ends about 10 tolerance units short.
+    for (solver, bound) in [(Solver::Bosh3, 1e-6), (Solver::AdaptiveHeun, 2.0), (Solver::Dopri5, 15.0)] {
         for tol in [1e-5, 1e-8] {
             let (got, evals) = solve(&opts(solver, 8, tol), &x0, &target);
             let units = tol_units(&got, &cv, tol);
-            eprintln!("{solver} L2D field at {tol:e}: {evals} evaluations, {units:.4} tolerance units off");
+            eprintln!("{solver} on the L2D field at {tol:e}: {evals} evaluations, {units:.4} tolerance units off");
+            assert!(units <= bound, "{solver} at {tol:e}: {units} tolerance units off");
         }
     }
 }
@@ -287,8 +296,8 @@ fn nan_velocity_is_a_runtime_error() {
 
 #[test]
 fn velocity_errors_propagate() {
-    let err = integrate(&opts(Solver::Bosh3, 8, 1e-5), &state(&X0), &mut |_, _| anyhow::bail!("model failed"))
-        .unwrap_err();
+    let err =
+        integrate(&opts(Solver::Bosh3, 8, 1e-5), &state(&X0), &mut |_, _| anyhow::bail!("model failed")).unwrap_err();
     assert!(err.to_string().contains("model failed"));
 }
 

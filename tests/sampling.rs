@@ -13,7 +13,7 @@ fn sampler(temperature: f64, top_k: i64, top_p: f64) -> TokenSampler {
 fn histogram(s: &TokenSampler, logits: &[f32], n: usize) -> Vec<usize> {
     tch::manual_seed(0);
     let row = Tensor::from_slice(logits).unsqueeze(0).repeat([n as i64, 1]);
-    let ids: Vec<i64> = Vec::try_from(s.sample(&row)).unwrap();
+    let ids: Vec<i64> = Vec::try_from(s.sample(&row).unwrap()).unwrap();
     let mut counts = vec![0; logits.len()];
     for id in ids {
         counts[id as usize] += 1;

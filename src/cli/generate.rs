@@ -11,7 +11,8 @@ use crate::data::tokenizer::Tokenizer;
 use crate::error::{usage, OrUsage};
 use crate::model::Llama;
 use crate::runtime;
-use crate::sampling::{generate, BaseLm, GenerateOptions, Generation, TokenSampler};
+use crate::l2d::sampler::{L2dHead, SamplerOptions};
+use crate::sampling::{generate, BaseLm, GenerateOptions, Generation, NextTokenLogits, TokenSampler};
 
 /// Flags of `l2d generate`; each overrides the config's `[generate]` / `[model]` value.
 #[derive(Debug, clap::Args)]
@@ -66,6 +67,44 @@ pub struct Args {
     /// One JSON object per prompt instead of the completion text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub l2d: L2dArgs,
+}
+
+/// The L2D flags of `l2d generate`; each overrides the config's `[l2d]` value.
+#[derive(Debug, clap::Args)]
+pub struct L2dArgs {
+    /// L2D checkpoint directory, or a bare `.safetensors` export (hyper-parameters
+    /// from `--config`/`--set l2d.*`); without it, the base LM generates.
+    #[arg(long, value_name = "CKPT")]
+    pub l2d: Option<PathBuf>,
+    /// Discretisation levels S of the time grid (midpoint: 2S-1 evaluations per token).
+    #[arg(long, requires = "l2d")]
+    pub steps: Option<usize>,
+    /// ODE solver: euler, midpoint, rk4, bosh3, dopri5, adaptive_heun.
+    #[arg(long, requires = "l2d")]
+    pub solver: Option<String>,
+    /// How x1 is estimated from the logits: sample or average.
+    #[arg(long, requires = "l2d")]
+    pub x1_estimate: Option<String>,
+    /// Constant temperature of the x1 estimate (0 = argmax).
+    #[arg(long, requires = "l2d", conflicts_with = "x1_schedule", allow_negative_numbers = true)]
+    pub x1_temperature: Option<f64>,
+    /// Temperature schedule, e.g. polynomial_1_1.0 ((1 - t/end)^p).
+    #[arg(long, requires = "l2d")]
+    pub x1_schedule: Option<String>,
+    /// Classifier-free guidance towards this class.
+    #[arg(long, requires = "l2d")]
+    pub guidance_class: Option<i64>,
+    /// Guidance weight w (>= 1).
+    #[arg(long, requires = "guidance_class", allow_negative_numbers = true)]
+    pub guidance_weight: Option<f64>,
+    /// Absolute tolerance of adaptive solvers.
+    #[arg(long, requires = "l2d")]
+    pub atol: Option<f64>,
+    /// Relative tolerance of adaptive solvers.
+    #[arg(long, requires = "l2d")]
+    pub rtol: Option<f64>,
 }
 
 /// One prompt line of `--prompts`.
@@ -100,10 +139,30 @@ impl Args {
         if !self.stop.is_empty() {
             g.stop = self.stop.clone();
         }
+        let l = &mut cfg.l2d;
+        let a = &self.l2d;
+        if let Some(dir) = a.l2d.as_deref().filter(|p| p.is_dir()) {
+            crate::l2d::checkpoint::apply_shape(&crate::l2d::checkpoint::read_metadata(dir)?, l);
+        }
+        set(&mut l.steps, a.steps);
+        set(&mut l.solver, a.solver.clone());
+        set(&mut l.x1_estimate, a.x1_estimate.clone());
+        set(&mut l.x1_temperature, a.x1_temperature);
+        if let Some(s) = &a.x1_schedule {
+            l.x1_schedule = s.clone();
+            l.x1_temperature = 1.0;
+        }
+        if a.guidance_class.is_some() {
+            l.guidance_class = a.guidance_class;
+        }
+        set(&mut l.guidance_weight, a.guidance_weight);
+        set(&mut l.atol, a.atol);
+        set(&mut l.rtol, a.rtol);
         let m = &mut cfg.model;
         set(&mut m.path, self.model.as_ref().map(|p| p.display().to_string()));
         set(&mut m.device, self.device.clone());
         set(&mut m.dtype, self.dtype.clone());
+        cfg.validate()?;
         validate_sampling(&cfg)?;
         if cfg.model.path.is_empty() {
             crate::bail_usage!("--model: no model directory given (flag or model.path in the config)");
@@ -165,6 +224,14 @@ pub fn run(args: Args) -> Result<()> {
         eos_ids: tokenizer.eos_ids.clone(),
         pad_id: tokenizer.pad_id,
     };
+    let l2d = match &args.l2d.l2d {
+        Some(path) => Some(crate::l2d::checkpoint::load(path, &model, dir, &cfg.l2d)?.0),
+        None => None,
+    };
+    let mut head: Box<dyn NextTokenLogits + '_> = match &l2d {
+        Some(l2d) => Box::new(L2dHead::new(&model, l2d, SamplerOptions::from_config(&cfg.l2d)?)?),
+        None => Box::new(BaseLm),
+    };
     tch::manual_seed(g.seed as i64);
     let stream = prompts.len() == 1 && !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut out = std::io::stdout().lock();
@@ -175,11 +242,11 @@ pub fn run(args: Args) -> Result<()> {
                 let _ = o.write_all(delta.as_bytes()).and_then(|_| o.flush());
             }
         };
-        let results = generate(&model, Some(&tokenizer), &mut BaseLm, chunk, &opts, &mut on_text)?;
+        let results = generate(&model, Some(&tokenizer), head.as_mut(), chunk, &opts, &mut on_text)?;
         for (i, gen) in results.iter().enumerate() {
             let (id, prompt) = &prompts[chunk_idx * args.batch_size + i];
             if args.json {
-                writeln!(out, "{}", serde_json::to_string(&json_record(id, prompt, gen, 1.0))?)?;
+                writeln!(out, "{}", serde_json::to_string(&json_record(id, prompt, gen, head.evals_per_token()))?)?;
             } else if stream {
                 writeln!(out)?;
             } else {

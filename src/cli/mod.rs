@@ -89,7 +89,9 @@ pub fn install_panic_hook() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("unknown panic");
+        // libtorch messages carry C++ frames after the first (possibly escaped) newline.
         let first = msg.lines().next().unwrap_or(msg);
+        let first = first.split("\\n").next().unwrap_or(first);
         eprintln!("error: internal error: {first}");
         std::process::exit(1);
     }));

@@ -64,15 +64,36 @@ pub fn save(dir: &Path, l2d: &L2d, meta: &Metadata) -> Result<()> {
     Ok(())
 }
 
+/// Reads `l2d.json` of a checkpoint directory.
+pub fn read_metadata(dir: &Path) -> Result<Metadata> {
+    let path = dir.join(METADATA);
+    let text = std::fs::read_to_string(&path).or_usage(|| format!("--l2d: cannot read {}", path.display()))?;
+    serde_json::from_str(&text).or_usage(|| format!("{}: malformed", path.display()))
+}
+
+/// Copies a checkpoint's shape and σ into the `[l2d]` section, so that sampler
+/// settings are validated against the checkpoint actually used.
+pub fn apply_shape(meta: &Metadata, cfg: &mut L2dConfig) {
+    let s = &meta.shape;
+    cfg.variant = match s.variant {
+        super::Variant::Lora => "lora".into(),
+        super::Variant::Full => "full".into(),
+    };
+    cfg.flow_dim = s.flow_dim;
+    cfg.timestep_dim = s.timestep_dim;
+    cfg.lora_rank = s.lora_rank;
+    cfg.lora_alpha = s.lora_alpha;
+    cfg.num_classes = s.num_classes;
+    cfg.sigma = meta.l2d.sigma;
+}
+
 /// Loads a checkpoint directory, or a bare reference export (`*.safetensors`)
 /// whose hyper-parameters come from `config` (the `[l2d]` section after `--set`).
 ///
 /// A directory's base identity must match `model` loaded from `base_dir`.
 pub fn load(path: &Path, model: &Llama, base_dir: &Path, config: &L2dConfig) -> Result<(L2d, Option<Metadata>)> {
     if path.is_dir() {
-        let meta_path = path.join(METADATA);
-        let text = std::fs::read_to_string(&meta_path).or_usage(|| format!("--l2d: cannot read {}", meta_path.display()))?;
-        let meta: Metadata = serde_json::from_str(&text).or_usage(|| format!("{}: malformed", meta_path.display()))?;
+        let meta = read_metadata(path)?;
         check_base(path, &meta.base, model, base_dir)?;
         let tensors = read_tensors(&path.join(TENSORS))?;
         let source = path.join(TENSORS).display().to_string();

@@ -110,15 +110,20 @@ impl<'a> L2dHead<'a> {
     }
 
     /// `x1_hat` `[B, D]` (f64) from logits `[B, V]` at temperature `tau`.
-    fn x1_hat(&self, logits: &Tensor, tau: f64) -> Tensor {
+    fn x1_hat(&self, logits: &Tensor, tau: f64, t: f64) -> Result<Tensor> {
         if tau <= 0.0 {
-            return self.rep_vocab.index_select(0, &logits.argmax(-1, false));
+            return Ok(self.rep_vocab.index_select(0, &logits.argmax(-1, false)));
         }
         let probs = (logits.to_kind(Kind::Float) / tau).softmax(-1, Kind::Float);
-        match self.opts.x1_estimate {
-            X1Estimate::Sample => self.rep_vocab.index_select(0, &probs.multinomial(1, false).squeeze_dim(-1)),
+        Ok(match self.opts.x1_estimate {
+            X1Estimate::Sample => {
+                let y = probs
+                    .f_multinomial(1, false)
+                    .map_err(|_| anyhow::anyhow!("the diffusion path's logits became NaN/Inf at t = {t:.4}"))?;
+                self.rep_vocab.index_select(0, &y.squeeze_dim(-1))
+            }
             X1Estimate::Average => probs.to_kind(Kind::Double).matmul(&self.rep_vocab),
-        }
+        })
     }
 }
 
@@ -161,7 +166,7 @@ impl NextTokenLogits for L2dHead<'_> {
                 let v = |label: Option<i64>, calls: &mut usize| -> Result<Tensor> {
                     *calls += 1;
                     let logits = eval.logits(this.l2d, x, t, label)?;
-                    Ok((this.x1_hat(&logits, tau) - x) / (1.0 - t))
+                    Ok((this.x1_hat(&logits, tau, t)? - x) / (1.0 - t))
                 };
                 match this.opts.guidance {
                     Some((class, w)) if w != 1.0 => {

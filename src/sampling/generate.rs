@@ -141,7 +141,7 @@ pub fn generate(
         if n < opts.min_new_tokens && !opts.eos_ids.is_empty() {
             let _ = logits.index_fill_(1, &eos, f64::NEG_INFINITY);
         }
-        let next = opts.sampler.sample(&logits);
+        let next = opts.sampler.sample(&logits)?;
         let next_host: Vec<i64> = Vec::try_from(&next.to_device(Device::Cpu))?;
         for (slot, &row_idx) in active.iter().enumerate() {
             let row = &mut rows[row_idx];

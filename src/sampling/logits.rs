@@ -14,11 +14,11 @@ pub struct TokenSampler {
 }
 
 impl TokenSampler {
-    /// Next token ids `[B]` from logits `[B, V]`.
-    pub fn sample(&self, logits: &Tensor) -> Tensor {
+    /// Next token ids `[B]` from logits `[B, V]`; fails on NaN/Inf logits.
+    pub fn sample(&self, logits: &Tensor) -> anyhow::Result<Tensor> {
         let logits = logits.to_kind(Kind::Float);
         if self.temperature <= 0.0 {
-            return logits.argmax(-1, false);
+            return Ok(logits.argmax(-1, false));
         }
         let mut logits = logits / self.temperature;
         if self.top_k > 0 && self.top_k < logits.size()[1] {
@@ -27,7 +27,11 @@ impl TokenSampler {
         if self.top_p < 1.0 {
             logits = keep_top_p(&logits, self.top_p);
         }
-        logits.softmax(-1, Kind::Float).multinomial(1, false).squeeze_dim(-1)
+        let ids = logits
+            .softmax(-1, Kind::Float)
+            .f_multinomial(1, false)
+            .map_err(|_| anyhow::anyhow!("the next-token probabilities contain NaN/Inf"))?;
+        Ok(ids.squeeze_dim(-1))
     }
 }
 
