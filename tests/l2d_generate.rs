@@ -2,55 +2,14 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-use l2d::l2d::checkpoint::{self, BaseIdentity, Metadata};
+use l2d::l2d::checkpoint;
 use l2d::l2d::sampler::{L2dHead, SamplerOptions};
-use l2d::l2d::{L2d, Shape, Variant};
+use l2d::l2d::L2d;
 use l2d::model::Llama;
 use l2d::sampling::{generate, GenerateOptions, NextTokenLogits, TokenSampler};
-
-fn shape(num_classes: i64) -> Shape {
-    Shape { variant: Variant::Lora, flow_dim: 32, timestep_dim: 16, lora_rank: 4, lora_alpha: 4.0, num_classes }
-}
-
-/// A checkpoint for the tiny llama; `perturbed` moves it off its initialisation,
-/// `poison` puts NaN into `map`.
-fn checkpoint_for(name: &str, num_classes: i64, perturbed: bool, poison: bool) -> PathBuf {
-    let base = tiny_model("llama");
-    let model = Llama::load(&base, Device::Cpu, Kind::Float).unwrap();
-    tch::manual_seed(9);
-    let l2d = L2d::init(&model, shape(num_classes), 64.0).unwrap();
-    tch::no_grad(|| {
-        for (n, p) in &l2d.params {
-            let mut p = p.shallow_clone();
-            if perturbed {
-                let _ = p.g_add_(&(Tensor::randn_like(&p) * 0.05));
-            }
-            if poison && n.starts_with("model.flow_token_embedder") {
-                let _ = p.fill_(f64::NAN);
-            }
-        }
-    });
-    let mut cfg = l2d::config::L2dConfig::default();
-    cfg.flow_dim = 32;
-    cfg.timestep_dim = 16;
-    cfg.lora_rank = 4;
-    cfg.lora_alpha = 4.0;
-    cfg.num_classes = num_classes;
-    let meta = Metadata {
-        format: "l2d".into(),
-        version: 1,
-        shape: l2d.shape.clone(),
-        l2d: cfg,
-        base: BaseIdentity::of(&model, &base).unwrap(),
-        step: 0,
-    };
-    let dir = scratch(name).join("ckpt");
-    checkpoint::save(&dir, &l2d, &meta).unwrap();
-    dir
-}
 
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out.lines().next().unwrap()).unwrap()

@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod init;
@@ -38,8 +39,10 @@ pub enum Command {
     Info(info::Args),
     /// Write a random-initialised Hugging Face model directory (tiny models for tests and demos).
     Init(init::Args),
-    /// Generate completions with a model.
+    /// Generate completions with a model (the base LM, or L2D with --l2d).
     Generate(generate::Args),
+    /// Evaluate a model (`eval loss`: cross-entropy at fixed diffusion times).
+    Eval(eval::Args),
 }
 
 /// `--config FILE.toml` plus repeatable `--set section.key=value`, shared by every subcommand that reads a config.
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => info::run(args),
         Command::Init(args) => init::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
 

@@ -1,4 +1,5 @@
 //! Chat data: templates and tokenization.
 
 pub mod chat;
+pub mod pretokenized;
 pub mod tokenizer;

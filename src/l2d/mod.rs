@@ -314,8 +314,14 @@ impl L2d {
         self.loss_at(model, batch, &t)
     }
 
-    /// The loss with given times `t` `[B, T]` (the same t everywhere gives `eval loss`).
+    /// The mean loss with given times `t` `[B, T]` (the same t everywhere gives `eval loss`).
     pub fn loss_at(&self, model: &Llama, batch: &TokenBatch, t: &Tensor) -> Result<Tensor> {
+        let (sum, count) = self.nll_at(model, batch, t)?;
+        Ok(sum / count.to_kind(Kind::Float))
+    }
+
+    /// Summed loss and label count with given times `t` `[B, T]`.
+    pub fn nll_at(&self, model: &Llama, batch: &TokenBatch, t: &Tensor) -> Result<(Tensor, Tensor)> {
         let (main_hidden, step, cache) = main_path(model, batch);
         let (b, t_len) = batch.input_ids.size2()?;
         let targets = batch.labels.narrow(1, 1, t_len - 1);
@@ -327,7 +333,7 @@ impl L2d {
         // The last position has no target: its diffusion input is zeros.
         let x_t = Tensor::cat(&[x_t, Tensor::zeros([b, 1, self.shape.flow_dim], (Kind::Float, model.device()))], 1);
         let logits = self.logits(model, &main_hidden, &x_t, t, batch.class_labels.as_ref(), &step, &cache)?;
-        Ok(next_token_loss(&logits, &batch.labels))
+        Ok(next_token_nll(&logits, &batch.labels))
     }
 }
 
@@ -355,10 +361,37 @@ pub fn main_path(model: &Llama, batch: &TokenBatch) -> (Tensor, Step, KvCache) {
 
 /// Mean cross-entropy of `logits[:, i]` against `labels[:, i + 1]` over unmasked labels.
 pub fn next_token_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let (sum, count) = next_token_nll(logits, labels);
+    sum / count.to_kind(Kind::Float)
+}
+
+/// Summed cross-entropy and the number of unmasked labels, for token-weighted means over batches.
+pub fn next_token_nll(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
     let (_, t, v) = logits.size3().expect("[B, T, V]");
     let pred = logits.narrow(1, 0, t - 1).reshape([-1, v]).to_kind(Kind::Float);
     let target = labels.narrow(1, 1, t - 1).reshape([-1]);
-    pred.cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Mean, -100, 0.0)
+    let sum = pred.cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Sum, -100, 0.0);
+    (sum, target.ne(-100).sum(Kind::Int64))
+}
+
+impl TokenBatch {
+    /// Right-pads `examples` into one batch on `device` (padding labels are -100).
+    pub fn from_examples(examples: &[crate::data::pretokenized::Example], device: tch::Device) -> Self {
+        let t = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(examples.len() * t);
+        let mut labels = Vec::with_capacity(examples.len() * t);
+        for e in examples {
+            let pad = t - e.input_ids.len();
+            ids.extend(e.input_ids.iter().copied().chain(std::iter::repeat_n(0, pad)));
+            labels.extend(e.labels.iter().copied().chain(std::iter::repeat_n(-100, pad)));
+        }
+        let shape = [examples.len() as i64, t as i64];
+        Self {
+            input_ids: Tensor::from_slice(&ids).view(shape).to_device(device),
+            labels: Tensor::from_slice(&labels).view(shape).to_device(device),
+            class_labels: None,
+        }
+    }
 }
 
 /// The frozen main-path tensor a full-variant copy starts from.

@@ -2,9 +2,11 @@
 //!
 //! The reference calls `torchdiffeq.odeint(func, x0, linspace(0, 1, S), method, atol, rtol)`
 //! and keeps the last state; these solvers reproduce torchdiffeq's stepping, step-size
-//! control and evaluation counts. Two deliberate differences: adaptive solvers clamp their
-//! last step onto `t = 1` instead of stepping past it and interpolating, and stage times are
-//! not nudged by one ulp (torchdiffeq's `perturb`), so a field sees exactly `t = 1` there.
+//! control and evaluation counts (stage times checked against torchdiffeq 0.2.5). Two deliberate
+//! differences in the adaptive solvers: the last step is clamped onto `t = 1` instead of
+//! stepping past it and interpolating back, and stages at the end of a step see `t1` itself
+//! rather than torchdiffeq's `nextafter(t1, -inf)`, which for a step ending exactly on 1 would
+//! put the L2D field `(x1_hat - x) / (1 - t)` one ulp before its singularity.
 
 use std::fmt;
 

@@ -1,0 +1,151 @@
+//! `l2d eval`: evaluations of a model; `eval loss` is the diagnostic
+//! cross-entropy at fixed diffusion times.
+
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+use crate::data::pretokenized;
+use crate::l2d::{checkpoint, next_token_nll, TokenBatch};
+use crate::model::Llama;
+use crate::runtime;
+
+/// Flags of `l2d eval`.
+#[derive(Debug, clap::Args)]
+#[command(subcommand_required = true)]
+pub struct Args {
+    /// What to evaluate.
+    #[command(subcommand)]
+    pub command: EvalCommand,
+}
+
+/// The evaluations.
+#[derive(Debug, clap::Subcommand)]
+pub enum EvalCommand {
+    /// Mean cross-entropy at fixed diffusion times (the same t for every token).
+    Loss(LossArgs),
+}
+
+/// Flags of `l2d eval loss`.
+#[derive(Debug, clap::Args)]
+pub struct LossArgs {
+    #[command(flatten)]
+    pub config: super::ConfigArgs,
+    /// Base model directory.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// L2D checkpoint (directory or bare .safetensors); without it, the base LM's loss only.
+    #[arg(long, value_name = "CKPT")]
+    pub l2d: Option<PathBuf>,
+    /// Pretokenized JSONL: `input_ids` and optional `labels` (-100 = masked) per line.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// Diffusion times, comma-separated, each in [0, 1].
+    #[arg(long, value_delimiter = ',', default_value = "0,0.25,0.5,0.75,1")]
+    pub t: Vec<f64>,
+    /// Seed of the noise x0.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// f32, bf16, f16 or auto.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the chosen evaluation.
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        EvalCommand::Loss(a) => loss(a),
+    }
+}
+
+fn loss(args: LossArgs) -> Result<()> {
+    let mut cfg = args.config.load()?;
+    if let Some(m) = &args.model {
+        cfg.model.path = m.display().to_string();
+    }
+    if let Some(d) = &args.device {
+        cfg.model.device = d.clone();
+    }
+    if let Some(d) = &args.dtype {
+        cfg.model.dtype = d.clone();
+    }
+    if cfg.model.path.is_empty() {
+        crate::bail_usage!("--model: no model directory given (flag or model.path in the config)");
+    }
+    if let Some(bad) = args.t.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+        crate::bail_usage!("--t: {bad} is outside [0, 1]");
+    }
+    if args.batch_size == 0 {
+        crate::bail_usage!("--batch-size: must be at least 1");
+    }
+    let device = runtime::parse_device(&cfg.model.device)?;
+    let kind = runtime::parse_dtype(&cfg.model.dtype, device)?;
+    let dir = Path::new(&cfg.model.path);
+    let model = Llama::load(dir, device, kind)?;
+    let examples = pretokenized::read_jsonl(&args.data, model.config.vocab_size)?;
+    let l2d = match &args.l2d {
+        Some(p) => Some(checkpoint::load(p, &model, dir, &cfg.l2d)?.0),
+        None => None,
+    };
+    let batches: Vec<TokenBatch> = examples.chunks(args.batch_size).map(|c| TokenBatch::from_examples(c, device)).collect();
+    let _guard = tch::no_grad_guard();
+    let (base, tokens) = mean_over(&batches, |b| {
+        let logits = model.forward(&b.input_ids);
+        Ok(next_token_nll(&logits, &b.labels))
+    })?;
+    let mut per_t = Vec::new();
+    if let Some(l2d) = &l2d {
+        for &t in &args.t {
+            // The same noise for every t, so the curve compares like with like.
+            tch::manual_seed(args.seed as i64);
+            let (loss, _) = mean_over(&batches, |b| {
+                let tt = Tensor::full(b.input_ids.size().as_slice(), t, (Kind::Float, device));
+                l2d.nll_at(&model, b, &tt)
+            })?;
+            per_t.push((t, loss));
+        }
+    }
+    print_losses(args.json, tokens, base, &per_t)
+}
+
+/// Token-weighted mean of a per-batch (sum, count), and the count.
+fn mean_over(batches: &[TokenBatch], mut f: impl FnMut(&TokenBatch) -> Result<(Tensor, Tensor)>) -> Result<(f64, i64)> {
+    let (mut sum, mut count) = (0.0, 0i64);
+    for b in batches {
+        let (s, c) = f(b)?;
+        sum += s.double_value(&[]);
+        count += c.int64_value(&[]);
+    }
+    if count == 0 {
+        crate::bail_usage!("--data: every label is masked (-100); there is nothing to score");
+    }
+    Ok((sum / count as f64, count))
+}
+
+fn print_losses(json: bool, tokens: i64, base: f64, per_t: &[(f64, f64)]) -> Result<()> {
+    if json {
+        let rec = serde_json::json!({
+            "tokens": tokens,
+            "base_loss": base,
+            "losses": per_t.iter().map(|(t, l)| serde_json::json!({"t": t, "loss": l})).collect::<Vec<_>>(),
+        });
+        println!("{rec}");
+        return Ok(());
+    }
+    println!("{:>8} {:>10} {:>12}", "t", "loss", "perplexity");
+    println!("{:>8} {:>10.5} {:>12.3}", "base", base, base.exp());
+    for (t, l) in per_t {
+        println!("{t:>8.3} {l:>10.5} {:>12.3}", l.exp());
+    }
+    println!("({tokens} scored tokens)");
+    Ok(())
+}
