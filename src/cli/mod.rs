@@ -9,6 +9,7 @@ pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod init;
+pub mod prepare;
 
 /// l2d: give a pretrained chat LM a diffusion path (L2D, ICML 2025) and spend
 /// more compute per token for more accuracy, without changing its weights.
@@ -39,6 +40,8 @@ pub enum Command {
     Info(info::Args),
     /// Write a random-initialised Hugging Face model directory (tiny models for tests and demos).
     Init(init::Args),
+    /// Tokenize chat data into training shards with the model's chat template.
+    Prepare(prepare::Args),
     /// Generate completions with a model (the base LM, or L2D with --l2d).
     Generate(generate::Args),
     /// Evaluate a model (`eval loss`: cross-entropy at fixed diffusion times).
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Init(args) => init::run(args),
+        Command::Prepare(args) => prepare::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
     }
