@@ -13,3 +13,4 @@ pub mod l2d;
 pub mod model;
 pub mod runtime;
 pub mod sampling;
+pub mod train;

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod info;
 pub mod init;
 pub mod prepare;
+pub mod train;
 
 /// l2d: give a pretrained chat LM a diffusion path (L2D, ICML 2025) and spend
 /// more compute per token for more accuracy, without changing its weights.
@@ -42,6 +43,8 @@ pub enum Command {
     Init(init::Args),
     /// Tokenize chat data into training shards with the model's chat template.
     Prepare(prepare::Args),
+    /// Finetune: L2D (l2d-lora, l2d-full) or the weight baselines (lora, full).
+    Train(train::Args),
     /// Generate completions with a model (the base LM, or L2D with --l2d).
     Generate(generate::Args),
     /// Evaluate a model (`eval loss`: cross-entropy at fixed diffusion times).
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => info::run(args),
         Command::Init(args) => init::run(args),
         Command::Prepare(args) => prepare::run(args),
+        Command::Train(args) => train::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
     }

@@ -204,6 +204,33 @@ impl ModelConfig {
         crate::data::tokenizer::token_ids(self.eos_token_id.as_ref())
     }
 
+    /// `(in, out)` of each projection of a decoder layer, by Hugging Face module name.
+    pub fn projection_dims(&self) -> [(&'static str, i64, i64); 7] {
+        let (d, ffn) = (self.hidden_size, self.intermediate_size);
+        let (q, kv) = (self.num_attention_heads * self.head_dim(), self.num_kv_heads() * self.head_dim());
+        [
+            ("q_proj", d, q),
+            ("k_proj", d, kv),
+            ("v_proj", d, kv),
+            ("o_proj", q, d),
+            ("gate_proj", d, ffn),
+            ("up_proj", d, ffn),
+            ("down_proj", ffn, d),
+        ]
+    }
+
+    /// Number of parameters of the model (embeddings, layers, norms, untied head).
+    pub fn num_params(&self) -> i64 {
+        let (d, v) = (self.hidden_size, self.vocab_size);
+        let dims = self.projection_dims();
+        let matrices: i64 = dims.iter().map(|(_, i, o)| i * o).sum();
+        let qkv_bias = if self.qkv_bias() { dims[0].2 + dims[1].2 + dims[2].2 } else { 0 };
+        let o_bias = if self.o_bias() { d } else { 0 };
+        let layer = matrices + qkv_bias + o_bias + 2 * d;
+        let head = if self.tie_word_embeddings { 0 } else { v * d };
+        v * d + head + self.num_hidden_layers * layer + d
+    }
+
     /// SHA-256 of the canonical JSON of the shape-defining fields.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};

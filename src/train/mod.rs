@@ -1,0 +1,75 @@
+//! Training: modes, parameter accounting and the plan of a run.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::l2d::{params, Shape};
+use crate::model::ModelConfig;
+
+/// What a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// L2D with LoRA diffusion-path projections.
+    L2dLora,
+    /// L2D with full diffusion-path projections.
+    L2dFull,
+    /// Weight LoRA on the base model (baseline).
+    Lora,
+    /// Full weight finetuning (baseline).
+    Full,
+}
+
+impl Mode {
+    /// Parses `train.mode`.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "l2d-lora" => Self::L2dLora,
+            "l2d-full" => Self::L2dFull,
+            "lora" => Self::Lora,
+            "full" => Self::Full,
+            other => crate::bail_usage!("train.mode: unknown mode {other:?} (expected l2d-lora, l2d-full, lora or full)"),
+        })
+    }
+
+    /// Whether the run trains an L2D diffusion path.
+    pub fn is_l2d(self) -> bool {
+        matches!(self, Self::L2dLora | Self::L2dFull)
+    }
+}
+
+/// Trainable and frozen parameter counts of a run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ParamCounts {
+    /// Elements that receive gradients.
+    pub trainable_params: i64,
+    /// Elements of the base model that stay fixed.
+    pub frozen_params: i64,
+}
+
+/// Counts parameters from the base model's `config.json` alone (no weights needed).
+pub fn param_counts(model: &ModelConfig, cfg: &Config) -> Result<ParamCounts> {
+    let base = model.num_params();
+    let mode = Mode::parse(&cfg.train.mode)?;
+    Ok(match mode {
+        Mode::L2dLora | Mode::L2dFull => {
+            let shape = Shape::from_config(&cfg.l2d)?;
+            ParamCounts { trainable_params: params::count(&params::specs(model, &shape)), frozen_params: base }
+        }
+        Mode::Full => ParamCounts { trainable_params: base, frozen_params: 0 },
+        Mode::Lora => {
+            let dims = model.projection_dims();
+            let mut per_layer = 0;
+            for target in &cfg.lora.target_modules {
+                let Some((_, i, o)) = dims.iter().find(|(n, _, _)| n == target) else {
+                    crate::bail_usage!(
+                        "lora.target_modules: unknown module {target:?} (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"
+                    );
+                };
+                per_layer += cfg.lora.rank * (i + o);
+            }
+            ParamCounts { trainable_params: per_layer * model.num_hidden_layers, frozen_params: base }
+        }
+    })
+}
