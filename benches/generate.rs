@@ -1,13 +1,19 @@
-//! Base-LM prefill and decode throughput: `cargo bench --bench generate -- MODEL_DIR`.
+//! Prefill and decode throughput of the base LM and of L2D (midpoint, 8 levels
+//! = 15 diffusion-path evaluations per token, a randomly perturbed LoRA path):
+//! `cargo bench --bench generate -- MODEL_DIR`.
 //!
 //! 64-token prompts, 32 new tokens (greedy, eos ignored), batch 1 and 8, on the
-//! CPU with `L2D_BENCH_THREADS` (default 2) intra-op threads; median of 5 runs.
+//! CPU with `L2D_BENCH_THREADS` (default 2) intra-op threads; median of 5 runs
+//! (3 for L2D).
 
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
+use l2d::config::L2dConfig;
+use l2d::l2d::sampler::{L2dHead, SamplerOptions};
+use l2d::l2d::{L2d, Shape};
 use l2d::model::Llama;
-use l2d::sampling::{generate, BaseLm, GenerateOptions, TokenSampler};
+use l2d::sampling::{generate, BaseLm, GenerateOptions, NextTokenLogits, TokenSampler};
 
 const PROMPT_LEN: i64 = 64;
 const NEW_TOKENS: usize = 32;
@@ -30,24 +36,50 @@ fn main() -> anyhow::Result<()> {
         pad_id: 0,
     };
     println!("model {} | cpu, {threads} threads, f32 | prompt {PROMPT_LEN}, new {NEW_TOKENS}", dir.display());
-    println!("{:>6} {:>18} {:>18}", "batch", "prefill tok/s", "decode tok/s");
+    println!("{:>6} {:>6} {:>18} {:>18}", "head", "batch", "prefill tok/s", "decode tok/s");
     for batch in [1usize, 8] {
-        tch::manual_seed(0);
-        let vocab = model.config.vocab_size;
-        let ids = Tensor::randint_low(3, vocab, [batch as i64, PROMPT_LEN], (Kind::Int64, Device::Cpu));
-        let prompts: Vec<Vec<i64>> = (0..batch).map(|i| Vec::try_from(ids.get(i as i64)).unwrap()).collect();
-        generate(&model, None, &mut BaseLm, &prompts, &opts, &mut |_, _| {})?; // warm-up
-        let mut prefill = Vec::new();
-        let mut decode = Vec::new();
-        for _ in 0..RUNS {
-            let out = generate(&model, None, &mut BaseLm, &prompts, &opts, &mut |_, _| {})?;
-            let g = &out[0];
-            prefill.push((batch as f64 * PROMPT_LEN as f64) / g.prefill_s);
-            decode.push((batch * (g.token_ids.len() - 1)) as f64 / g.decode_s);
+        let (p, d) = measure(&model, &opts, batch, RUNS, &mut || Box::new(BaseLm))?;
+        println!("{:>6} {batch:>6} {p:>18.1} {d:>18.1}", "base");
+    }
+    let cfg = L2dConfig::default();
+    tch::manual_seed(0);
+    let l2d = L2d::init(&model, Shape::from_config(&cfg)?, cfg.sigma)?;
+    tch::no_grad(|| {
+        for (_, p) in &l2d.params {
+            let mut p = p.shallow_clone();
+            let _ = p.g_add_(&(Tensor::randn_like(&p) * 0.02));
         }
-        println!("{batch:>6} {:>18.1} {:>18.1}", median(&mut prefill), median(&mut decode));
+    });
+    let sampler = SamplerOptions::from_config(&cfg)?;
+    for batch in [1usize, 8] {
+        let mut make = || -> Box<dyn NextTokenLogits + '_> { Box::new(L2dHead::new(&model, &l2d, sampler.clone()).unwrap()) };
+        let (p, d) = measure(&model, &opts, batch, 3, &mut make)?;
+        println!("{:>6} {batch:>6} {p:>18.1} {d:>18.1}", "l2d");
     }
     Ok(())
+}
+
+/// Median prefill and decode tokens/s over `runs` generations after a warm-up.
+fn measure<'m>(
+    model: &'m Llama,
+    opts: &GenerateOptions,
+    batch: usize,
+    runs: usize,
+    head: &mut dyn FnMut() -> Box<dyn NextTokenLogits + 'm>,
+) -> anyhow::Result<(f64, f64)> {
+    tch::manual_seed(0);
+    let ids = Tensor::randint_low(3, model.config.vocab_size, [batch as i64, PROMPT_LEN], (Kind::Int64, Device::Cpu));
+    let prompts: Vec<Vec<i64>> = (0..batch).map(|i| Vec::try_from(ids.get(i as i64)).unwrap()).collect();
+    generate(model, None, head().as_mut(), &prompts, opts, &mut |_, _| {})?;
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for _ in 0..runs {
+        let out = generate(model, None, head().as_mut(), &prompts, opts, &mut |_, _| {})?;
+        let g = &out[0];
+        prefill.push((batch as f64 * PROMPT_LEN as f64) / g.prefill_s);
+        decode.push((batch * (g.token_ids.len() - 1)) as f64 / g.decode_s);
+    }
+    Ok((median(&mut prefill), median(&mut decode)))
 }
 
 fn median(xs: &mut [f64]) -> f64 {

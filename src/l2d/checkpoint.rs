@@ -57,7 +57,7 @@ pub struct Metadata {
 /// Writes `l2d` as a checkpoint directory at `dir` (atomically: staged, then renamed).
 pub fn save(dir: &Path, l2d: &L2d, meta: &Metadata) -> Result<()> {
     let staged = crate::io::StagedDir::new(dir)?;
-    let tensors: Vec<(String, Tensor)> = l2d.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+    let tensors: Vec<(String, Tensor)> = l2d.named_tensors().into_iter().map(|(n, t)| (n, t.detach())).collect();
     crate::model::weights::save(&staged.path().join(TENSORS), &tensors)?;
     crate::io::write_json_atomic(&staged.path().join(METADATA), meta)?;
     staged.commit()?;

@@ -51,6 +51,58 @@ impl FlowProj {
             FlowProj::Full(own) => own.forward(x),
         }
     }
+
+    /// The same map as one dense matrix `W + scale·(A·B)^T` (no gradients): one
+    /// matmul per use instead of three, for sampling.
+    fn merged(&self, main: &Linear) -> FlowProj {
+        match self {
+            FlowProj::Lora { a, b, scale } => FlowProj::Full(Linear {
+                weight: &main.weight + a.matmul(b).tr() * *scale,
+                bias: main.bias.as_ref().map(|b| b.shallow_clone()),
+            }),
+            FlowProj::Full(own) => FlowProj::Full(Linear {
+                weight: own.weight.shallow_clone(),
+                bias: own.bias.as_ref().map(|b| b.shallow_clone()),
+            }),
+        }
+    }
+}
+
+/// The per-layer modulation heads `Linear(ts, 256) -> SiLU -> Linear(256, 6d)`,
+/// stacked over layers so that one evaluation computes all of them in two
+/// batched matmuls. The stacked tensors are the trainable leaves; the
+/// reference's per-layer names are views of them.
+pub struct ModulationHeads {
+    /// `[L, 256, ts]`.
+    pub w0: Tensor,
+    /// `[L, 256]`.
+    pub b0: Tensor,
+    /// `[L, 6d, 256]`.
+    pub w2: Tensor,
+    /// `[L, 6d]`.
+    pub b2: Tensor,
+    /// `[L, 6d]`: the frozen norm scales in the `w1` and `w2` slots, zeros elsewhere,
+    /// so `RMSNorm(h)·(gamma + w1)` becomes `RMSNorm(h)·w1'`.
+    gamma: Tensor,
+}
+
+impl ModulationHeads {
+    /// Names of the stacked leaves, in the order of [`ModulationHeads::leaves`].
+    const LEAVES: [&'static str; 4] = ["0.weight", "0.bias", "2.weight", "2.bias"];
+
+    /// `[L, .., 6d]` modulations (gamma folded in) for conditioning `c` `[.., ts]`.
+    pub fn forward(&self, c: &Tensor) -> Tensor {
+        let mut lead = c.size();
+        let ts = lead.pop().expect("[.., ts]");
+        let l = self.w0.size()[0];
+        let flat = c.reshape([1, -1, ts]);
+        let h = (flat.matmul(&self.w0.transpose(1, 2)) + self.b0.unsqueeze(1)).silu();
+        let out = h.matmul(&self.w2.transpose(1, 2)) + (&self.b2 + &self.gamma).unsqueeze(1);
+        let mut shape = vec![l];
+        shape.extend(lead);
+        shape.push(-1);
+        out.view(shape.as_slice())
+    }
 }
 
 /// The diffusion path's own tensors in one decoder layer.
@@ -65,13 +117,11 @@ pub struct FlowLayer {
     pub up: FlowProj,
     /// MLP down projection.
     pub down: FlowProj,
-    /// `c -> [w1, s1, g1, w2, s2, g2]`.
-    pub modulation: Mlp2,
 }
 
 /// Per-layer modulations and the final gate for one evaluation.
 pub struct Conditioning {
-    /// Per layer `[w1, s1, g1, w2, s2, g2]`, each `[.., d]`.
+    /// Per layer `[gamma_in + w1, s1, g1, gamma_post + w2, s2, g2]`, each `[.., d]`.
     pub layers: Vec<Vec<Tensor>>,
     /// `wd(t) = head(c(t)) - head(c(0))`, `[.., d]`.
     pub gate: Tensor,
@@ -83,7 +133,9 @@ pub struct L2d {
     pub shape: Shape,
     /// Noise scale σ of `x0`.
     pub sigma: f64,
-    /// Every trainable tensor with its reference name, in a fixed order.
+    /// The trainable leaves, in a fixed order: every tensor under its reference
+    /// name, except the modulation heads, stacked over layers under
+    /// `model.layers.*.modulation_head.mlp.{0,2}.{weight,bias}`.
     pub params: Vec<(String, Tensor)>,
     /// `map: R^d -> R^D`.
     pub map: Linear,
@@ -95,8 +147,10 @@ pub struct L2d {
     pub gate_head: Mlp2,
     /// Guidance embedding `[num_classes + 1, 256]`, last row = no label.
     pub guidance: Option<Tensor>,
-    /// Per-layer tensors.
+    /// Per-layer projections.
     pub layers: Vec<FlowLayer>,
+    /// The per-layer modulation heads, stacked.
+    pub modulation: ModulationHeads,
 }
 
 impl L2d {
@@ -124,7 +178,7 @@ impl L2d {
         source: &str,
     ) -> Result<Self> {
         let device = model.device();
-        let mut params = Vec::new();
+        let mut ordered = Vec::new();
         for spec in params::specs(&model.config, &shape) {
             let Some(t) = tensors.remove(&spec.name) else {
                 crate::bail_usage!(
@@ -141,15 +195,53 @@ impl L2d {
                     spec.shape
                 );
             }
-            let t = t.to_device(device).to_kind(Kind::Float).detach().set_requires_grad(true);
-            params.push((spec.name, t));
+            ordered.push((spec.name, t.to_device(device).to_kind(Kind::Float).detach()));
         }
         if let Some(extra) = tensors.keys().min() {
             crate::bail_usage!(
                 "{source}: unexpected tensor {extra} (wrong variant, or a checkpoint of another model?)"
             );
         }
-        Ok(Self::assemble(model, shape, sigma, params))
+        Ok(Self::assemble(model, shape, sigma, stack_modulation_heads(ordered, model.layers.len())))
+    }
+
+    /// Every tensor under the reference's names (modulation heads as per-layer
+    /// views), for checkpoints.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (name, t) in &self.params {
+            match name.split_once(MODULATION_PATTERN) {
+                Some((_, leaf)) => {
+                    for i in 0..self.layers.len() {
+                        out.push((format!("model.layers.{i}.modulation_head.mlp.{leaf}"), t.get(i as i64)));
+                    }
+                }
+                None => out.push((name.clone(), t.shallow_clone())),
+            }
+        }
+        out
+    }
+
+    /// A copy for sampling: LoRA updates merged into dense flow matrices (the main
+    /// path keeps its own, unchanged), no gradients.
+    pub fn for_sampling(&self, model: &Llama) -> L2d {
+        let _guard = tch::no_grad_guard();
+        let layers = model
+            .layers
+            .iter()
+            .zip(&self.layers)
+            .map(|(main, f)| FlowLayer {
+                q: f.q.merged(&main.self_attn.q_proj()),
+                o: f.o.merged(&main.self_attn.o_proj),
+                gate: f.gate.merged(&main.mlp.gate_proj()),
+                up: f.up.merged(&main.mlp.up_proj()),
+                down: f.down.merged(&main.mlp.down_proj),
+            })
+            .collect();
+        let params = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+        let mut copy = Self::assemble(model, self.shape.clone(), self.sigma, params);
+        copy.layers = layers;
+        copy
     }
 
     fn assemble(model: &Llama, shape: Shape, sigma: f64, params: Vec<(String, Tensor)>) -> Self {
@@ -182,7 +274,6 @@ impl L2d {
                     gate: proj(&format!("{m}.flow_gate_proj")),
                     up: proj(&format!("{m}.flow_up_proj")),
                     down: proj(&format!("{m}.flow_down_proj")),
-                    modulation: mlp2(&format!("model.layers.{i}.modulation_head.mlp")),
                 }
             })
             .collect();
@@ -192,7 +283,16 @@ impl L2d {
             bias: params.iter().find(|(n, _)| *n == format!("{p}.bias")).map(|(_, t)| t.shallow_clone()),
         };
         let enc = "model.flow_to_lm_encoder.embedder.layers_module";
+        let stacked = |leaf: &str| get(&format!("model.layers{MODULATION_PATTERN}{leaf}"));
+        let modulation = ModulationHeads {
+            w0: stacked(ModulationHeads::LEAVES[0]),
+            b0: stacked(ModulationHeads::LEAVES[1]),
+            w2: stacked(ModulationHeads::LEAVES[2]),
+            b2: stacked(ModulationHeads::LEAVES[3]),
+            gamma: gamma_slots(model),
+        };
         Self {
+            modulation,
             map: linear("model.flow_token_embedder.embedder.layers_module.0"),
             encoder: Mlp2 { l0: f32_linear(&format!("{enc}.0")), l2: f32_linear(&format!("{enc}.2")) },
             timestep: mlp2("model.timestep_embedder.mlp"),
@@ -249,7 +349,7 @@ impl L2d {
         let c_t = self.c(t, label)?;
         let c_0 = self.c(&t.zeros_like(), label)?;
         let gate = self.gate_head.forward(&c_t) - self.gate_head.forward(&c_0);
-        let layers = self.layers.iter().map(|l| l.modulation.forward(&c_t).chunk(6, -1)).collect();
+        let layers = self.modulation.forward(&c_t).unbind(0).iter().map(|m| m.chunk(6, -1)).collect();
         Ok(Conditioning { layers, gate })
     }
 
@@ -269,13 +369,13 @@ impl L2d {
             let m = &cond.layers[i];
             let (w1, s1, g1, w2, s2, g2) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
             let attn = &layer.self_attn;
-            let a = layer.input_layernorm.normalize(&h) * (&layer.input_layernorm.weight + w1) + s1;
+            let a = layer.input_layernorm.normalize(&h) * w1 + s1;
             let q = attn.split_heads(&flow.q.forward(&a, &attn.q_proj()), attn.num_heads);
             let q = step.rotation.apply(&q);
             let (k, v) = cache.get(i);
             let out = attn.merge_heads(&attend(&q, &k, &v, &step.mask));
             h = h + g1 * flow.o.forward(&out, &attn.o_proj);
-            let b = layer.post_attention_layernorm.normalize(&h) * (&layer.post_attention_layernorm.weight + w2) + s2;
+            let b = layer.post_attention_layernorm.normalize(&h) * w2 + s2;
             let mlp = &layer.mlp;
             let hidden = flow.gate.forward(&b, &mlp.gate_proj()).silu() * flow.up.forward(&b, &mlp.up_proj());
             h = h + g2 * flow.down.forward(&hidden, &mlp.down_proj);
@@ -335,6 +435,56 @@ impl L2d {
         let logits = self.logits(model, &main_hidden, &x_t, t, batch.class_labels.as_ref(), &step, &cache)?;
         Ok(next_token_nll(&logits, &batch.labels))
     }
+}
+
+/// Marks the stacked modulation-head leaves: `model.layers.*.modulation_head.mlp.{leaf}`.
+const MODULATION_PATTERN: &str = ".*.modulation_head.mlp.";
+
+/// Replaces the per-layer modulation-head tensors by their stacks over layers
+/// (at the position of layer 0's), and makes every tensor a trainable leaf.
+fn stack_modulation_heads(ordered: Vec<(String, Tensor)>, layers: usize) -> Vec<(String, Tensor)> {
+    let mut out = Vec::new();
+    let mut per_leaf: HashMap<String, Vec<Tensor>> = HashMap::new();
+    for (name, t) in ordered {
+        let parts: Vec<&str> = name.splitn(4, '.').collect();
+        if parts.len() == 4 && parts[0] == "model" && parts[1] == "layers" && parts[3].starts_with("modulation_head.mlp.") {
+            let leaf = parts[3].trim_start_matches("modulation_head.mlp.").to_string();
+            let stack = per_leaf.entry(leaf.clone()).or_default();
+            if stack.is_empty() {
+                out.push((format!("model.layers{MODULATION_PATTERN}{leaf}"), Tensor::new()));
+            }
+            stack.push(t);
+        } else {
+            out.push((name, t));
+        }
+    }
+    out.into_iter()
+        .map(|(name, t)| {
+            let t = match name.split_once(MODULATION_PATTERN) {
+                Some((_, leaf)) => {
+                    let parts = &per_leaf[leaf];
+                    assert_eq!(parts.len(), layers, "one modulation head per layer");
+                    Tensor::stack(parts, 0)
+                }
+                None => t,
+            };
+            (name, t.set_requires_grad(true))
+        })
+        .collect()
+}
+
+/// `[L, 6d]` with each layer's input-norm scale in the `w1` slot and its
+/// post-attention-norm scale in the `w2` slot.
+fn gamma_slots(model: &Llama) -> Tensor {
+    let rows: Vec<Tensor> = model
+        .layers
+        .iter()
+        .map(|l| {
+            let z = l.input_layernorm.weight.zeros_like();
+            Tensor::cat(&[&l.input_layernorm.weight, &z, &z, &l.post_attention_layernorm.weight, &z, &z], 0)
+        })
+        .collect();
+    Tensor::stack(&rows, 0)
 }
 
 /// A batch of token sequences for training or loss evaluation.

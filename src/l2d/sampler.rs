@@ -79,8 +79,9 @@ impl SamplerOptions {
 }
 
 /// The next-token logits of an L2D model, for [`crate::sampling::generate()`].
-pub struct L2dHead<'a> {
-    l2d: &'a L2d,
+pub struct L2dHead {
+    /// The path with LoRA updates merged, for one matmul per projection.
+    l2d: L2d,
     opts: SamplerOptions,
     /// `rep(k)` of every token `[V, D]`, computed once.
     rep_vocab: Tensor,
@@ -88,9 +89,9 @@ pub struct L2dHead<'a> {
     tokens: usize,
 }
 
-impl<'a> L2dHead<'a> {
+impl L2dHead {
     /// Prepares sampling from `l2d` on top of `model`.
-    pub fn new(model: &Llama, l2d: &'a L2d, opts: SamplerOptions) -> Result<Self> {
+    pub fn new(model: &Llama, l2d: &L2d, opts: SamplerOptions) -> Result<Self> {
         if let Some((class, w)) = opts.guidance {
             if l2d.guidance.is_none() {
                 crate::bail_usage!("--guidance-class {class}: this L2D checkpoint has no guidance embedding (l2d.num_classes = 0)");
@@ -106,7 +107,7 @@ impl<'a> L2dHead<'a> {
             let ids = Tensor::arange(model.config.vocab_size, (Kind::Int64, model.device()));
             l2d.rep(model, &ids).to_kind(Kind::Double)
         });
-        Ok(Self { l2d, opts, rep_vocab, evals: 0, tokens: 0 })
+        Ok(Self { l2d: l2d.for_sampling(model), opts, rep_vocab, evals: 0, tokens: 0 })
     }
 
     /// `x1_hat` `[B, D]` (f64) from logits `[B, V]` at temperature `tau`.
@@ -138,17 +139,17 @@ struct Eval<'s> {
 impl Eval<'_> {
     /// Logits `[B, V]` at state `x` `[B, D]` and time `t` for `label` (`None` = no label).
     fn logits(&self, l2d: &L2d, x: &Tensor, t: f64, label: Option<i64>) -> Result<Tensor> {
-        let b = x.size()[0];
         let device = x.device();
-        let t = Tensor::full([b, 1], t, (Kind::Float, device));
-        let label = label.map(|c| Tensor::full([b, 1], c, (Kind::Int64, device)));
+        // Every row shares t and the label: condition once, broadcast over the batch.
+        let t = Tensor::full([1, 1], t, (Kind::Float, device));
+        let label = label.map(|c| Tensor::full([1, 1], c, (Kind::Int64, device)));
         let x = x.to_kind(Kind::Float).unsqueeze(1);
         let logits = l2d.logits(self.model, self.hidden, &x, &t, label.as_ref(), self.step, self.cache)?;
         Ok(logits.squeeze_dim(1))
     }
 }
 
-impl NextTokenLogits for L2dHead<'_> {
+impl NextTokenLogits for L2dHead {
     fn logits(&mut self, model: &Llama, hidden: &Tensor, cache: &KvCache, step: &Step) -> Result<Tensor> {
         let step = step.last();
         let eval = Eval { model, hidden, step: &step, cache };
@@ -165,7 +166,7 @@ impl NextTokenLogits for L2dHead<'_> {
                 let tau = this.opts.temperature(t + offset);
                 let v = |label: Option<i64>, calls: &mut usize| -> Result<Tensor> {
                     *calls += 1;
-                    let logits = eval.logits(this.l2d, x, t, label)?;
+                    let logits = eval.logits(&this.l2d, x, t, label)?;
                     Ok((this.x1_hat(&logits, tau, t)? - x) / (1.0 - t))
                 };
                 match this.opts.guidance {
@@ -179,7 +180,7 @@ impl NextTokenLogits for L2dHead<'_> {
             ode::integrate(&self.opts.ode, &x0, &mut velocity)?
         };
         let label = self.opts.guidance.map(|(c, _)| c);
-        let logits = eval.logits(self.l2d, &x1, 1.0, label)?;
+        let logits = eval.logits(&self.l2d, &x1, 1.0, label)?;
         self.evals += calls + 1;
         self.tokens += 1;
         Ok(logits)

@@ -61,9 +61,8 @@ impl RmsNorm {
 
     /// `x / rms(x)` without the scale; L2D modulates the scale itself.
     pub fn normalize(&self, x: &Tensor) -> Tensor {
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.square().mean_dim(-1, true, Kind::Float);
-        (xf * (var + self.eps).rsqrt()).to_kind(x.kind())
+        let d = x.size()[x.dim() - 1];
+        x.to_kind(Kind::Float).rms_norm([d], None::<Tensor>, self.eps).to_kind(x.kind())
     }
 
     /// `gamma * x / rms(x)`.
