@@ -272,8 +272,13 @@ pub struct DataConfig {
     /// Drop conversations of these categories.
     #[serde(deserialize_with = "string_or_list")]
     pub exclude_categories: Vec<String>,
-    /// Guidance label of each category; needs `l2d.num_classes` > 0.
+    /// Guidance label of each category, subset (a Parquet file's directory) or
+    /// file stem; needs `l2d.num_classes` > 0.
     pub class_map: BTreeMap<String, i64>,
+    /// Directory `l2d prepare` writes the token shards to; `--out` overrides it.
+    pub out: Option<String>,
+    /// Most tokens per shard file of `l2d prepare` (an example is never split).
+    pub shard_tokens: u64,
 }
 
 impl Default for DataConfig {
@@ -287,6 +292,8 @@ impl Default for DataConfig {
             include_categories: Vec::new(),
             exclude_categories: Vec::new(),
             class_map: BTreeMap::new(),
+            out: None,
+            shard_tokens: 1 << 26,
         }
     }
 }
@@ -627,6 +634,10 @@ impl Config {
             &d.max_seq_len_policy,
             SEQ_LEN_POLICIES,
         )?;
+        require(d.out.as_deref() != Some(""), "data.out", || {
+            "must not be empty (leave it out instead)".into()
+        })?;
+        require(d.shard_tokens >= 1, "data.shard_tokens", || "must be >= 1".into())?;
         if let Some(c) = d
             .include_categories
             .iter()

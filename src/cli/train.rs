@@ -1,6 +1,8 @@
 //! `l2d train`: finetuning runs from a config (`--dry-run` plans one without weights).
 
 use anyhow::Result;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
 use crate::model::ModelConfig;
@@ -20,6 +22,9 @@ pub struct Args {
     /// Print the dry-run report as JSON.
     #[arg(long, requires = "dry_run")]
     pub json: bool,
+    /// Continue from the newest checkpoint in the output directory.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// Runs (or plans) the configured training.
@@ -30,7 +35,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let model_cfg = ModelConfig::load(&Path::new(&cfg.model.path).join("config.json"))?;
     if !args.dry_run {
-        crate::bail_usage!("l2d train: only --dry-run is available in this build");
+        return train(&cfg, &args);
     }
     let counts = param_counts(&model_cfg, &cfg)?;
     let t = &cfg.train;
@@ -57,6 +62,28 @@ pub fn run(args: Args) -> Result<()> {
         for (k, v) in plan.as_object().expect("an object") {
             println!("{k:<26} {v}");
         }
+    }
+    Ok(())
+}
+
+/// Runs the training; SIGINT/SIGTERM finish the current step, save and exit 0,
+/// a second signal aborts.
+fn train(cfg: &crate::config::Config, args: &Args) -> Result<()> {
+    let out = match (&args.out, &cfg.train.out) {
+        (Some(o), _) => o.clone(),
+        (None, Some(o)) => PathBuf::from(o),
+        (None, None) => crate::bail_usage!("--out: no output directory (flag or train.out in the config)"),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let outcome = crate::train::run::train(cfg, &out, args.resume, stop)?;
+    match (&outcome.result, outcome.interrupted) {
+        (_, true) => eprintln!("interrupted at step {}; checkpoint saved, continue with --resume", outcome.steps),
+        (Some(r), false) => eprintln!("trained {} steps; result in {}", outcome.steps, r.display()),
+        (None, false) => {}
     }
     Ok(())
 }

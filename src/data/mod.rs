@@ -3,3 +3,5 @@
 pub mod chat;
 pub mod pretokenized;
 pub mod tokenizer;
+pub mod prepare;
+pub mod shards;

@@ -305,6 +305,19 @@ impl L2d {
         }
     }
 
+    /// Rebuilds the compute views from the f32 master leaves (needed after an
+    /// optimizer step when the model computes in bf16/f16).
+    pub fn refresh(self, model: &Llama) -> L2d {
+        Self::assemble(model, self.shape, self.sigma, self.params)
+    }
+
+    /// Summed loss and label count at `t ~ U(0, 1)` drawn per position (spec §7).
+    pub fn nll(&self, model: &Llama, batch: &TokenBatch) -> Result<(Tensor, Tensor)> {
+        let (b, t_len) = batch.input_ids.size2()?;
+        let t = Tensor::rand([b, t_len], (Kind::Float, model.device()));
+        self.nll_at(model, batch, &t)
+    }
+
     /// Number of trainable elements.
     pub fn num_params(&self) -> i64 {
         self.params.iter().map(|(_, t)| t.numel() as i64).sum()
@@ -409,9 +422,8 @@ impl L2d {
     /// Training loss (spec §7): mean cross-entropy of the combined logits against
     /// the next token, `t ~ U(0, 1)` drawn independently per position.
     pub fn loss(&self, model: &Llama, batch: &TokenBatch) -> Result<Tensor> {
-        let (b, t_len) = batch.input_ids.size2()?;
-        let t = Tensor::rand([b, t_len], (Kind::Float, model.device()));
-        self.loss_at(model, batch, &t)
+        let (sum, count) = self.nll(model, batch)?;
+        Ok(sum / count.to_kind(Kind::Float))
     }
 
     /// The mean loss with given times `t` `[B, T]` (the same t everywhere gives `eval loss`).

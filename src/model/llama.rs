@@ -319,6 +319,59 @@ impl Llama {
         attn.o_proj.forward(&attn.merge_heads(&attend(&q, &k, &v, &step.mask)))
     }
 
+    /// Every weight under its name here (q/k/v and gate/up fused), for training.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let mut push = |name: String, t: &Tensor| out.push((name, t.shallow_clone()));
+            push(format!("{p}.input_layernorm.weight"), &l.input_layernorm.weight);
+            push(format!("{p}.self_attn.qkv_proj.weight"), &l.self_attn.qkv_proj.weight);
+            if let Some(b) = &l.self_attn.qkv_proj.bias {
+                push(format!("{p}.self_attn.qkv_proj.bias"), b);
+            }
+            push(format!("{p}.self_attn.o_proj.weight"), &l.self_attn.o_proj.weight);
+            if let Some(b) = &l.self_attn.o_proj.bias {
+                push(format!("{p}.self_attn.o_proj.bias"), b);
+            }
+            push(format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm.weight);
+            push(format!("{p}.mlp.gate_up_proj.weight"), &l.mlp.gate_up_proj.weight);
+            push(format!("{p}.mlp.down_proj.weight"), &l.mlp.down_proj.weight);
+        }
+        out.push(("model.norm.weight".into(), self.norm.weight.shallow_clone()));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), self.lm_head.shallow_clone()));
+        }
+        out
+    }
+
+    /// Every weight under its Hugging Face name (fused matrices split back), for saving.
+    pub fn hf_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (name, t) in self.named_tensors() {
+            let split = |parts: &[(&str, i64)], out: &mut Vec<(String, Tensor)>| {
+                let mut start = 0;
+                for (part, len) in parts {
+                    out.push((name.replace(if name.contains("qkv") { "qkv_proj" } else { "gate_up_proj" }, part), t.narrow(0, start, *len)));
+                    start += len;
+                }
+            };
+            let (q, kv, ffn) = (
+                self.config.num_attention_heads * self.config.head_dim(),
+                self.config.num_kv_heads() * self.config.head_dim(),
+                self.config.intermediate_size,
+            );
+            if name.contains("qkv_proj") {
+                split(&[("q_proj", q), ("k_proj", kv), ("v_proj", kv)], &mut out);
+            } else if name.contains("gate_up_proj") {
+                split(&[("gate_proj", ffn), ("up_proj", ffn)], &mut out);
+            } else {
+                out.push((name, t));
+            }
+        }
+        out
+    }
+
     /// Final norm and LM head: logits `[.., V]` in the model dtype.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         self.norm.forward(hidden).matmul(&self.lm_head.tr())

@@ -1,4 +1,8 @@
-//! Training: modes, parameter accounting and the plan of a run.
+//! Training: modes, parameter accounting, the optimizer, batching and the loop.
+
+pub mod data;
+pub mod optim;
+pub mod run;
 
 use anyhow::Result;
 use serde::Serialize;

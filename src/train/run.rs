@@ -1,0 +1,475 @@
+//! The training loop: gradient accumulation over micro-batches, clipping,
+//! AdamW, the schedule, validation, metrics, crash-safe checkpoints and resume.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+use super::data::{micro_seed, BatchPlan, Source, TrainExample};
+use super::optim::{clip_grad_norm, learning_rate, AdamW};
+use super::Mode;
+use crate::config::Config;
+use crate::l2d::checkpoint::{self as l2d_ckpt, BaseIdentity};
+use crate::l2d::{next_token_nll, L2d, Shape, TokenBatch};
+use crate::model::weights::Weights;
+use crate::model::Llama;
+use crate::runtime;
+
+/// What a finished (or interrupted) run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Optimizer steps completed.
+    pub steps: u64,
+    /// Whether a signal stopped the run early (a checkpoint was saved).
+    pub interrupted: bool,
+    /// The trained result (L2D checkpoint or model directory), when the run completed.
+    pub result: Option<PathBuf>,
+}
+
+/// This process's place among data-parallel workers. Only rank 0 writes; a
+/// multi-process launcher plugs in by setting these and reducing gradients in
+/// [`Dist::reduce_gradients`].
+#[derive(Debug, Clone, Copy)]
+pub struct Dist {
+    /// This worker's index.
+    pub rank: usize,
+    /// Number of workers.
+    pub world: usize,
+}
+
+impl Dist {
+    /// A single process.
+    pub fn single() -> Self {
+        Self { rank: 0, world: 1 }
+    }
+
+    /// Whether this worker writes checkpoints, logs and outputs.
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Sums gradients over workers: the one place a process group would all-reduce.
+    fn reduce_gradients(&self, _params: &[(String, Tensor)]) {
+        debug_assert_eq!(self.world, 1, "multi-process reduction is not wired yet");
+    }
+}
+
+/// What is trained.
+enum Trainee {
+    L2d(L2d),
+    Full,
+}
+
+/// `state.json` of a training checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    step: u64,
+    total_steps: u64,
+    mode: String,
+    seed: u64,
+}
+
+const CHECKPOINTS: &str = "checkpoints";
+const METRICS: &str = "metrics.jsonl";
+
+/// Trains as `cfg` says, writing into `out`; `resume` continues from the newest checkpoint there.
+pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> Result<Outcome> {
+    let dist = Dist::single();
+    let mode = Mode::parse(&cfg.train.mode)?;
+    if mode == Mode::Lora {
+        crate::bail_usage!("train.mode lora: the weight-LoRA baseline is not available in this build (use full, l2d-lora or l2d-full)");
+    }
+    let t = &cfg.train;
+    let device = runtime::parse_device(&cfg.model.device)?;
+    let kind = runtime::parse_dtype(&cfg.model.dtype, device)?;
+    let base_dir = PathBuf::from(&cfg.model.path);
+    let data_path = cfg
+        .data
+        .out
+        .as_ref()
+        .map(PathBuf::from)
+        .ok_or_else(|| crate::error::usage("data.out: no prepared data (run `l2d prepare`, or point it at a pretokenized JSONL file)"))?;
+    // Refuse shards of another tokenizer before loading anything heavy.
+    if data_path.is_dir() {
+        crate::data::shards::check_tokenizer(&data_path, &base_dir)?;
+    }
+    let model = Llama::load(&base_dir, device, kind)?;
+    let train_data = Source::open(&data_path, "train", model.config.vocab_size)?;
+    if train_data.is_empty() {
+        crate::bail_usage!("{}: the training split holds no examples", data_path.display());
+    }
+    let valid_data = open_valid(&data_path, model.config.vocab_size)?;
+    let plan = BatchPlan::new(train_data.lengths(), t.batch_size, t.seed);
+    let total = (t.epochs * plan.steps_per_epoch).min(t.max_steps.unwrap_or(u64::MAX));
+
+    tch::manual_seed(t.seed as i64);
+    let mut trainee = match mode {
+        Mode::L2dLora | Mode::L2dFull => {
+            Trainee::L2d(L2d::init(&model, Shape::from_config(&cfg.l2d)?, cfg.l2d.sigma)?)
+        }
+        Mode::Full => {
+            if kind != Kind::Float {
+                crate::bail_usage!("train.mode full: needs model.dtype f32 in this build (no master-weight copies yet)");
+            }
+            for (_, p) in model.named_tensors() {
+                let _ = p.set_requires_grad(true);
+            }
+            Trainee::Full
+        }
+        Mode::Lora => unreachable!("refused above"),
+    };
+    let params = |trainee: &Trainee, model: &Llama| match trainee {
+        Trainee::L2d(l) => shallow(&l.params),
+        Trainee::Full => model.named_tensors(),
+    };
+    let mut opt = AdamW::new(&params(&trainee, &model), (t.betas[0], t.betas[1]), t.eps, t.weight_decay);
+
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let ckpt_dir = out.join(CHECKPOINTS);
+    let mut start = 0;
+    match (resume, latest_checkpoint(&ckpt_dir)?) {
+        (true, Some((step, dir))) => {
+            restore(&dir, &params(&trainee, &model), &mut opt)?;
+            if let Trainee::L2d(l) = trainee {
+                trainee = Trainee::L2d(l.refresh(&model));
+            }
+            start = step;
+            truncate_metrics(&out.join(METRICS), step)?;
+            tracing::info!(step, dir = %dir.display(), "resumed");
+        }
+        (false, Some((step, _))) => crate::bail_usage!(
+            "--out {}: already holds a run (checkpoint at step {step}); pass --resume to continue it",
+            out.display()
+        ),
+        (true, None) | (false, None) => truncate_metrics(&out.join(METRICS), 0)?,
+    }
+    if dist.is_main() {
+        crate::io::write_atomic(&out.join("config.toml"), cfg.to_toml_string().as_bytes())?;
+    }
+
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join(METRICS))
+        .with_context(|| format!("cannot open {}", out.join(METRICS).display()))?;
+    let progress = progress_bar(start, total);
+    let started = Instant::now();
+    let mut step = start;
+    while step < total {
+        if stop.load(Ordering::SeqCst) {
+            save_checkpoint(&ckpt_dir, step, total, cfg, &params(&trainee, &model), &opt, dist)?;
+            progress.abandon();
+            return Ok(Outcome { steps: step, interrupted: true, result: None });
+        }
+        let step_start = Instant::now();
+        let lr = learning_rate(step, total, t.warmup_steps, t.lr, t.final_lr);
+        let examples: Vec<TrainExample> =
+            plan.batch(step).into_iter().map(|i| train_data.get(i, t.max_seq_len)).collect();
+        let loss_tokens: i64 = examples.iter().map(|e| e.labels.iter().skip(1).filter(|&&l| l != -100).count() as i64).sum();
+        let mut loss_sum = 0.0;
+        for (m, micro) in examples.chunks(t.micro_batch_size).enumerate().filter(|(m, _)| m % dist.world == dist.rank) {
+            tch::manual_seed(micro_seed(t.seed, step, m));
+            let batch = to_batch(micro, cfg, device);
+            let (sum, _) = match &trainee {
+                Trainee::L2d(l) => l.nll(&model, &batch)?,
+                Trainee::Full => next_token_nll(&model.forward(&batch.input_ids), &batch.labels),
+            };
+            (&sum / loss_tokens.max(1) as f64).backward();
+            loss_sum += sum.double_value(&[]);
+        }
+        let named = params(&trainee, &model);
+        dist.reduce_gradients(&named);
+        let loss = loss_sum / loss_tokens.max(1) as f64;
+        let grad_norm = clip_grad_norm(&named, t.grad_clip);
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            let last = latest_checkpoint(&ckpt_dir)?.map(|(s, _)| format!("step {s}")).unwrap_or_else(|| "none".into());
+            anyhow::bail!(
+                "step {}: loss {loss} / gradient norm {grad_norm} is not finite; stopped before updating (last good checkpoint: {last})",
+                step + 1
+            );
+        }
+        opt.step(&named, lr);
+        zero_grad(&named);
+        if let Trainee::L2d(l) = trainee {
+            trainee = Trainee::L2d(l.refresh(&model));
+        }
+        step += 1;
+        let elapsed = step_start.elapsed().as_secs_f64();
+        let tokens: usize = examples.iter().map(|e| e.input_ids.len()).sum();
+        if dist.is_main() {
+            let rec = serde_json::json!({
+                "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "tokens": tokens, "tokens_per_s": tokens as f64 / elapsed,
+                "elapsed_s": started.elapsed().as_secs_f64(),
+            });
+            writeln!(metrics, "{rec}")?;
+            metrics.flush()?;
+        }
+        progress.set_position(step);
+        progress.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+        if let Some(valid) = &valid_data {
+            if step == total || (t.eval_every > 0 && step % t.eval_every == 0) {
+                let rec = validate(&trainee, &model, valid, cfg, device, step)?;
+                if dist.is_main() {
+                    writeln!(metrics, "{rec}")?;
+                    metrics.flush()?;
+                }
+            }
+        }
+        if step == total || (t.save_every > 0 && step % t.save_every == 0) {
+            save_checkpoint(&ckpt_dir, step, total, cfg, &params(&trainee, &model), &opt, dist)?;
+        }
+    }
+    progress.finish_and_clear();
+    let result = if dist.is_main() { Some(write_result(&trainee, &model, cfg, &base_dir, out, step)?) } else { None };
+    Ok(Outcome { steps: step, interrupted: false, result })
+}
+
+/// Shallow copies of named tensors (the same storage and autograd leaves).
+fn shallow(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+}
+
+fn open_valid(path: &Path, vocab: i64) -> Result<Option<Source>> {
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let manifest = crate::data::shards::read_manifest(path)?;
+    match manifest.splits.get("valid") {
+        Some(info) if info.examples > 0 => Ok(Some(Source::open(path, "valid", vocab)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Right-padded batch of examples; class labels per token with the guidance
+/// dropout applied (each token's label becomes "no label" with that probability).
+fn to_batch(examples: &[TrainExample], cfg: &Config, device: tch::Device) -> TokenBatch {
+    let pre: Vec<crate::data::pretokenized::Example> = examples
+        .iter()
+        .map(|e| crate::data::pretokenized::Example { input_ids: e.input_ids.clone(), labels: e.labels.clone() })
+        .collect();
+    let mut batch = TokenBatch::from_examples(&pre, device);
+    if cfg.l2d.num_classes > 0 {
+        let (b, t) = batch.input_ids.size2().expect("[B, T]");
+        let classes: Vec<i64> = examples.iter().map(|e| e.class_id).collect();
+        let labels = Tensor::from_slice(&classes).to_device(device).unsqueeze(1).expand([b, t], false);
+        let drop = Tensor::rand([b, t], (Kind::Float, device)).lt(cfg.l2d.guidance_dropout);
+        batch.class_labels = Some(labels.masked_fill(&drop, -1));
+    }
+    batch
+}
+
+fn zero_grad(params: &[(String, Tensor)]) {
+    for (_, p) in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+}
+
+/// Validation loss; for L2D also at the centres of four t bins.
+fn validate(trainee: &Trainee, model: &Llama, valid: &Source, cfg: &Config, device: tch::Device, step: u64) -> Result<serde_json::Value> {
+    let _guard = tch::no_grad_guard();
+    let t_cfg = &cfg.train;
+    let examples: Vec<TrainExample> = (0..valid.len()).map(|i| valid.get(i, t_cfg.max_seq_len)).collect();
+    let eval_at = |t: Option<f64>| -> Result<f64> {
+        tch::manual_seed(t_cfg.seed as i64);
+        let (mut sum, mut count) = (0.0, 0i64);
+        for micro in examples.chunks(t_cfg.micro_batch_size) {
+            let batch = to_batch(micro, cfg, device);
+            let (s, c) = match (trainee, t) {
+                (Trainee::L2d(l), Some(t)) => {
+                    l.nll_at(model, &batch, &Tensor::full(batch.input_ids.size().as_slice(), t, (Kind::Float, device)))?
+                }
+                (Trainee::L2d(l), None) => l.nll(model, &batch)?,
+                (Trainee::Full, _) => next_token_nll(&model.forward(&batch.input_ids), &batch.labels),
+            };
+            sum += s.double_value(&[]);
+            count += c.int64_value(&[]);
+        }
+        Ok(sum / count.max(1) as f64)
+    };
+    let loss = eval_at(None)?;
+    let mut rec = serde_json::json!({"step": step, "valid_loss": loss});
+    if matches!(trainee, Trainee::L2d(_)) {
+        let mut bins = serde_json::Map::new();
+        for centre in [0.125, 0.375, 0.625, 0.875] {
+            bins.insert(format!("{centre}"), eval_at(Some(centre))?.into());
+        }
+        rec["valid_loss_t"] = bins.into();
+    }
+    Ok(rec)
+}
+
+fn step_dir(ckpt_dir: &Path, step: u64) -> PathBuf {
+    ckpt_dir.join(format!("step-{step:08}"))
+}
+
+/// The newest complete checkpoint (directories appear whole, by rename).
+fn latest_checkpoint(ckpt_dir: &Path) -> Result<Option<(u64, PathBuf)>> {
+    if !ckpt_dir.is_dir() {
+        return Ok(None);
+    }
+    let mut best = None;
+    for entry in std::fs::read_dir(ckpt_dir)? {
+        let path = entry?.path();
+        let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|s| s.parse::<u64>().ok());
+        if let Some(step) = step {
+            if path.join("state.json").is_file() && best.as_ref().is_none_or(|(s, _)| step > *s) {
+                best = Some((step, path));
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Writes a resumable checkpoint atomically and keeps the newest `keep_last`.
+fn save_checkpoint(
+    ckpt_dir: &Path,
+    step: u64,
+    total: u64,
+    cfg: &Config,
+    params: &[(String, Tensor)],
+    opt: &AdamW,
+    dist: Dist,
+) -> Result<()> {
+    if !dist.is_main() {
+        return Ok(());
+    }
+    let dest = step_dir(ckpt_dir, step);
+    if dest.is_dir() && dest.join("state.json").is_file() {
+        return Ok(()); // already saved (e.g. a signal right after a scheduled save)
+    }
+    let staged = crate::io::StagedDir::new(&dest).with_context(|| format!("checkpoint at step {step} not saved"))?;
+    let detached: Vec<(String, Tensor)> = params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+    let save = || -> Result<()> {
+        crate::model::weights::save(&staged.path().join("trainable.safetensors"), &detached)?;
+        crate::model::weights::save(&staged.path().join("optimizer.safetensors"), &opt.state_tensors())?;
+        let state = State { step, total_steps: total, mode: cfg.train.mode.clone(), seed: cfg.train.seed };
+        crate::io::write_json_atomic(&staged.path().join("state.json"), &state)
+    };
+    save().with_context(|| format!("checkpoint at step {step} not saved; the previous one is intact"))?;
+    staged.commit().with_context(|| format!("checkpoint at step {step} not saved; the previous one is intact"))?;
+    prune(ckpt_dir, cfg.train.keep_last)
+}
+
+fn prune(ckpt_dir: &Path, keep: usize) -> Result<()> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(ckpt_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let s = p.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()?;
+            Some((s, p))
+        })
+        .collect();
+    steps.sort();
+    for (_, p) in steps.iter().rev().skip(keep) {
+        std::fs::remove_dir_all(p).with_context(|| format!("cannot remove old checkpoint {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn restore(dir: &Path, params: &[(String, Tensor)], opt: &mut AdamW) -> Result<()> {
+    let state: State = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
+        .with_context(|| format!("{}: malformed state.json", dir.display()))?;
+    let saved = read_all(&dir.join("trainable.safetensors"))?;
+    tch::no_grad(|| -> Result<()> {
+        for (name, p) in params {
+            let t = saved.get(name).ok_or_else(|| anyhow::anyhow!("{}: lacks {name}", dir.display()))?;
+            p.shallow_clone().copy_(t);
+        }
+        Ok(())
+    })?;
+    opt.load_state(read_all(&dir.join("optimizer.safetensors"))?, state.step as i64)
+}
+
+fn read_all(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let w = Weights::open_files(&[path.to_path_buf()], tch::Device::Cpu, Kind::Float)?;
+    w.names().into_iter().map(|n| Ok((n.clone(), w.read(&n)?.1))).collect()
+}
+
+/// Keeps the metric lines of steps up to `step`, so a resumed run's log equals an uninterrupted one's.
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let kept = match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+        Err(_) => String::new(),
+    };
+    crate::io::write_atomic(path, kept.as_bytes())
+}
+
+fn progress_bar(start: u64, total: u64) -> indicatif::ProgressBar {
+    if !crate::cli::stderr_is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_position(start);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
+            .expect("a valid template"),
+    );
+    bar
+}
+
+/// The trained result: an L2D checkpoint (`out/l2d`) or a model directory (`out/model`).
+fn write_result(trainee: &Trainee, model: &Llama, cfg: &Config, base_dir: &Path, out: &Path, step: u64) -> Result<PathBuf> {
+    match trainee {
+        Trainee::L2d(l2d) => {
+            let dest = out.join("l2d");
+            let meta = l2d_ckpt::Metadata {
+                format: "l2d".into(),
+                version: 1,
+                shape: l2d.shape.clone(),
+                l2d: cfg.l2d.clone(),
+                base: BaseIdentity::of(model, base_dir)?,
+                step,
+            };
+            replace_dir(&dest, |d| l2d_ckpt::save(d, l2d, &meta))?;
+            Ok(dest)
+        }
+        Trainee::Full => {
+            let dest = out.join("model");
+            replace_dir(&dest, |d| save_model_dir(model, base_dir, d))?;
+            Ok(dest)
+        }
+    }
+}
+
+/// Writes a new version of `dest` beside it, then swaps it in.
+fn replace_dir(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let fresh = dest.with_extension("new");
+    let _ = std::fs::remove_dir_all(&fresh);
+    write(&fresh)?;
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).with_context(|| format!("cannot replace {}", dest.display()))?;
+    }
+    std::fs::rename(&fresh, dest).with_context(|| format!("cannot move the result into {}", dest.display()))
+}
+
+/// A complete Hugging Face model directory: the base's config and tokenizer
+/// files with the finetuned weights.
+fn save_model_dir(model: &Llama, base_dir: &Path, dest: &Path) -> Result<()> {
+    let staged = crate::io::StagedDir::new(dest)?;
+    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        let src = base_dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, staged.path().join(f)).with_context(|| format!("cannot copy {}", src.display()))?;
+        }
+    }
+    let tensors: Vec<(String, Tensor)> = model.hf_tensors().into_iter().map(|(n, t)| (n, t.detach())).collect();
+    crate::model::weights::save(&staged.path().join("model.safetensors"), &tensors)?;
+    staged.commit()?;
+    Ok(())
+}
