@@ -260,7 +260,8 @@ pub struct DataConfig {
     /// Validation files or globs; empty splits `valid_fraction` off `train`.
     #[serde(deserialize_with = "string_or_list")]
     pub valid: Vec<String>,
-    /// Share of training examples held out when `valid` is empty.
+    /// Share of training conversations held out when `valid` is empty (all
+    /// turns of a conversation stay on one side of the split).
     pub valid_fraction: f64,
     /// Seed of that split, independent of `train.seed` so runs share a split.
     pub seed: u64,

@@ -1,22 +1,52 @@
-//! `l2d eval`: evaluations of a model; `eval loss` is the diagnostic
-//! cross-entropy at fixed diffusion times.
+//! `l2d eval`: evaluations. `eval --task NAME --data FILE --samples FILE`
+//! scores given completions on a benchmark without a model; `eval loss` is
+//! the diagnostic cross-entropy at fixed diffusion times.
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 use crate::data::pretokenized;
+use crate::eval::sandbox::SandboxOptions;
+use crate::eval::score::{self, Report, TaskReport};
+use crate::eval::tasks::{Dataset, Task};
 use crate::l2d::{checkpoint, next_token_nll, TokenBatch};
 use crate::model::Llama;
 use crate::runtime;
 
-/// Flags of `l2d eval`.
+/// Flags of `l2d eval`: a subcommand, or the scoring flags at the top level.
 #[derive(Debug, clap::Args)]
-#[command(subcommand_required = true)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
-    /// What to evaluate.
+    /// A diagnostic evaluation; without one, the top-level flags say what to do.
     #[command(subcommand)]
-    pub command: EvalCommand,
+    pub command: Option<EvalCommand>,
+    /// Scoring without a model (`--task`, `--data`, `--samples`).
+    #[command(flatten)]
+    pub score: ScoreArgs,
+}
+
+/// Flags of `l2d eval --task NAME --data FILE --samples FILE.jsonl`: scoring without a model.
+#[derive(Debug, clap::Args)]
+pub struct ScoreArgs {
+    /// Benchmark: gsm8k, math, mmlu, mmlu_pro, humaneval or mbpp.
+    #[arg(long, value_name = "NAME")]
+    pub task: Option<Task>,
+    /// The benchmark's items: .jsonl, .jsonl.gz, .json, .parquet, .csv (MMLU), or a directory of them.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Completions: `{"task_id": .., "completion": ".."}` per line; several per id are n samples for pass@k.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub samples: Option<PathBuf>,
+    /// Directory for report.json and examples.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Programs run at once in the sandbox (code tasks); default: the number of CPUs.
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 /// The evaluations.
@@ -62,8 +92,55 @@ pub struct LossArgs {
 
 /// Runs the chosen evaluation.
 pub fn run(args: Args) -> Result<()> {
-    match args.command {
-        EvalCommand::Loss(a) => loss(a),
+    match (args.command, args.score.task) {
+        (Some(EvalCommand::Loss(a)), _) => loss(a),
+        (None, Some(task)) => score_samples(task, args.score),
+        // Generation over configured tasks (`l2d eval --config FILE`) will dispatch here.
+        (None, None) => crate::bail_usage!(
+            "l2d eval: nothing to do: score completions with `--task NAME --data FILE --samples FILE.jsonl`, \
+             or run `l2d eval loss` (see `l2d eval --help`)"
+        ),
+    }
+}
+
+fn score_samples(task: Task, args: ScoreArgs) -> Result<()> {
+    let Some(data) = &args.data else {
+        crate::bail_usage!("--task {task}: needs --data FILE (the benchmark's items)");
+    };
+    let Some(samples) = &args.samples else {
+        crate::bail_usage!("--task {task}: needs --samples FILE.jsonl (the completions to score)");
+    };
+    let workers = match args.workers {
+        Some(0) => crate::bail_usage!("--workers: must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let dataset = Dataset::load(task, data, "--data")?;
+    let samples = score::read_samples(samples, &dataset, "--samples")?;
+    let scored = score::score(&dataset, &samples, &SandboxOptions::default(), workers);
+    let report = Report { tasks: vec![scored.report] };
+    if let Some(out) = &args.out {
+        score::write_outputs(out, &report, &scored.examples)?;
+    }
+    print_scores(&report.tasks[0], args.json, args.out.as_deref());
+    Ok(())
+}
+
+fn print_scores(t: &TaskReport, json: bool, out: Option<&Path>) {
+    if json {
+        let summary = serde_json::json!({
+            "task": t.task, "items": t.items, "dataset_items": t.dataset_items, "samples": t.samples, "metrics": t.metrics,
+        });
+        println!("{summary}");
+        return;
+    }
+    print!("{}", score::table(std::slice::from_ref(t)));
+    // Scoring a subset is allowed (quick checks), but must not pass for the full benchmark unnoticed.
+    if t.items < t.dataset_items {
+        println!("(scored {} of the {} items in {})", t.items, t.dataset_items, t.data);
+    }
+    if let Some(out) = out {
+        println!("(report.json and examples.jsonl in {})", out.display());
     }
 }
 

@@ -11,6 +11,7 @@ use crate::data::shards::Manifest;
 /// Flags of `l2d prepare`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// `--config` and `--set`.
     #[command(flatten)]
     pub config: super::ConfigArgs,
     /// Output directory (must not exist); default `data.out`.

@@ -50,6 +50,8 @@ pub const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 const CHUNK_RECORDS: usize = 2048;
 /// Bytes of JSON text per chunk, so that huge records do not pile up.
 const CHUNK_BYTES: usize = 16 << 20;
+/// Some editors start UTF-8 text files with a byte-order mark, which JSON does not allow.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// Independent random streams drawn from `data.seed`.
 const STREAM_SPLIT: u64 = 1;
 const STREAM_TRAIN: u64 = 2;
@@ -99,7 +101,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
         crate::bail_usage!("{}: no training input (set data.train or pass --input)", opts.train_key);
     }
     let valid = resolve_inputs(&cfg.data.valid, &opts.valid_key, Origin::Valid, cfg)?;
-    check_disjoint(&train, &valid)?;
+    check_disjoint(&train, &valid, &opts.valid_key)?;
 
     let tokenizer = Tokenizer::load(model_dir)?;
     let (template, template_source) = load_template(model_dir)?.unzip();
@@ -251,7 +253,8 @@ fn detect_format(path: &Path, key: &str) -> Result<Format> {
             let n = File::open(path)
                 .and_then(|mut f| f.read(&mut head))
                 .map_err(|e| usage(format!("{key}: {}: {e}", path.display())))?;
-            let first = head[..n].iter().find(|b| !b.is_ascii_whitespace());
+            let head = head[..n].strip_prefix(UTF8_BOM).unwrap_or(&head[..n]);
+            let first = head.iter().find(|b| !b.is_ascii_whitespace());
             Ok(if first == Some(&b'[') { Format::Json } else { Format::Jsonl })
         }
         _ => crate::bail_usage!(
@@ -262,11 +265,11 @@ fn detect_format(path: &Path, key: &str) -> Result<Format> {
 }
 
 /// Training and validation must not share a file, or validation loss would be measured on training data.
-fn check_disjoint(train: &[Source], valid: &[Source]) -> Result<()> {
+fn check_disjoint(train: &[Source], valid: &[Source], key: &str) -> Result<()> {
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let train: HashSet<PathBuf> = train.iter().map(|s| canon(&s.path)).collect();
     if let Some(v) = valid.iter().find(|v| train.contains(&canon(&v.path))) {
-        crate::bail_usage!("data.valid: {} is also a training input", v.display);
+        crate::bail_usage!("{key}: {} is also a training input", v.display);
     }
     Ok(())
 }
@@ -341,6 +344,9 @@ fn read_jsonl(src: &Source, advance: &dyn Fn(u64), emit: &mut dyn FnMut(Vec<Raw>
         }
         line += 1;
         done += n as u64;
+        if line == 1 && buf.starts_with(UTF8_BOM) {
+            buf.drain(..UTF8_BOM.len());
+        }
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -363,8 +369,9 @@ fn read_jsonl(src: &Source, advance: &dyn Fn(u64), emit: &mut dyn FnMut(Vec<Raw>
 /// A top-level JSON array: each element is delimited here and parsed by a worker.
 fn read_json(src: &Source, advance: &dyn Fn(u64), emit: &mut dyn FnMut(Vec<Raw>) -> bool) -> Result<()> {
     let text = std::fs::read(&src.path).map_err(|e| open_error(src, e))?;
+    let body = text.strip_prefix(UTF8_BOM).unwrap_or(&text);
     let mut chunk = Vec::new();
-    let mut scan = ArrayScanner::new(&text);
+    let mut scan = ArrayScanner::new(body);
     loop {
         match scan.next_element() {
             Ok(Some((line, bytes))) => chunk.push(Raw { line, body: Body::Json(bytes.to_vec()) }),

@@ -57,7 +57,8 @@ impl FlowProj {
     fn merged(&self, main: &Linear) -> FlowProj {
         match self {
             FlowProj::Lora { a, b, scale } => FlowProj::Full(Linear {
-                weight: &main.weight + a.matmul(b).tr() * *scale,
+                // contiguous: a transposed-stride weight would be repacked by BLAS on every call.
+                weight: (&main.weight + a.matmul(b).tr() * *scale).contiguous(),
                 bias: main.bias.as_ref().map(|b| b.shallow_clone()),
             }),
             FlowProj::Full(own) => FlowProj::Full(Linear {

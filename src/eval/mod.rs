@@ -1,0 +1,13 @@
+//! Benchmarks in the paper's protocol (spec §10): the six tasks' files,
+//! 5-shot chat prompts, answer extraction, program execution in a sandbox,
+//! pass@k and reports.
+//!
+//! Scoring needs no model: `l2d eval --task NAME --data FILE --samples FILE`
+//! judges completions written by anything.
+
+pub mod extract;
+pub mod records;
+pub mod sandbox;
+pub mod score;
+pub mod stats;
+pub mod tasks;

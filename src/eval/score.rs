@@ -1,0 +1,397 @@
+//! Scoring completions against a benchmark: answers compared, programs run in
+//! the sandbox, metrics with their uncertainty, `report.json` and `examples.jsonl`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::extract;
+use super::sandbox::{self, RunOutcome, SandboxOptions};
+use super::stats::{self, Summary};
+use super::tasks::{user_turn, Check, Dataset, Item, Task};
+use crate::error::OrUsage;
+
+/// One completion to score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The item it answers, as the dataset names it.
+    pub task_id: String,
+    /// The model's text.
+    pub completion: String,
+}
+
+/// Reads `{"task_id": .., "completion": ".."}` lines; every id must name an item of `dataset`.
+///
+/// Ids may be strings or integers (`0` and `"0"` are the same item).
+pub fn read_samples(path: &Path, dataset: &Dataset, key: &str) -> Result<Vec<Sample>> {
+    let text = std::fs::read_to_string(path).or_usage(|| format!("{key}: {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), i + 1);
+        let sample = parse_sample(line).map_err(|what| {
+            crate::error::usage(format!("{at}: {what}; expected {{\"task_id\": ID, \"completion\": \"TEXT\"}}"))
+        })?;
+        if dataset.get(&sample.task_id).is_none() {
+            crate::bail_usage!(
+                "{at}: unknown task_id {:?}: not in {} ({})",
+                sample.task_id,
+                dataset.source,
+                dataset.task
+            );
+        }
+        out.push(sample);
+    }
+    if out.is_empty() {
+        crate::bail_usage!("{key}: {}: no samples", path.display());
+    }
+    Ok(out)
+}
+
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON ({e})"))?;
+    let task_id = match v.get("task_id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+        Some(_) => return Err("`task_id` is neither a string nor an integer".into()),
+        None => return Err("missing field `task_id`".into()),
+    };
+    let completion = match v.get("completion") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err("`completion` is not a string".into()),
+        None => return Err("missing field `completion`".into()),
+    };
+    Ok(Sample { task_id, completion })
+}
+
+/// The verdict on one completion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    /// The answer found in the completion (for code: the program text taken from it).
+    pub extracted: Option<String>,
+    /// Whether it is right.
+    pub correct: bool,
+    /// For code: `passed`, `failed`, `timeout` or `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// For code: what went wrong (the sandbox keeps the end of stderr).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Extracts and compares the answer of a non-code item; `None` for code items, which must run.
+pub fn judge_answer(item: &Item, completion: &str) -> Option<Verdict> {
+    let (extracted, correct) = match &item.check {
+        Check::Number => {
+            let a = extract::gsm8k_answer(completion);
+            let ok = a.as_deref().is_some_and(|a| extract::numbers_equal(a, &item.reference));
+            (a, ok)
+        }
+        Check::Math => {
+            let a = extract::math_answer(completion);
+            let ok = a.as_deref().is_some_and(|a| extract::math_equal(a, &item.reference));
+            (a, ok)
+        }
+        Check::Choice { options } => {
+            let a = extract::choice_letter(completion, *options).map(String::from);
+            let ok = a.as_deref() == Some(item.reference.as_str());
+            (a, ok)
+        }
+        Check::HumanEval { .. } | Check::Mbpp { .. } => return None,
+    };
+    Some(Verdict { extracted, correct, status: None, detail: None })
+}
+
+/// The program that tests a code completion (the code inside its first fence, if it has one):
+/// HumanEval: prompt + completion + test + `check(entry_point)`; MBPP: setup + completion + asserts.
+///
+/// A HumanEval completion may continue the prompt's body or restate the whole function; both run,
+/// since a later `def` replaces the prompt's.
+pub fn program(item: &Item, completion: &str) -> Option<String> {
+    let code = extract::code_block(completion);
+    match &item.check {
+        Check::HumanEval { prompt, test, entry_point } => {
+            Some(format!("{prompt}{code}\n\n{test}\n\ncheck({entry_point})\n"))
+        }
+        Check::Mbpp { setup, tests } => Some(format!("{setup}\n{code}\n\n{}\n", tests.join("\n"))),
+        _ => None,
+    }
+}
+
+/// A metric of a task over its items.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metric {
+    /// `accuracy` or `pass@k`.
+    pub name: String,
+    /// Value, item count, standard error and interval.
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+/// How one item fared over its samples.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemResult {
+    /// The item.
+    pub task_id: String,
+    /// Samples scored.
+    pub n: usize,
+    /// Of which correct.
+    pub correct: usize,
+}
+
+/// Everything measured on one task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskReport {
+    /// The benchmark.
+    pub task: Task,
+    /// The dataset file.
+    pub data: String,
+    /// Items scored (those with samples).
+    pub items: usize,
+    /// Items in the dataset.
+    pub dataset_items: usize,
+    /// Completions scored.
+    pub samples: usize,
+    /// Fewest and most samples of an item.
+    pub samples_per_item: [usize; 2],
+    /// Accuracy, or pass@k for k in {1, 5, 10} up to the fewest samples per item.
+    pub metrics: Vec<Metric>,
+    /// How the intervals were drawn.
+    pub bootstrap: BootstrapInfo,
+    /// Per item, in dataset order.
+    pub per_item: Vec<ItemResult>,
+}
+
+/// The bootstrap's settings, recorded so that an interval can be recomputed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BootstrapInfo {
+    /// Resamples of the items.
+    pub resamples: usize,
+    /// Generator seed.
+    pub seed: u64,
+}
+
+/// One scored completion, as written to `examples.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Example {
+    /// The item.
+    pub task_id: String,
+    /// The question as the user turn shows it.
+    pub prompt: String,
+    /// The model's text.
+    pub completion: String,
+    /// The expected answer (for code: the reference solution).
+    pub reference: String,
+    /// Extraction and verdict.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// A task's report and its scored completions.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// Metrics and per-item results.
+    pub report: TaskReport,
+    /// One per sample, in sample order.
+    pub examples: Vec<Example>,
+}
+
+/// Scores `samples` (ids already checked by [`read_samples`]); code runs on `workers` sandbox workers.
+pub fn score(dataset: &Dataset, samples: &[Sample], sandbox: &SandboxOptions, workers: usize) -> Scored {
+    let items: Vec<&Item> = samples.iter().map(|s| dataset.get(&s.task_id).expect("checked by read_samples")).collect();
+    let verdicts = if dataset.task.is_code() {
+        run_programs(&items, samples, sandbox, workers)
+    } else {
+        items.iter().zip(samples).map(|(item, s)| judge_answer(item, &s.completion).expect("answer task")).collect()
+    };
+    let examples: Vec<Example> = items
+        .iter()
+        .zip(samples)
+        .zip(verdicts)
+        .map(|((item, s), verdict)| Example {
+            task_id: item.id.clone(),
+            prompt: user_turn(dataset.task, item),
+            completion: s.completion.clone(),
+            reference: item.reference.clone(),
+            verdict,
+        })
+        .collect();
+    let per_item = per_item(dataset, &examples);
+    let metrics = metrics(dataset.task, &per_item);
+    let counts: Vec<usize> = per_item.iter().map(|r| r.n).collect();
+    let report = TaskReport {
+        task: dataset.task,
+        data: dataset.source.clone(),
+        items: per_item.len(),
+        dataset_items: dataset.items.len(),
+        samples: samples.len(),
+        samples_per_item: [counts.iter().copied().min().unwrap_or(0), counts.iter().copied().max().unwrap_or(0)],
+        metrics,
+        bootstrap: BootstrapInfo { resamples: stats::BOOTSTRAP_RESAMPLES, seed: stats::BOOTSTRAP_SEED },
+        per_item,
+    };
+    Scored { report, examples }
+}
+
+fn run_programs(items: &[&Item], samples: &[Sample], opts: &SandboxOptions, workers: usize) -> Vec<Verdict> {
+    let codes: Vec<String> = samples.iter().map(|s| extract::code_block(&s.completion)).collect();
+    let programs: Vec<String> =
+        items.iter().zip(samples).map(|(item, s)| program(item, &s.completion).expect("code task")).collect();
+    let outcomes = sandbox::run_many(&programs, opts, workers);
+    codes.into_iter().zip(outcomes).map(|(code, o)| code_verdict(code, o)).collect()
+}
+
+fn code_verdict(code: String, outcome: RunOutcome) -> Verdict {
+    let detail = (!outcome.passed && !outcome.detail.is_empty()).then_some(outcome.detail);
+    Verdict { extracted: Some(code), correct: outcome.passed, status: Some(outcome.status), detail }
+}
+
+/// Samples and correct counts per item, in dataset order, for the items that have samples.
+fn per_item(dataset: &Dataset, examples: &[Example]) -> Vec<ItemResult> {
+    let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+    for e in examples {
+        let c = counts.entry(e.task_id.as_str()).or_default();
+        c.0 += 1;
+        c.1 += e.verdict.correct as usize;
+    }
+    dataset
+        .items
+        .iter()
+        .filter_map(|item| {
+            let &(n, correct) = counts.get(item.id.as_str())?;
+            Some(ItemResult { task_id: item.id.clone(), n, correct })
+        })
+        .collect()
+}
+
+/// Accuracy (the mean fraction correct per item), or pass@k for every k the fewest samples allow.
+fn metrics(task: Task, per_item: &[ItemResult]) -> Vec<Metric> {
+    if !task.is_code() {
+        let scores: Vec<f64> = per_item.iter().map(|r| r.correct as f64 / r.n as f64).collect();
+        return vec![Metric { name: "accuracy".into(), summary: stats::summarize(&scores) }];
+    }
+    let min_n = per_item.iter().map(|r| r.n).min().unwrap_or(0);
+    stats::ks_for(min_n)
+        .into_iter()
+        .map(|k| {
+            let scores: Vec<f64> = per_item.iter().map(|r| stats::pass_at_k(r.n, r.correct, k)).collect();
+            Metric { name: format!("pass@{k}"), summary: stats::summarize(&scores) }
+        })
+        .collect()
+}
+
+/// The whole of `report.json`: one entry per task scored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Per task.
+    pub tasks: Vec<TaskReport>,
+}
+
+/// Writes `report.json` and `examples.jsonl` into `dir` (created if needed), each file atomically.
+pub fn write_outputs(dir: &Path, report: &Report, examples: &[Example]) -> Result<()> {
+    std::fs::create_dir_all(dir).or_usage(|| format!("--out: cannot create {}", dir.display()))?;
+    crate::io::write_json_atomic(&dir.join("report.json"), report)?;
+    let mut lines = Vec::new();
+    for e in examples {
+        serde_json::to_writer(&mut lines, e)?;
+        lines.push(b'\n');
+    }
+    crate::io::write_atomic(&dir.join("examples.jsonl"), &lines)
+}
+
+/// The metric table printed after scoring.
+pub fn table(reports: &[TaskReport]) -> String {
+    let mut out = format!(
+        "{:<10} {:<9} {:>7} {:>7}  {:<17} {:>6} {:>8}\n",
+        "task", "metric", "value", "stderr", "95% CI", "items", "samples"
+    );
+    for r in reports {
+        for m in &r.metrics {
+            let s = &m.summary;
+            let ci = format!("[{:.4}, {:.4}]", s.ci95[0], s.ci95[1]);
+            out += &format!(
+                "{:<10} {:<9} {:>7.4} {:>7.4}  {ci:<17} {:>6} {:>8}\n",
+                r.task.name(),
+                m.name,
+                s.value,
+                s.stderr,
+                s.n,
+                r.samples
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn choice_item() -> Item {
+        Item {
+            id: "7".into(),
+            question: "q".into(),
+            options: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            solution: String::new(),
+            group: Some("s".into()),
+            reference: "C".into(),
+            check: Check::Choice { options: 4 },
+        }
+    }
+
+    #[test]
+    fn samples_take_string_or_integer_ids() {
+        assert_eq!(parse_sample(r#"{"task_id": 3, "completion": "x"}"#).unwrap().task_id, "3");
+        assert_eq!(parse_sample(r#"{"task_id": "HumanEval/3", "completion": ""}"#).unwrap().task_id, "HumanEval/3");
+        assert!(parse_sample(r#"{"task_id": 1.5, "completion": "x"}"#).unwrap_err().contains("task_id"));
+        assert!(parse_sample(r#"{"task_id": 1}"#).unwrap_err().contains("completion"));
+    }
+
+    #[test]
+    fn choice_verdicts() {
+        let item = choice_item();
+        assert!(judge_answer(&item, "The answer is (C).").unwrap().correct);
+        let wrong = judge_answer(&item, "B").unwrap();
+        assert_eq!((wrong.extracted.as_deref(), wrong.correct), (Some("B"), false));
+    }
+
+    #[test]
+    fn programs_are_assembled_in_order() {
+        let mut item = choice_item();
+        item.check = Check::HumanEval {
+            prompt: "def f(x):\n".into(),
+            test: "def check(c):\n    assert c(1) == 1".into(),
+            entry_point: "f".into(),
+        };
+        assert_eq!(
+            program(&item, "    return x\n").unwrap(),
+            "def f(x):\n    return x\n\n\ndef check(c):\n    assert c(1) == 1\n\ncheck(f)\n"
+        );
+        item.check = Check::Mbpp {
+            setup: "import math".into(),
+            tests: vec!["assert g(1) == 1".into(), "assert g(2) == 2".into()],
+        };
+        assert_eq!(
+            program(&item, "Sure:\n```python\ndef g(x):\n    return x\n```").unwrap(),
+            "import math\ndef g(x):\n    return x\n\n\nassert g(1) == 1\nassert g(2) == 2\n"
+        );
+    }
+
+    #[test]
+    fn metrics_average_items_not_samples() {
+        let r = |n, correct| ItemResult { task_id: String::new(), n, correct };
+        let acc = metrics(Task::Gsm8k, &[r(2, 2), r(4, 1)]);
+        assert_eq!(acc[0].name, "accuracy");
+        assert!((acc[0].summary.value - 0.625).abs() < 1e-12);
+        let pass = metrics(Task::Mbpp, &[r(10, 1), r(5, 0)]);
+        let names: Vec<&str> = pass.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["pass@1", "pass@5"]);
+        // pass@5: item 1 = 0.5, item 2 = 0.
+        assert!((pass[1].summary.value - 0.25).abs() < 1e-12);
+    }
+}
