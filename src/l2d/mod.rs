@@ -410,9 +410,25 @@ impl L2d {
         cache: &KvCache,
     ) -> Result<Tensor> {
         let cond = self.condition(t, label)?;
+        Ok(self.logits_conditioned(model, main_hidden, x_t, t, &cond, step, cache))
+    }
+
+    /// [`L2d::logits`] with the conditioning of `t` already computed (the sampler
+    /// reuses it: every token visits the same grid of times).
+    #[allow(clippy::too_many_arguments)]
+    pub fn logits_conditioned(
+        &self,
+        model: &Llama,
+        main_hidden: &Tensor,
+        x_t: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        step: &Step,
+        cache: &KvCache,
+    ) -> Tensor {
         let h0 = self.encode(x_t, t, model.kind());
-        let flow = self.stream(model, h0, &cond, step, cache);
-        Ok(model.logits(&(main_hidden + &cond.gate * flow)))
+        let flow = self.stream(model, h0, cond, step, cache);
+        model.logits(&(main_hidden + &cond.gate * flow))
     }
 
     /// The dtype the diffusion path computes in.

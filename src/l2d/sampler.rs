@@ -4,7 +4,11 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use super::L2d;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::{Conditioning, L2d};
 use crate::config::{L2dConfig, X1Schedule};
 use crate::model::{KvCache, Llama, Step};
 use crate::sampling::generate::NextTokenLogits;
@@ -78,6 +82,10 @@ impl SamplerOptions {
     }
 }
 
+/// Most conditionings kept: a fixed grid needs 2S of them; adaptive solvers
+/// visit new times at every step, so the cache is cleared when full.
+const COND_CACHE: usize = 256;
+
 /// The next-token logits of an L2D model, for [`crate::sampling::generate()`].
 pub struct L2dHead {
     /// The path with LoRA updates merged, for one matmul per projection.
@@ -87,6 +95,9 @@ pub struct L2dHead {
     rep_vocab: Tensor,
     evals: usize,
     tokens: usize,
+    /// Modulations and gate per (time, label): they depend on nothing else, and
+    /// every token integrates over the same times.
+    conditionings: RefCell<HashMap<(u64, Option<i64>), Rc<Conditioning>>>,
 }
 
 impl L2dHead {
@@ -107,7 +118,31 @@ impl L2dHead {
             let ids = Tensor::arange(model.config.vocab_size, (Kind::Int64, model.device()));
             l2d.rep(model, &ids).to_kind(Kind::Double)
         });
-        Ok(Self { l2d: l2d.for_sampling(model), opts, rep_vocab, evals: 0, tokens: 0 })
+        Ok(Self {
+            l2d: l2d.for_sampling(model),
+            opts,
+            rep_vocab,
+            evals: 0,
+            tokens: 0,
+            conditionings: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The conditioning at time `t` for `label`, computed once.
+    fn conditioning(&self, t: f64, label: Option<i64>, device: tch::Device) -> Result<Rc<Conditioning>> {
+        let key = (t.to_bits(), label);
+        if let Some(c) = self.conditionings.borrow().get(&key) {
+            return Ok(Rc::clone(c));
+        }
+        let tt = Tensor::full([1, 1], t, (Kind::Float, device));
+        let lt = label.map(|c| Tensor::full([1, 1], c, (Kind::Int64, device)));
+        let cond = Rc::new(self.l2d.condition(&tt, lt.as_ref())?);
+        let mut cache = self.conditionings.borrow_mut();
+        if cache.len() >= COND_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, Rc::clone(&cond));
+        Ok(cond)
     }
 
     /// `x1_hat` `[B, D]` (f64) from logits `[B, V]` at temperature `tau`.
@@ -138,13 +173,12 @@ struct Eval<'s> {
 
 impl Eval<'_> {
     /// Logits `[B, V]` at state `x` `[B, D]` and time `t` for `label` (`None` = no label).
-    fn logits(&self, l2d: &L2d, x: &Tensor, t: f64, label: Option<i64>) -> Result<Tensor> {
-        let device = x.device();
-        // Every row shares t and the label: condition once, broadcast over the batch.
-        let t = Tensor::full([1, 1], t, (Kind::Float, device));
-        let label = label.map(|c| Tensor::full([1, 1], c, (Kind::Int64, device)));
+    fn logits(&self, head: &L2dHead, x: &Tensor, t: f64, label: Option<i64>) -> Result<Tensor> {
+        // Every row shares t and the label: one conditioning, broadcast over the batch.
+        let cond = head.conditioning(t, label, x.device())?;
+        let tt = Tensor::full([1, 1], t, (Kind::Float, x.device()));
         let x = x.to_kind(Kind::Float).unsqueeze(1);
-        let logits = l2d.logits(self.model, self.hidden, &x, &t, label.as_ref(), self.step, self.cache)?;
+        let logits = head.l2d.logits_conditioned(self.model, self.hidden, &x, &tt, &cond, self.step, self.cache);
         Ok(logits.squeeze_dim(1))
     }
 }
@@ -166,7 +200,7 @@ impl NextTokenLogits for L2dHead {
                 let tau = this.opts.temperature(t + offset);
                 let v = |label: Option<i64>, calls: &mut usize| -> Result<Tensor> {
                     *calls += 1;
-                    let logits = eval.logits(&this.l2d, x, t, label)?;
+                    let logits = eval.logits(this, x, t, label)?;
                     Ok((this.x1_hat(&logits, tau, t)? - x) / (1.0 - t))
                 };
                 match this.opts.guidance {
@@ -180,7 +214,7 @@ impl NextTokenLogits for L2dHead {
             ode::integrate(&self.opts.ode, &x0, &mut velocity)?
         };
         let label = self.opts.guidance.map(|(c, _)| c);
-        let logits = eval.logits(&self.l2d, &x1, 1.0, label)?;
+        let logits = eval.logits(self, &x1, 1.0, label)?;
         self.evals += calls + 1;
         self.tokens += 1;
         Ok(logits)
