@@ -18,14 +18,25 @@ use l2d::init::{init_model_dir, Arch, InitOptions, Preset};
 const RUNS: usize = 3;
 
 fn main() -> Result<()> {
-    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/gsm8k/train.jsonl");
-    let src = std::env::args().skip(1).find(|a| !a.starts_with("--")).map(PathBuf::from).unwrap_or(default);
+    let default =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/gsm8k/train.jsonl");
+    let src = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .map(PathBuf::from)
+        .unwrap_or(default);
     let tmp = tempfile::tempdir()?;
     let chat = tmp.path().join("gsm8k-chat.jsonl");
     let records = to_chat_jsonl(&src, &chat)?;
 
     let model = tmp.path().join("model");
-    init_model_dir(&InitOptions { arch: Arch::Llama, preset: Preset::Small, out: model.clone(), seed: 0, corpus: None })?;
+    init_model_dir(&InitOptions {
+        arch: Arch::Llama,
+        preset: Preset::Small,
+        out: model.clone(),
+        seed: 0,
+        corpus: None,
+    })?;
 
     let mut cfg = Config::default();
     cfg.model.path = model.display().to_string();
@@ -54,7 +65,8 @@ fn main() -> Result<()> {
 
 /// Writes one `{"messages": [user question, assistant answer]}` line per GSM8K item.
 fn to_chat_jsonl(src: &std::path::Path, dest: &std::path::Path) -> Result<usize> {
-    let text = std::fs::read_to_string(src).with_context(|| format!("cannot read {} (pass the GSM8K train JSONL)", src.display()))?;
+    let text = std::fs::read_to_string(src)
+        .with_context(|| format!("cannot read {} (pass the GSM8K train JSONL)", src.display()))?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(dest)?);
     let mut n = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

@@ -596,3 +596,49 @@ fn corrupt_or_missing_shards_are_usage_errors_naming_the_directory() {
     let err = Split::open(&out, "train").err().unwrap();
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
+
+#[test]
+fn a_byte_order_mark_is_not_a_malformed_record() {
+    let model = tiny_model("llama");
+    let dir = scratch("prepare-bom");
+    let line = chat_line(&[msg("user", "hi"), msg("assistant", "hello")], None);
+    let jsonl = write(&dir, "bom.jsonl", &format!("\u{feff}{line}"));
+    let json = write(&dir, "bom.json", &format!("\u{feff}[{}]", line.trim()));
+    for input in [jsonl, json] {
+        let out = dir.join(input.extension().unwrap());
+        ok(prepare(&model, &out, &["--input", s(&input), "--strict"]));
+        assert_eq!(read_manifest(&out).unwrap().splits["train"].examples, 1);
+    }
+}
+
+/// The real Llama 3.1 and Qwen 2.5 templates (date line, default system
+/// prompt) render history identically with and without the next turn, so no
+/// example is lost to "template_not_prefix".
+#[test]
+fn real_templates_keep_every_turn() {
+    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates");
+    for (arch, file) in [("llama", "llama-3.1.jinja"), ("qwen2", "qwen2.5.jinja")] {
+        let dir = scratch(&format!("prepare-real-template-{arch}"));
+        let model = dir.join("model");
+        common::copy_dir(&tiny_model(arch), &model);
+        std::fs::copy(templates.join(file), model.join("chat_template.jinja")).unwrap();
+        let conversation = [
+            msg("user", "Pick a number."),
+            msg("assistant", "Seven."),
+            msg("user", "Double it."),
+            msg("assistant", "Fourteen."),
+        ];
+        let input = write(&dir, "chat.jsonl", &chat_line(&conversation, None));
+        let out = dir.join("shards");
+        ok(prepare(&model, &out, &["--input", s(&input), "--strict"]));
+        let m = read_manifest(&out).unwrap();
+        assert!(m.dropped.is_empty(), "{file}: {:?}", m.dropped);
+        let tok = Tokenizer::load(&model).unwrap();
+        let mut responses: Vec<String> = all_examples(&Split::open(&out, "train").unwrap())
+            .iter()
+            .map(|ex| tok.decode(&loss_tokens(ex)).unwrap())
+            .collect();
+        responses.sort();
+        assert_eq!(responses, ["Fourteen.", "Seven."], "{file}");
+    }
+}

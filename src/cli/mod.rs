@@ -47,7 +47,7 @@ pub enum Command {
     Train(train::Args),
     /// Generate completions with a model (the base LM, or L2D with --l2d).
     Generate(generate::Args),
-    /// Evaluate a model (`eval loss`: cross-entropy at fixed diffusion times).
+    /// Evaluate: score given completions on a benchmark (`--task --samples`), or `eval loss`.
     Eval(eval::Args),
 }
 

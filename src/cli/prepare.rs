@@ -77,7 +77,10 @@ pub fn run(args: Args) -> Result<()> {
         pb.finish_and_clear();
     }
     let manifest = result?;
-    eprintln!("{}", summary(&manifest, &out, started.elapsed().as_secs_f64()));
+    eprintln!(
+        "{}",
+        summary(&manifest, &out, started.elapsed().as_secs_f64())
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
     }
@@ -87,8 +90,10 @@ pub fn run(args: Args) -> Result<()> {
 fn progress_bar() -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(0);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("prepare {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("a valid progress template"),
+        indicatif::ProgressStyle::with_template(
+            "prepare {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("a valid progress template"),
     );
     pb
 }

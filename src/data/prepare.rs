@@ -32,8 +32,8 @@ use sha2::{Digest, Sha256};
 
 use super::chat::{ChatTemplate, Message, TokenizerConfig};
 use super::shards::{
-    self, IndexEntry, InputFile, LengthStats, Manifest, MalformedRecord, MalformedSummary, RecordCounts, ShardFile,
-    SplitInfo, IGNORE_INDEX, TOKEN_BYTES,
+    self, IndexEntry, InputFile, LengthStats, MalformedRecord, MalformedSummary, Manifest,
+    RecordCounts, ShardFile, SplitInfo, IGNORE_INDEX, TOKEN_BYTES,
 };
 use super::tokenizer::Tokenizer;
 use crate::config::Config;
@@ -98,7 +98,10 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
     let model_dir = Path::new(&cfg.model.path);
     let train = resolve_inputs(&cfg.data.train, &opts.train_key, Origin::Train, cfg)?;
     if train.is_empty() {
-        crate::bail_usage!("{}: no training input (set data.train or pass --input)", opts.train_key);
+        crate::bail_usage!(
+            "{}: no training input (set data.train or pass --input)",
+            opts.train_key
+        );
     }
     let valid = resolve_inputs(&cfg.data.valid, &opts.valid_key, Origin::Valid, cfg)?;
     check_disjoint(&train, &valid, &opts.valid_key)?;
@@ -118,13 +121,21 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
     for (i, src) in sources.iter().enumerate() {
         read_source(i, src, &ctx, &mut col, opts.progress.as_ref())?;
     }
-    let manifest = finish(col, &sources, cfg, staged.path(), &ctx, &tokenizer_sha256, template_source)?;
+    let manifest = finish(
+        col,
+        &sources,
+        cfg,
+        staged.path(),
+        &ctx,
+        &tokenizer_sha256,
+        template_source,
+    )?;
     shards::write_manifest(staged.path(), &manifest)?;
     staged.commit()?;
     Ok(manifest)
 }
 
-/// The model's chat template with the date fixed, and its source; none if the model has no template.
+/// The model's chat template as `prepare` renders it (date fixed to [`TEMPLATE_DATE`]); none if the model has none.
 pub fn chat_template(model_dir: &Path) -> Result<Option<ChatTemplate>> {
     Ok(load_template(model_dir)?.map(|(t, _)| t))
 }
@@ -135,10 +146,14 @@ fn load_template(model_dir: &Path) -> Result<Option<(ChatTemplate, String)>> {
         return Ok(None);
     }
     let cfg = TokenizerConfig::load(&path)?;
-    let Some(source) = cfg.chat_template.clone() else { return Ok(None) };
+    let Some(source) = cfg.chat_template.clone() else {
+        return Ok(None);
+    };
     let (y, m, d) = TEMPLATE_DATE;
     let date = NaiveDate::from_ymd_opt(y, m, d).expect("a valid date");
-    let template = cfg.template().with_context(|| format!("{}: field chat_template", path.display()))?;
+    let template = cfg
+        .template()
+        .with_context(|| format!("{}: field chat_template", path.display()))?;
     Ok(Some((template.with_fixed_date(date), source)))
 }
 
@@ -189,7 +204,12 @@ struct Source {
 }
 
 /// Expands files and globs in order; a missing file or an empty glob is a usage error naming `key`.
-fn resolve_inputs(patterns: &[String], key: &str, origin: Origin, cfg: &Config) -> Result<Vec<Source>> {
+fn resolve_inputs(
+    patterns: &[String],
+    key: &str,
+    origin: Origin,
+    cfg: &Config,
+) -> Result<Vec<Source>> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for pattern in patterns {
@@ -210,7 +230,8 @@ fn expand(pattern: &str, key: &str) -> Result<Vec<PathBuf>> {
         }
         return Ok(vec![path]);
     }
-    let paths = glob::glob(pattern).map_err(|e| usage(format!("{key}: {pattern}: bad glob pattern: {e}")))?;
+    let paths = glob::glob(pattern)
+        .map_err(|e| usage(format!("{key}: {pattern}: bad glob pattern: {e}")))?;
     let mut files = Vec::new();
     for p in paths {
         let p = p.map_err(|e| usage(format!("{key}: {pattern}: {e}")))?;
@@ -229,22 +250,39 @@ fn expand(pattern: &str, key: &str) -> Result<Vec<PathBuf>> {
 fn source(path: PathBuf, key: &str, origin: Origin, cfg: &Config) -> Result<Source> {
     let display = path.display().to_string();
     if path.is_dir() {
-        crate::bail_usage!("{key}: {display}: is a directory (name files or a glob such as {display}/*.parquet)");
+        crate::bail_usage!(
+            "{key}: {display}: is a directory (name files or a glob such as {display}/*.parquet)"
+        );
     }
     let format = detect_format(&path, key)?;
-    let bytes = std::fs::metadata(&path).map_err(|e| usage(format!("{key}: {display}: {e}")))?.len();
+    let bytes = std::fs::metadata(&path)
+        .map_err(|e| usage(format!("{key}: {display}: {e}")))?
+        .len();
     let name_class = |name: Option<&std::ffi::OsStr>| {
-        name.and_then(|n| n.to_str()).and_then(|n| cfg.data.class_map.get(n)).map(|&c| c as i32)
+        name.and_then(|n| n.to_str())
+            .and_then(|n| cfg.data.class_map.get(n))
+            .map(|&c| c as i32)
     };
     let subset = path.parent().and_then(|p| p.file_name());
     let file_class = name_class(subset).or_else(|| name_class(path.file_stem()));
-    Ok(Source { path, display, format, origin, bytes, file_class })
+    Ok(Source {
+        path,
+        display,
+        format,
+        origin,
+        bytes,
+        file_class,
+    })
 }
 
 /// By extension; a `.json` file that does not start with `[` is read as JSON lines,
 /// since many datasets name JSONL files `.json`.
 fn detect_format(path: &Path, key: &str) -> Result<Format> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
         "jsonl" | "ndjson" => Ok(Format::Jsonl),
         "parquet" => Ok(Format::Parquet),
@@ -255,7 +293,11 @@ fn detect_format(path: &Path, key: &str) -> Result<Format> {
                 .map_err(|e| usage(format!("{key}: {}: {e}", path.display())))?;
             let head = head[..n].strip_prefix(UTF8_BOM).unwrap_or(&head[..n]);
             let first = head.iter().find(|b| !b.is_ascii_whitespace());
-            Ok(if first == Some(&b'[') { Format::Json } else { Format::Jsonl })
+            Ok(if first == Some(&b'[') {
+                Format::Json
+            } else {
+                Format::Jsonl
+            })
         }
         _ => crate::bail_usage!(
             "{key}: {}: unknown input format (expected .jsonl, .json or .parquet)",
@@ -292,14 +334,23 @@ enum Body {
 }
 
 /// Reads one file on its own thread and tokenises its chunks on the rayon pool, in order.
-fn read_source(idx: usize, src: &Source, ctx: &Ctx, col: &mut Collector, pb: Option<&ProgressBar>) -> Result<()> {
+fn read_source(
+    idx: usize,
+    src: &Source,
+    ctx: &Ctx,
+    col: &mut Collector,
+    pb: Option<&ProgressBar>,
+) -> Result<()> {
     std::thread::scope(|s| {
         let (tx, rx) = sync_channel::<Vec<Raw>>(2);
         let reader = s.spawn(move || read_file(src, pb, &mut |chunk| tx.send(chunk).is_ok()));
         let mut result = Ok(());
         for chunk in rx.iter() {
             let lines: Vec<u64> = chunk.iter().map(|r| r.line).collect();
-            let outcomes: Result<Vec<Outcome>> = chunk.into_par_iter().map(|raw| ctx.process(raw, src)).collect();
+            let outcomes: Result<Vec<Outcome>> = chunk
+                .into_par_iter()
+                .map(|raw| ctx.process(raw, src))
+                .collect();
             result = outcomes.and_then(|o| col.absorb(idx, src, &lines, o));
             if result.is_err() {
                 break;
@@ -307,13 +358,19 @@ fn read_source(idx: usize, src: &Source, ctx: &Ctx, col: &mut Collector, pb: Opt
         }
         // Dropping the receiver makes the reader's next send fail, so it stops early.
         drop(rx);
-        let read = reader.join().unwrap_or_else(|_| Err(anyhow::anyhow!("reader thread panicked")));
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("reader thread panicked")));
         result.and(read)
     })
 }
 
 /// Sends the records of `src` in chunks; `emit` returning false stops reading quietly.
-fn read_file(src: &Source, pb: Option<&ProgressBar>, emit: &mut dyn FnMut(Vec<Raw>) -> bool) -> Result<()> {
+fn read_file(
+    src: &Source,
+    pb: Option<&ProgressBar>,
+    emit: &mut dyn FnMut(Vec<Raw>) -> bool,
+) -> Result<()> {
     let start = pb.map_or(0, |p| p.position());
     let advance = |done: u64| {
         if let Some(p) = pb {
@@ -333,12 +390,21 @@ fn open_error(src: &Source, e: impl std::fmt::Display) -> anyhow::Error {
     usage(format!("{}: cannot read: {e}", src.display))
 }
 
-fn read_jsonl(src: &Source, advance: &dyn Fn(u64), emit: &mut dyn FnMut(Vec<Raw>) -> bool) -> Result<()> {
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(&src.path).map_err(|e| open_error(src, e))?);
+fn read_jsonl(
+    src: &Source,
+    advance: &dyn Fn(u64),
+    emit: &mut dyn FnMut(Vec<Raw>) -> bool,
+) -> Result<()> {
+    let mut reader = BufReader::with_capacity(
+        1 << 20,
+        File::open(&src.path).map_err(|e| open_error(src, e))?,
+    );
     let (mut chunk, mut chunk_bytes, mut done, mut line) = (Vec::new(), 0usize, 0u64, 0u64);
     loop {
         let mut buf = Vec::new();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| open_error(src, e))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| open_error(src, e))?;
         if n == 0 {
             break;
         }
@@ -351,7 +417,10 @@ fn read_jsonl(src: &Source, advance: &dyn Fn(u64), emit: &mut dyn FnMut(Vec<Raw>
             continue;
         }
         chunk_bytes += buf.len();
-        chunk.push(Raw { line, body: Body::Json(buf) });
+        chunk.push(Raw {
+            line,
+            body: Body::Json(buf),
+        });
         if chunk.len() >= CHUNK_RECORDS || chunk_bytes >= CHUNK_BYTES {
             advance(done);
             if !emit(std::mem::take(&mut chunk)) {
@@ -367,18 +436,28 @@ fn read_jsonl(src: &Source, advance: &dyn Fn(u64), emit: &mut dyn FnMut(Vec<Raw>
 }
 
 /// A top-level JSON array: each element is delimited here and parsed by a worker.
-fn read_json(src: &Source, advance: &dyn Fn(u64), emit: &mut dyn FnMut(Vec<Raw>) -> bool) -> Result<()> {
+fn read_json(
+    src: &Source,
+    advance: &dyn Fn(u64),
+    emit: &mut dyn FnMut(Vec<Raw>) -> bool,
+) -> Result<()> {
     let text = std::fs::read(&src.path).map_err(|e| open_error(src, e))?;
     let body = text.strip_prefix(UTF8_BOM).unwrap_or(&text);
     let mut chunk = Vec::new();
     let mut scan = ArrayScanner::new(body);
     loop {
         match scan.next_element() {
-            Ok(Some((line, bytes))) => chunk.push(Raw { line, body: Body::Json(bytes.to_vec()) }),
+            Ok(Some((line, bytes))) => chunk.push(Raw {
+                line,
+                body: Body::Json(bytes.to_vec()),
+            }),
             Ok(None) => break,
             Err((line, detail)) => {
                 // The rest of the file cannot be delimited; report it as one malformed record.
-                chunk.push(Raw { line, body: Body::Bad(Malformed::new("invalid_json", detail)) });
+                chunk.push(Raw {
+                    line,
+                    body: Body::Bad(Malformed::new("invalid_json", detail)),
+                });
                 break;
             }
         }
@@ -395,6 +474,9 @@ fn read_json(src: &Source, advance: &dyn Fn(u64), emit: &mut dyn FnMut(Vec<Raw>)
     Ok(())
 }
 
+/// Line and reason where a JSON array stopped making sense.
+type ScanError = (u64, String);
+
 /// Walks the elements of a top-level JSON array without building them.
 struct ArrayScanner<'a> {
     text: &'a [u8],
@@ -406,7 +488,13 @@ struct ArrayScanner<'a> {
 
 impl<'a> ArrayScanner<'a> {
     fn new(text: &'a [u8]) -> Self {
-        Self { text, pos: 0, line: 1, started: false, done: false }
+        Self {
+            text,
+            pos: 0,
+            line: 1,
+            started: false,
+            done: false,
+        }
     }
 
     /// Moves past whitespace, counting lines.
@@ -423,14 +511,17 @@ impl<'a> ArrayScanner<'a> {
     }
 
     /// The next element's line and bytes, `None` after `]`, or the line and reason it stopped.
-    fn next_element(&mut self) -> Result<Option<(u64, &'a [u8])>, (u64, String)> {
+    fn next_element(&mut self) -> Result<Option<(u64, &'a [u8])>, ScanError> {
         if self.done {
             return Ok(None);
         }
         self.skip_ws();
         if !self.started {
             if self.text.get(self.pos) != Some(&b'[') {
-                return Err((self.line, "expected a top-level JSON array of records".into()));
+                return Err((
+                    self.line,
+                    "expected a top-level JSON array of records".into(),
+                ));
             }
             self.started = true;
             self.pos += 1;
@@ -449,12 +540,18 @@ impl<'a> ArrayScanner<'a> {
                     self.done = true;
                     return Ok(None);
                 }
-                _ => return Err((self.line, "expected ',' or ']' between array elements".into())),
+                _ => {
+                    return Err((
+                        self.line,
+                        "expected ',' or ']' between array elements".into(),
+                    ))
+                }
             }
         }
         let line = self.line;
         let rest = &self.text[self.pos..];
-        let mut stream = serde_json::Deserializer::from_slice(rest).into_iter::<serde::de::IgnoredAny>();
+        let mut stream =
+            serde_json::Deserializer::from_slice(rest).into_iter::<serde::de::IgnoredAny>();
         match stream.next() {
             Some(Ok(_)) => {
                 let end = stream.byte_offset();
@@ -472,29 +569,61 @@ impl<'a> ArrayScanner<'a> {
 /// The columns a Parquet file may contribute; others are not even decoded.
 const PARQUET_COLUMNS: &[&str] = &["messages", "category", "input_ids", "labels"];
 
-fn read_parquet(src: &Source, advance: &dyn Fn(u64), emit: &mut dyn FnMut(Vec<Raw>) -> bool) -> Result<()> {
+fn read_parquet(
+    src: &Source,
+    advance: &dyn Fn(u64),
+    emit: &mut dyn FnMut(Vec<Raw>) -> bool,
+) -> Result<()> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::reader::RowIter;
     use parquet::schema::types::Type;
 
     let file = File::open(&src.path).map_err(|e| open_error(src, e))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| usage(format!("{}: not a readable Parquet file: {e}", src.display)))?;
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| usage(format!("{}: not a readable Parquet file: {e}", src.display)))?;
     let meta = reader.metadata().file_metadata();
     let total_rows = meta.num_rows().max(1) as u64;
     let schema = meta.schema();
-    let fields: Vec<_> = schema.get_fields().iter().filter(|f| PARQUET_COLUMNS.contains(&f.name())).cloned().collect();
-    if !fields.iter().any(|f| f.name() == "messages" || f.name() == "input_ids") {
+    let fields: Vec<_> = schema
+        .get_fields()
+        .iter()
+        .filter(|f| PARQUET_COLUMNS.contains(&f.name()))
+        .cloned()
+        .collect();
+    if !fields
+        .iter()
+        .any(|f| f.name() == "messages" || f.name() == "input_ids")
+    {
         let have: Vec<&str> = schema.get_fields().iter().map(|f| f.name()).collect();
-        crate::bail_usage!("{}: no `messages` or `input_ids` column (has {})", src.display, have.join(", "));
+        crate::bail_usage!(
+            "{}: no `messages` or `input_ids` column (has {})",
+            src.display,
+            have.join(", ")
+        );
     }
-    let projection = Type::group_type_builder(schema.name()).with_fields(fields).build()?;
+    let projection = Type::group_type_builder(schema.name())
+        .with_fields(fields)
+        .build()?;
     let rows = RowIter::from_file(Some(projection), &reader)
         .map_err(|e| usage(format!("{}: cannot read Parquet rows: {e}", src.display)))?;
     let mut chunk = Vec::new();
     for (i, row) in rows.enumerate() {
-        let row = row.map_err(|e| usage(format!("{}: row {}: cannot decode: {e}", src.display, i + 1)))?;
-        let value = Value::Object(row.get_column_iter().map(|(k, f)| (k.clone(), field_to_json(f))).collect());
-        chunk.push(Raw { line: i as u64 + 1, body: Body::Value(value) });
+        let row = row.map_err(|e| {
+            usage(format!(
+                "{}: row {}: cannot decode: {e}",
+                src.display,
+                i + 1
+            ))
+        })?;
+        let value = Value::Object(
+            row.get_column_iter()
+                .map(|(k, f)| (k.clone(), field_to_json(f)))
+                .collect(),
+        );
+        chunk.push(Raw {
+            line: i as u64 + 1,
+            body: Body::Value(value),
+        });
         if chunk.len() >= CHUNK_RECORDS {
             advance(src.bytes * (i as u64 + 1) / total_rows);
             if !emit(std::mem::take(&mut chunk)) {
@@ -529,7 +658,11 @@ fn field_to_json(field: &parquet::record::Field) -> Value {
             Ok(s) => Value::String(s.to_owned()),
             Err(_) => Value::Null,
         },
-        F::Group(row) => Value::Object(row.get_column_iter().map(|(k, f)| (k.clone(), field_to_json(f))).collect()),
+        F::Group(row) => Value::Object(
+            row.get_column_iter()
+                .map(|(k, f)| (k.clone(), field_to_json(f)))
+                .collect(),
+        ),
         F::ListInternal(list) => Value::Array(list.elements().iter().map(field_to_json).collect()),
         // Types no chat or token column uses; the record check names the field as invalid.
         _ => Value::Null,
@@ -547,20 +680,32 @@ struct Malformed {
 
 impl Malformed {
     fn new(reason: &'static str, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into() }
+        Self {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
 /// A record that passed the checks.
 enum Record {
-    Chat { messages: Vec<Message>, category: Option<String> },
-    Pretokenized { input_ids: Vec<u32>, prompt_len: usize, category: Option<String> },
+    Chat {
+        messages: Vec<Message>,
+        category: Option<String>,
+    },
+    Pretokenized {
+        input_ids: Vec<u32>,
+        prompt_len: usize,
+        category: Option<String>,
+    },
 }
 
 impl Record {
     fn category(&self) -> Option<&str> {
         match self {
-            Record::Chat { category, .. } | Record::Pretokenized { category, .. } => category.as_deref(),
+            Record::Chat { category, .. } | Record::Pretokenized { category, .. } => {
+                category.as_deref()
+            }
         }
     }
 }
@@ -568,21 +713,39 @@ impl Record {
 /// Chat if it has `messages`, pretokenized if it has `input_ids`; other fields are ignored.
 fn parse_record(value: Value, vocab: u64) -> Result<Record, Malformed> {
     let Value::Object(mut obj) = value else {
-        return Err(Malformed::new("not_an_object", "a record must be a JSON object"));
+        return Err(Malformed::new(
+            "not_an_object",
+            "a record must be a JSON object",
+        ));
     };
     let category = match obj.remove("category") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
-        Some(other) => return Err(Malformed::new("invalid_category", format!("category must be a string, got {}", kind(&other)))),
+        Some(other) => {
+            return Err(Malformed::new(
+                "invalid_category",
+                format!("category must be a string, got {}", kind(&other)),
+            ))
+        }
     };
     if let Some(messages) = obj.remove("messages") {
-        return Ok(Record::Chat { messages: parse_messages(messages)?, category });
+        return Ok(Record::Chat {
+            messages: parse_messages(messages)?,
+            category,
+        });
     }
     if let Some(ids) = obj.remove("input_ids") {
         let (input_ids, prompt_len) = parse_pretokenized(ids, obj.remove("labels"), vocab)?;
-        return Ok(Record::Pretokenized { input_ids, prompt_len, category });
+        return Ok(Record::Pretokenized {
+            input_ids,
+            prompt_len,
+            category,
+        });
     }
-    Err(Malformed::new("missing_messages", "no `messages` (chat) or `input_ids` (pretokenized) field"))
+    Err(Malformed::new(
+        "missing_messages",
+        "no `messages` (chat) or `input_ids` (pretokenized) field",
+    ))
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -598,35 +761,56 @@ fn kind(v: &Value) -> &'static str {
 
 fn parse_messages(value: Value) -> Result<Vec<Message>, Malformed> {
     let Value::Array(items) = value else {
-        return Err(Malformed::new("invalid_messages", format!("messages must be a list, got {}", kind(&value))));
+        return Err(Malformed::new(
+            "invalid_messages",
+            format!("messages must be a list, got {}", kind(&value)),
+        ));
     };
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let Value::Object(mut m) = item else {
-            return Err(Malformed::new("invalid_messages", format!("messages[{i}] must be an object")));
+            return Err(Malformed::new(
+                "invalid_messages",
+                format!("messages[{i}] must be an object"),
+            ));
         };
         let text = |v: Option<Value>, field: &str| match v {
             Some(Value::String(s)) => Ok(s),
             other => Err(Malformed::new(
                 "invalid_messages",
-                format!("messages[{i}].{field} must be a string, got {}", other.as_ref().map_or("nothing", kind)),
+                format!(
+                    "messages[{i}].{field} must be a string, got {}",
+                    other.as_ref().map_or("nothing", kind)
+                ),
             )),
         };
         let role = text(m.remove("role"), "role")?;
         if !ROLES.contains(&role.as_str()) {
-            return Err(Malformed::new("unknown_role", format!("messages[{i}].role is {role:?} (expected system, user, assistant or tool)")));
+            return Err(Malformed::new(
+                "unknown_role",
+                format!(
+                    "messages[{i}].role is {role:?} (expected system, user, assistant or tool)"
+                ),
+            ));
         }
         let content = text(m.remove("content"), "content")?;
         out.push(Message { role, content });
     }
     if !out.iter().any(|m| m.role == "assistant") {
-        return Err(Malformed::new("no_assistant_turn", "the conversation has no assistant message"));
+        return Err(Malformed::new(
+            "no_assistant_turn",
+            "the conversation has no assistant message",
+        ));
     }
     Ok(out)
 }
 
 /// Token ids plus the prompt length implied by `labels` (-100 on a prefix, the tokens after it).
-fn parse_pretokenized(ids: Value, labels: Option<Value>, vocab: u64) -> Result<(Vec<u32>, usize), Malformed> {
+fn parse_pretokenized(
+    ids: Value,
+    labels: Option<Value>,
+    vocab: u64,
+) -> Result<(Vec<u32>, usize), Malformed> {
     let bad = |detail: String| Malformed::new("invalid_input_ids", detail);
     let Value::Array(items) = ids else {
         return Err(bad(format!("input_ids must be a list, got {}", kind(&ids))));
@@ -635,7 +819,11 @@ fn parse_pretokenized(ids: Value, labels: Option<Value>, vocab: u64) -> Result<(
     for (j, v) in items.iter().enumerate() {
         match v.as_u64() {
             Some(id) if id < vocab => input_ids.push(id as u32),
-            _ => return Err(bad(format!("input_ids[{j}] is {v}, not a token id below the vocabulary size {vocab}"))),
+            _ => {
+                return Err(bad(format!(
+                    "input_ids[{j}] is {v}, not a token id below the vocabulary size {vocab}"
+                )))
+            }
         }
     }
     if input_ids.len() < 2 {
@@ -644,22 +832,44 @@ fn parse_pretokenized(ids: Value, labels: Option<Value>, vocab: u64) -> Result<(
     let labels = match labels {
         None | Some(Value::Null) => return Ok((input_ids, 0)),
         Some(Value::Array(l)) => l,
-        Some(other) => return Err(Malformed::new("invalid_labels", format!("labels must be a list, got {}", kind(&other)))),
+        Some(other) => {
+            return Err(Malformed::new(
+                "invalid_labels",
+                format!("labels must be a list, got {}", kind(&other)),
+            ))
+        }
     };
     if labels.len() != input_ids.len() {
-        return Err(Malformed::new("invalid_labels", format!("labels has {} entries, input_ids {}", labels.len(), input_ids.len())));
+        return Err(Malformed::new(
+            "invalid_labels",
+            format!(
+                "labels has {} entries, input_ids {}",
+                labels.len(),
+                input_ids.len()
+            ),
+        ));
     }
-    let prompt_len = labels.iter().take_while(|l| l.as_i64() == Some(IGNORE_INDEX)).count();
+    let prompt_len = labels
+        .iter()
+        .take_while(|l| l.as_i64() == Some(IGNORE_INDEX))
+        .count();
     for (j, (l, &t)) in labels.iter().zip(&input_ids).enumerate().skip(prompt_len) {
         match l.as_i64() {
             Some(x) if x == t as i64 => {}
             Some(IGNORE_INDEX) => {
                 return Err(Malformed::new(
                     "labels_not_prefix_mask",
-                    format!("labels[{j}] is -100 after loss positions; shards can only mask a prefix"),
+                    format!(
+                        "labels[{j}] is -100 after loss positions; shards can only mask a prefix"
+                    ),
                 ))
             }
-            _ => return Err(Malformed::new("invalid_labels", format!("labels[{j}] is {l}; it must be -100 or input_ids[{j}] ({t})"))),
+            _ => {
+                return Err(Malformed::new(
+                    "invalid_labels",
+                    format!("labels[{j}] is {l}; it must be -100 or input_ids[{j}] ({t})"),
+                ))
+            }
         }
     }
     Ok((input_ids, prompt_len))
@@ -671,7 +881,12 @@ fn parse_pretokenized(ids: Value, labels: Option<Value>, vocab: u64) -> Result<(
 enum Outcome {
     Malformed(Malformed),
     Filtered(&'static str),
-    Kept { pretokenized: bool, examples: Vec<Example>, dropped: Vec<&'static str>, truncated: u64 },
+    Kept {
+        pretokenized: bool,
+        examples: Vec<Example>,
+        dropped: Vec<&'static str>,
+        truncated: u64,
+    },
 }
 
 /// One example ready for the shards.
@@ -697,7 +912,12 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(cfg: &Config, tokenizer: &'a Tokenizer, template: Option<&'a ChatTemplate>, model_dir: &'a Path) -> Result<Self> {
+    fn new(
+        cfg: &Config,
+        tokenizer: &'a Tokenizer,
+        template: Option<&'a ChatTemplate>,
+        model_dir: &'a Path,
+    ) -> Result<Self> {
         let path = model_dir.join("tokenizer.json");
         let fast = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| usage(format!("{}: cannot parse: {e}", path.display())))?;
@@ -720,7 +940,12 @@ impl<'a> Ctx<'a> {
         let value = match raw.body {
             Body::Json(bytes) => match serde_json::from_slice::<Value>(&bytes) {
                 Ok(v) => v,
-                Err(e) => return Ok(Outcome::Malformed(Malformed::new("invalid_json", e.to_string()))),
+                Err(e) => {
+                    return Ok(Outcome::Malformed(Malformed::new(
+                        "invalid_json",
+                        e.to_string(),
+                    )))
+                }
             },
             Body::Value(v) => v,
             Body::Bad(m) => return Ok(Outcome::Malformed(m)),
@@ -735,14 +960,20 @@ impl<'a> Ctx<'a> {
         let class_id = self.class_of(record.category(), src);
         match record {
             Record::Chat { messages, .. } => self.chat_examples(&messages, class_id),
-            Record::Pretokenized { input_ids, prompt_len, .. } => Ok(self.pretokenized_example(input_ids, prompt_len, class_id)),
+            Record::Pretokenized {
+                input_ids,
+                prompt_len,
+                ..
+            } => Ok(self.pretokenized_example(input_ids, prompt_len, class_id)),
         }
     }
 
     fn filter(&self, category: Option<&str>) -> Option<&'static str> {
         match category {
             Some(c) if self.exclude.contains(c) => Some("category_excluded"),
-            Some(c) if !self.include.is_empty() && !self.include.contains(c) => Some("category_not_included"),
+            Some(c) if !self.include.is_empty() && !self.include.contains(c) => {
+                Some("category_not_included")
+            }
             None if !self.include.is_empty() => Some("no_category"),
             _ => None,
         }
@@ -766,7 +997,11 @@ impl<'a> Ctx<'a> {
             );
         };
         let (mut examples, mut dropped, mut truncated) = (Vec::new(), Vec::new(), 0);
-        for (i, _) in messages.iter().enumerate().filter(|(_, m)| m.role == "assistant") {
+        for (i, _) in messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.role == "assistant")
+        {
             let turn = match self.turn(template, &messages[..i], &messages[..=i]) {
                 Ok(t) => t,
                 Err(TurnError::Malformed(m)) => return Ok(Outcome::Malformed(m)),
@@ -778,20 +1013,34 @@ impl<'a> Ctx<'a> {
             match self.fit(turn.0, turn.1) {
                 Ok((tokens, prompt_len, cut)) => {
                     truncated += cut as u64;
-                    examples.push(Example { tokens, prompt_len, class_id });
+                    examples.push(Example {
+                        tokens,
+                        prompt_len,
+                        class_id,
+                    });
                 }
                 Err(reason) => dropped.push(reason),
             }
         }
-        Ok(Outcome::Kept { pretokenized: false, examples, dropped, truncated })
+        Ok(Outcome::Kept {
+            pretokenized: false,
+            examples,
+            dropped,
+            truncated,
+        })
     }
 
     /// Context tokens plus response tokens of the last message of `upto`.
-    fn turn(&self, template: &ChatTemplate, history: &[Message], upto: &[Message]) -> Result<(Vec<u32>, usize), TurnError> {
+    fn turn(
+        &self,
+        template: &ChatTemplate,
+        history: &[Message],
+        upto: &[Message],
+    ) -> Result<(Vec<u32>, usize), TurnError> {
         let render = |m: &[Message], gen: bool| {
-            template
-                .render(m, gen)
-                .map_err(|e| TurnError::Malformed(Malformed::new("template_error", crate::error::one_line(&e))))
+            template.render(m, gen).map_err(|e| {
+                TurnError::Malformed(Malformed::new("template_error", crate::error::one_line(&e)))
+            })
         };
         let context = self.encode(&render(history, true)?)?;
         let full = self.encode(&render(upto, false)?)?;
@@ -820,20 +1069,38 @@ impl<'a> Ctx<'a> {
             .map_err(|e| TurnError::Malformed(Malformed::new("tokenize_error", e.to_string())))
     }
 
-    fn pretokenized_example(&self, input_ids: Vec<u32>, prompt_len: usize, class_id: i32) -> Outcome {
+    fn pretokenized_example(
+        &self,
+        input_ids: Vec<u32>,
+        prompt_len: usize,
+        class_id: i32,
+    ) -> Outcome {
         let (mut examples, mut dropped, mut truncated) = (Vec::new(), Vec::new(), 0);
         match self.fit(input_ids, prompt_len) {
             Ok((tokens, prompt_len, cut)) => {
                 truncated += cut as u64;
-                examples.push(Example { tokens, prompt_len, class_id });
+                examples.push(Example {
+                    tokens,
+                    prompt_len,
+                    class_id,
+                });
             }
             Err(reason) => dropped.push(reason),
         }
-        Outcome::Kept { pretokenized: true, examples, dropped, truncated }
+        Outcome::Kept {
+            pretokenized: true,
+            examples,
+            dropped,
+            truncated,
+        }
     }
 
     /// Applies the `max_seq_len` policy: the example, its prompt length and whether it was cut, or why it goes.
-    fn fit(&self, mut tokens: Vec<u32>, prompt_len: usize) -> Result<(Vec<u32>, u32, bool), &'static str> {
+    fn fit(
+        &self,
+        mut tokens: Vec<u32>,
+        prompt_len: usize,
+    ) -> Result<(Vec<u32>, u32, bool), &'static str> {
         let mut cut = false;
         if tokens.len() > self.max_len {
             if self.drop_long {
@@ -888,7 +1155,8 @@ struct Collector {
 
 impl Collector {
     fn new(spill_path: &Path, sources: &[Source], strict: bool) -> Result<Self> {
-        let file = File::create(spill_path).with_context(|| format!("cannot create {}", spill_path.display()))?;
+        let file = File::create(spill_path)
+            .with_context(|| format!("cannot create {}", spill_path.display()))?;
         Ok(Self {
             spill: BufWriter::with_capacity(1 << 20, file),
             spill_path: spill_path.to_path_buf(),
@@ -906,7 +1174,13 @@ impl Collector {
         })
     }
 
-    fn absorb(&mut self, idx: usize, src: &Source, lines: &[u64], outcomes: Vec<Outcome>) -> Result<()> {
+    fn absorb(
+        &mut self,
+        idx: usize,
+        src: &Source,
+        lines: &[u64],
+        outcomes: Vec<Outcome>,
+    ) -> Result<()> {
         for (&line, outcome) in lines.iter().zip(outcomes) {
             self.records.read += 1;
             self.inputs[idx] += 1;
@@ -916,7 +1190,12 @@ impl Collector {
                     self.records.filtered += 1;
                     *self.filtered.entry(reason.into()).or_default() += 1;
                 }
-                Outcome::Kept { pretokenized, examples, dropped, truncated } => {
+                Outcome::Kept {
+                    pretokenized,
+                    examples,
+                    dropped,
+                    truncated,
+                } => {
                     if pretokenized {
                         self.records.pretokenized += 1;
                     } else {
@@ -935,7 +1214,12 @@ impl Collector {
 
     fn malformed(&mut self, src: &Source, line: u64, m: Malformed) -> Result<()> {
         if self.strict {
-            crate::bail_usage!("{}:{line}: malformed record ({}): {}", src.display, m.reason, m.detail);
+            crate::bail_usage!(
+                "{}:{line}: malformed record ({}): {}",
+                src.display,
+                m.reason,
+                m.detail
+            );
         }
         self.records.malformed += 1;
         self.malformed.count += 1;
@@ -960,8 +1244,11 @@ impl Collector {
         self.conversations += 1;
         for ex in examples {
             self.bytes.clear();
-            self.bytes.extend(ex.tokens.iter().flat_map(|t| t.to_le_bytes()));
-            self.spill.write_all(&self.bytes).with_context(|| format!("cannot write {}", self.spill_path.display()))?;
+            self.bytes
+                .extend(ex.tokens.iter().flat_map(|t| t.to_le_bytes()));
+            self.spill
+                .write_all(&self.bytes)
+                .with_context(|| format!("cannot write {}", self.spill_path.display()))?;
             self.entries[origin as usize].push(Entry {
                 offset: self.spill_tokens,
                 len: ex.tokens.len() as u32,
@@ -987,8 +1274,22 @@ fn finish(
     tokenizer_sha256: &str,
     template_source: Option<String>,
 ) -> Result<Manifest> {
-    let Collector { spill, spill_path, entries, records, inputs, truncated, dropped, filtered, malformed, .. } = col;
-    let file = spill.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", spill_path.display()))?;
+    let Collector {
+        spill,
+        spill_path,
+        entries,
+        records,
+        inputs,
+        truncated,
+        dropped,
+        filtered,
+        malformed,
+        ..
+    } = col;
+    let file = spill
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write {}", spill_path.display()))?;
     drop(file);
     let [train_origin, valid_origin] = entries;
     let has_valid_inputs = sources.iter().any(|s| s.origin == Origin::Valid);
@@ -1010,18 +1311,24 @@ fn finish(
     shuffle(&mut train, Rng::new(cfg.data.seed, STREAM_TRAIN));
     shuffle(&mut valid, Rng::new(cfg.data.seed, STREAM_VALID));
 
-    let spill_file = File::open(&spill_path).with_context(|| format!("cannot open {}", spill_path.display()))?;
+    let spill_file =
+        File::open(&spill_path).with_context(|| format!("cannot open {}", spill_path.display()))?;
     // Safety: the spill file is private to this staged directory and no longer written.
-    let spill = unsafe { memmap2::Mmap::map(&spill_file) }.with_context(|| format!("cannot map {}", spill_path.display()))?;
+    let spill = unsafe { memmap2::Mmap::map(&spill_file) }
+        .with_context(|| format!("cannot map {}", spill_path.display()))?;
     let shard_tokens = cfg.data.shard_tokens;
     let mut splits = BTreeMap::new();
-    for (name, list, convs) in [("train", &train, train_convs), ("valid", &valid, valid_convs)] {
+    for (name, list, convs) in [
+        ("train", &train, train_convs),
+        ("valid", &valid, valid_convs),
+    ] {
         let mut info = write_split(dir, name, list, &spill, shard_tokens)?;
         info.conversations = convs;
         splits.insert(name.to_string(), info);
     }
     drop(spill);
-    std::fs::remove_file(&spill_path).with_context(|| format!("cannot remove {}", spill_path.display()))?;
+    std::fs::remove_file(&spill_path)
+        .with_context(|| format!("cannot remove {}", spill_path.display()))?;
 
     let mut classes = BTreeMap::new();
     for e in train.iter().chain(&valid) {
@@ -1029,11 +1336,14 @@ fn finish(
     }
     let mut input_files: BTreeMap<String, Vec<InputFile>> = BTreeMap::new();
     for (src, &n) in sources.iter().zip(&inputs) {
-        input_files.entry(src.origin.name().into()).or_default().push(InputFile {
-            path: src.display.clone(),
-            format: src.format.name().into(),
-            records: n,
-        });
+        input_files
+            .entry(src.origin.name().into())
+            .or_default()
+            .push(InputFile {
+                path: src.display.clone(),
+                format: src.format.name().into(),
+                records: n,
+            });
     }
     Ok(Manifest {
         format: shards::FORMAT.into(),
@@ -1060,7 +1370,11 @@ fn finish(
 }
 
 /// Holds out `fraction` of the conversations (at least one when there are two or more).
-fn split_by_conversation(entries: Vec<Entry>, fraction: f64, seed: u64) -> (Vec<Entry>, Vec<Entry>) {
+fn split_by_conversation(
+    entries: Vec<Entry>,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<Entry>, Vec<Entry>) {
     let n = entries.last().map_or(0, |e| e.conversation as usize + 1);
     let mut n_valid = (fraction * n as f64).round() as usize;
     if fraction > 0.0 && n >= 2 {
@@ -1072,7 +1386,9 @@ fn split_by_conversation(entries: Vec<Entry>, fraction: f64, seed: u64) -> (Vec<
     for &c in &order[..n_valid.min(n)] {
         is_valid[c as usize] = true;
     }
-    entries.into_iter().partition(|e| !is_valid[e.conversation as usize])
+    entries
+        .into_iter()
+        .partition(|e| !is_valid[e.conversation as usize])
 }
 
 /// Distinct conversations; entries of one conversation are adjacent before shuffling.
@@ -1089,14 +1405,24 @@ fn count_conversations(entries: &[Entry]) -> u64 {
 }
 
 /// Writes `entries` as shards of at most `shard_tokens` tokens (an example is never split).
-fn write_split(dir: &Path, name: &str, entries: &[Entry], spill: &[u8], shard_tokens: u64) -> Result<SplitInfo> {
+fn write_split(
+    dir: &Path,
+    name: &str,
+    entries: &[Entry],
+    spill: &[u8],
+    shard_tokens: u64,
+) -> Result<SplitInfo> {
     let mut info = SplitInfo::default();
     let mut shard: Option<ShardWriter> = None;
     let mut lengths = Vec::with_capacity(entries.len());
     for e in entries {
         let len = e.len as u64;
-        if shard.as_ref().is_some_and(|s| s.tokens > 0 && s.tokens + len > shard_tokens) {
-            info.shards.push(shard.take().expect("checked above").finish()?);
+        if shard
+            .as_ref()
+            .is_some_and(|s| s.tokens > 0 && s.tokens + len > shard_tokens)
+        {
+            info.shards
+                .push(shard.take().expect("checked above").finish()?);
         }
         if shard.is_none() {
             shard = Some(ShardWriter::create(dir, name, info.shards.len())?);
@@ -1143,16 +1469,24 @@ struct HashedFile {
 impl HashedFile {
     fn create(path: PathBuf) -> Result<Self> {
         let f = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(Self { out: BufWriter::with_capacity(1 << 20, f), hash: Sha256::new(), path })
+        Ok(Self {
+            out: BufWriter::with_capacity(1 << 20, f),
+            hash: Sha256::new(),
+            path,
+        })
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.hash.update(bytes);
-        self.out.write_all(bytes).with_context(|| format!("cannot write {}", self.path.display()))
+        self.out
+            .write_all(bytes)
+            .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
     fn finish(mut self) -> Result<String> {
-        self.out.flush().with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.out
+            .flush()
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
         Ok(shards::hex(&self.hash.finalize()))
     }
 }
@@ -1182,7 +1516,12 @@ impl ShardWriter {
     }
 
     fn push(&mut self, token_bytes: &[u8], e: &Entry) -> Result<()> {
-        let entry = IndexEntry { offset: self.tokens, len: e.len, prompt_len: e.prompt_len, class_id: e.class_id };
+        let entry = IndexEntry {
+            offset: self.tokens,
+            len: e.len,
+            prompt_len: e.prompt_len,
+            class_id: e.class_id,
+        };
         self.tokens_out.write(token_bytes)?;
         self.index_out.write(&entry.to_bytes())?;
         self.tokens += e.len as u64;
@@ -1256,11 +1595,20 @@ mod tests {
     #[test]
     fn labels_must_mask_a_prefix() {
         let ids = serde_json::json!([5, 6, 7]);
-        assert_eq!(parse_pretokenized(ids.clone(), Some(serde_json::json!([-100, 6, 7])), 10).unwrap().1, 1);
+        assert_eq!(
+            parse_pretokenized(ids.clone(), Some(serde_json::json!([-100, 6, 7])), 10)
+                .unwrap()
+                .1,
+            1
+        );
         assert_eq!(parse_pretokenized(ids.clone(), None, 10).unwrap().1, 0);
-        let e = parse_pretokenized(ids.clone(), Some(serde_json::json!([-100, 6, -100])), 10).unwrap_err();
+        let e = parse_pretokenized(ids.clone(), Some(serde_json::json!([-100, 6, -100])), 10)
+            .unwrap_err();
         assert_eq!(e.reason, "labels_not_prefix_mask");
-        assert_eq!(parse_pretokenized(ids, None, 7).unwrap_err().reason, "invalid_input_ids");
+        assert_eq!(
+            parse_pretokenized(ids, None, 7).unwrap_err().reason,
+            "invalid_input_ids"
+        );
     }
 
     #[test]

@@ -269,7 +269,11 @@ impl Split {
         let manifest = read_manifest(dir)?;
         let Some(info) = manifest.splits.get(split) else {
             let have: Vec<&str> = manifest.splits.keys().map(String::as_str).collect();
-            crate::bail_usage!("{}: no split {split:?} (has {})", dir.display(), have.join(", "));
+            crate::bail_usage!(
+                "{}: no split {split:?} (has {})",
+                dir.display(),
+                have.join(", ")
+            );
         };
         let mut shards = Vec::with_capacity(info.shards.len());
         let mut starts = Vec::with_capacity(info.shards.len());
@@ -287,7 +291,12 @@ impl Split {
                 info.examples
             );
         }
-        Ok(Split { dir: dir.to_path_buf(), shards, starts, len })
+        Ok(Split {
+            dir: dir.to_path_buf(),
+            shards,
+            starts,
+            len,
+        })
     }
 
     /// Number of examples.
@@ -308,13 +317,26 @@ impl Split {
     /// Example `i`; panics if `i >= len()`, like slice indexing.
     pub fn get(&self, i: usize) -> ShardExample {
         let (shard, entry) = self.locate(i);
-        let input_ids: Vec<i64> = token_slice(shard, &entry).chunks_exact(TOKEN_BYTES).map(|b| read_u32(b) as i64).collect();
+        let input_ids: Vec<i64> = token_slice(shard, &entry)
+            .chunks_exact(TOKEN_BYTES)
+            .map(|b| read_u32(b) as i64)
+            .collect();
         let labels = input_ids
             .iter()
             .enumerate()
-            .map(|(j, &t)| if j < entry.prompt_len as usize { IGNORE_INDEX } else { t })
+            .map(|(j, &t)| {
+                if j < entry.prompt_len as usize {
+                    IGNORE_INDEX
+                } else {
+                    t
+                }
+            })
             .collect();
-        ShardExample { input_ids, labels, class_id: entry.class_id as i64 }
+        ShardExample {
+            input_ids,
+            labels,
+            class_id: entry.class_id as i64,
+        }
     }
 
     /// Index entry of example `i` (offset relative to its shard); panics if out of range.
@@ -325,25 +347,40 @@ impl Split {
     /// Token ids of example `i` as stored; panics if out of range.
     pub fn tokens(&self, i: usize) -> Vec<u32> {
         let (shard, entry) = self.locate(i);
-        token_slice(shard, &entry).chunks_exact(TOKEN_BYTES).map(read_u32).collect()
+        token_slice(shard, &entry)
+            .chunks_exact(TOKEN_BYTES)
+            .map(read_u32)
+            .collect()
     }
 
     /// Length in tokens of every example, in order, read from the indexes only.
     pub fn lengths(&self) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.len);
         for shard in &self.shards {
-            out.extend(shard.index.chunks_exact(INDEX_ENTRY_BYTES).map(|b| read_u32(&b[8..12])));
+            out.extend(
+                shard
+                    .index
+                    .chunks_exact(INDEX_ENTRY_BYTES)
+                    .map(|b| read_u32(&b[8..12])),
+            );
         }
         out
     }
 
     fn locate(&self, i: usize) -> (&MappedShard, IndexEntry) {
-        assert!(i < self.len, "example {i} out of range: the split has {}", self.len);
+        assert!(
+            i < self.len,
+            "example {i} out of range: the split has {}",
+            self.len
+        );
         // `starts` is sorted and starts at 0, so the partition point is at least 1.
         let s = self.starts.partition_point(|&start| start <= i) - 1;
         let shard = &self.shards[s];
         let at = (i - self.starts[s]) * INDEX_ENTRY_BYTES;
-        (shard, IndexEntry::from_bytes(&shard.index[at..at + INDEX_ENTRY_BYTES]).0)
+        (
+            shard,
+            IndexEntry::from_bytes(&shard.index[at..at + INDEX_ENTRY_BYTES]).0,
+        )
     }
 }
 
@@ -359,30 +396,65 @@ fn read_u32(b: &[u8]) -> u32 {
 /// Maps one shard and checks that every index entry lies inside its token file.
 fn map_shard(dir: &Path, file: &ShardFile) -> Result<MappedShard> {
     let tokens = map_file(dir, &file.tokens_file, file.tokens * TOKEN_BYTES as u64)?;
-    let index = map_file(dir, &file.index_file, file.examples * INDEX_ENTRY_BYTES as u64)?;
+    let index = map_file(
+        dir,
+        &file.index_file,
+        file.examples * INDEX_ENTRY_BYTES as u64,
+    )?;
     let corrupt = |i: usize, what: String| {
-        usage(format!("{}: {} is corrupt: entry {i}: {what}", dir.display(), file.index_file))
+        usage(format!(
+            "{}: {} is corrupt: entry {i}: {what}",
+            dir.display(),
+            file.index_file
+        ))
     };
     for (i, b) in index.chunks_exact(INDEX_ENTRY_BYTES).enumerate() {
         let (e, reserved) = IndexEntry::from_bytes(b);
         let end = e.offset.checked_add(e.len as u64);
         if e.len == 0 || end.is_none_or(|end| end > file.tokens) {
-            return Err(corrupt(i, format!("tokens {}..+{} outside {} tokens", e.offset, e.len, file.tokens)));
+            return Err(corrupt(
+                i,
+                format!(
+                    "tokens {}..+{} outside {} tokens",
+                    e.offset, e.len, file.tokens
+                ),
+            ));
         }
         if e.prompt_len > e.len || reserved != 0 {
-            return Err(corrupt(i, format!("prompt length {} of {} tokens, reserved {reserved}", e.prompt_len, e.len)));
+            return Err(corrupt(
+                i,
+                format!(
+                    "prompt length {} of {} tokens, reserved {reserved}",
+                    e.prompt_len, e.len
+                ),
+            ));
         }
     }
-    Ok(MappedShard { tokens, index, examples: file.examples as usize })
+    Ok(MappedShard {
+        tokens,
+        index,
+        examples: file.examples as usize,
+    })
 }
 
 /// Maps `dir/name` read-only after checking that it has `expected` bytes.
 fn map_file(dir: &Path, name: &str, expected: u64) -> Result<Mmap> {
     let path = dir.join(name);
-    let f = File::open(&path).map_err(|e| usage(format!("{}: cannot open shard file {name}: {e}", dir.display())))?;
-    let size = f.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
+    let f = File::open(&path).map_err(|e| {
+        usage(format!(
+            "{}: cannot open shard file {name}: {e}",
+            dir.display()
+        ))
+    })?;
+    let size = f
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
     if size != expected {
-        crate::bail_usage!("{}: {name} is corrupt: {size} bytes, the manifest implies {expected}", dir.display());
+        crate::bail_usage!(
+            "{}: {name} is corrupt: {size} bytes, the manifest implies {expected}",
+            dir.display()
+        );
     }
     // Safety: the shard files are written once by `l2d prepare` and never
     // modified in place; a concurrent truncation by another process is the
@@ -396,12 +468,19 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            crate::bail_usage!("{}: no {MANIFEST} (not a directory made by l2d prepare)", dir.display())
+            crate::bail_usage!(
+                "{}: no {MANIFEST} (not a directory made by l2d prepare)",
+                dir.display()
+            )
         }
         Err(e) => return Err(usage(format!("{}: cannot read: {e}", path.display()))),
     };
-    let manifest: Manifest =
-        serde_json::from_str(&text).map_err(|e| usage(format!("{}: not a valid shard manifest: {e}", path.display())))?;
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+        usage(format!(
+            "{}: not a valid shard manifest: {e}",
+            path.display()
+        ))
+    })?;
     if manifest.format != FORMAT || manifest.version != VERSION {
         crate::bail_usage!(
             "{}: format {:?} version {}, this build reads {FORMAT:?} version {VERSION}",
@@ -425,7 +504,8 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
 pub fn check_tokenizer(dir: &Path, model_dir: &Path) -> Result<()> {
     let manifest = read_manifest(dir)?;
     let path = model_dir.join("tokenizer.json");
-    let bytes = std::fs::read(&path).map_err(|e| usage(format!("{}: cannot read: {e}", path.display())))?;
+    let bytes =
+        std::fs::read(&path).map_err(|e| usage(format!("{}: cannot read: {e}", path.display())))?;
     let sha = sha256_hex(&bytes);
     if sha != manifest.tokenizer_sha256 {
         crate::bail_usage!(
@@ -444,10 +524,18 @@ pub fn check_tokenizer(dir: &Path, model_dir: &Path) -> Result<()> {
 pub fn verify(dir: &Path) -> Result<()> {
     let manifest = read_manifest(dir)?;
     for file in manifest.splits.values().flat_map(|s| &s.shards) {
-        for (name, want) in [(&file.tokens_file, &file.tokens_sha256), (&file.index_file, &file.index_sha256)] {
+        for (name, want) in [
+            (&file.tokens_file, &file.tokens_sha256),
+            (&file.index_file, &file.index_sha256),
+        ] {
             let got = sha256_file(&dir.join(name))?;
             if &got != want {
-                crate::bail_usage!("{}: {name} is corrupt: sha256 {} instead of {}", dir.display(), short(&got), short(want));
+                crate::bail_usage!(
+                    "{}: {name} is corrupt: sha256 {} instead of {}",
+                    dir.display(),
+                    short(&got),
+                    short(want)
+                );
             }
         }
     }
