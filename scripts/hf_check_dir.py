@@ -24,6 +24,8 @@ with torch.no_grad():
     logits = model.eval()(torch.tensor(ids)).logits.float()
 json.dump({
     "logits": logits.tolist(),
-    "chat_ids": tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True),
+    # l2d fixes Llama 3's date line to the reference's 26 Jul 2024.
+    "chat_ids": tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                        date_string="26 Jul 2024"),
     "plain_ids": tok("Tom has 3 apples.")["input_ids"],
 }, sys.stdout)

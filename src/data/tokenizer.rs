@@ -31,7 +31,8 @@ impl Tokenizer {
             Some(c) => match &c.chat_template {
                 Some(src) => Some(
                     ChatTemplate::new(src, c.bos_token.clone(), c.eos_token.clone())
-                        .with_context(|| format!("{}: field chat_template", cfg_path.display()))?,
+                        .with_context(|| format!("{}: field chat_template", cfg_path.display()))?
+                        .with_fixed_date(template_date()),
                 ),
                 None => None,
             },
@@ -94,6 +95,13 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// The date Llama 3 templates print: fixed (as the reference fixes it) so that
+/// training, generation and evaluation prompts are reproducible.
+fn template_date() -> chrono::NaiveDate {
+    let (y, m, d) = super::prepare::TEMPLATE_DATE;
+    chrono::NaiveDate::from_ymd_opt(y, m, d).expect("a valid date")
 }
 
 /// Parses a token id field that is an int, a list of ints, or absent.
