@@ -138,7 +138,7 @@ fn check_config(arch: Arch, preset: Preset, c: &Value) {
             assert_eq!(
                 c["rope_scaling"],
                 json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+                       "high_freq_factor": 4.0, "original_max_position_embeddings": s.max_positions / 4})
             );
         }
         Arch::Qwen2 => {

@@ -162,7 +162,7 @@ impl Args {
         set(&mut m.path, self.model.as_ref().map(|p| p.display().to_string()));
         set(&mut m.device, self.device.clone());
         set(&mut m.dtype, self.dtype.clone());
-        cfg.validate()?;
+        cfg.validate().map_err(|e| super::name_flags(e, FLAG_KEYS))?;
         validate_sampling(&cfg)?;
         if cfg.model.path.is_empty() {
             crate::bail_usage!("--model: no model directory given (flag or model.path in the config)");
@@ -170,6 +170,26 @@ impl Args {
         Ok(cfg)
     }
 }
+
+/// Config keys that this command's flags set, so errors name both.
+const FLAG_KEYS: &[(&str, &str)] = &[
+    ("model.device", "--device"),
+    ("model.dtype", "--dtype"),
+    ("generate.temperature", "--temperature"),
+    ("generate.top_p", "--top-p"),
+    ("generate.top_k", "--top-k"),
+    ("generate.max_new_tokens", "--max-new-tokens"),
+    ("generate.min_new_tokens", "--min-new-tokens"),
+    ("l2d.steps", "--steps"),
+    ("l2d.solver", "--solver"),
+    ("l2d.x1_estimate", "--x1-estimate"),
+    ("l2d.x1_temperature", "--x1-temperature"),
+    ("l2d.x1_schedule", "--x1-schedule"),
+    ("l2d.guidance_class", "--guidance-class"),
+    ("l2d.guidance_weight", "--guidance-weight"),
+    ("l2d.atol", "--atol"),
+    ("l2d.rtol", "--rtol"),
+];
 
 fn set<T>(slot: &mut T, value: Option<T>) {
     if let Some(v) = value {

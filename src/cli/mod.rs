@@ -69,6 +69,17 @@ impl ConfigArgs {
     }
 }
 
+/// Prefixes a config error about `key` with the flag that sets it: "--flag (key): ...".
+pub fn name_flags(err: anyhow::Error, flag_keys: &[(&str, &str)]) -> anyhow::Error {
+    let msg = err.to_string();
+    for (key, flag) in flag_keys {
+        if let Some(rest) = msg.strip_prefix(&format!("{key}:")) {
+            return crate::error::usage(format!("{flag} ({key}):{rest}"));
+        }
+    }
+    err
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
