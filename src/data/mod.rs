@@ -1,6 +1,7 @@
 //! Chat data: templates and tokenization.
 
 pub mod chat;
+pub mod parquet_json;
 pub mod pretokenized;
 pub mod tokenizer;
 pub mod prepare;

@@ -617,7 +617,7 @@ fn read_parquet(
         })?;
         let value = Value::Object(
             row.get_column_iter()
-                .map(|(k, f)| (k.clone(), field_to_json(f)))
+                .map(|(k, f)| (k.clone(), crate::data::parquet_json::to_json(f)))
                 .collect(),
         );
         chunk.push(Raw {
@@ -637,37 +637,6 @@ fn read_parquet(
     Ok(())
 }
 
-/// A Parquet value as JSON, for the types chat and token columns use.
-fn field_to_json(field: &parquet::record::Field) -> Value {
-    use parquet::record::Field as F;
-    match field {
-        F::Null => Value::Null,
-        F::Bool(b) => Value::Bool(*b),
-        F::Byte(n) => Value::from(*n),
-        F::Short(n) => Value::from(*n),
-        F::Int(n) => Value::from(*n),
-        F::Long(n) => Value::from(*n),
-        F::UByte(n) => Value::from(*n),
-        F::UShort(n) => Value::from(*n),
-        F::UInt(n) => Value::from(*n),
-        F::ULong(n) => Value::from(*n),
-        F::Float(x) => Value::from(*x as f64),
-        F::Double(x) => Value::from(*x),
-        F::Str(s) => Value::String(s.clone()),
-        F::Bytes(b) => match std::str::from_utf8(b.data()) {
-            Ok(s) => Value::String(s.to_owned()),
-            Err(_) => Value::Null,
-        },
-        F::Group(row) => Value::Object(
-            row.get_column_iter()
-                .map(|(k, f)| (k.clone(), field_to_json(f)))
-                .collect(),
-        ),
-        F::ListInternal(list) => Value::Array(list.elements().iter().map(field_to_json).collect()),
-        // Types no chat or token column uses; the record check names the field as invalid.
-        _ => Value::Null,
-    }
-}
 
 // ---------------------------------------------------------------- records
 

@@ -212,37 +212,11 @@ fn parquet_rows(file: File, name: &str, push: &mut Push) -> Result<()> {
     let rows = RowIter::from_file(None, &reader).or_usage(|| format!("{name}: cannot read Parquet rows"))?;
     for (i, row) in rows.enumerate() {
         let row = row.or_usage(|| format!("{name}: row {}: cannot decode", i + 1))?;
-        push(i as u64 + 1, true, parquet_value(&parquet::record::Field::Group(row)));
+        push(i as u64 + 1, true, crate::data::parquet_json::to_json(&parquet::record::Field::Group(row)));
     }
     Ok(())
 }
 
-/// A Parquet value as JSON; types no benchmark uses (dates, decimals) become null.
-pub fn parquet_value(field: &parquet::record::Field) -> Value {
-    use parquet::record::Field as F;
-    match field {
-        F::Null => Value::Null,
-        F::Bool(b) => Value::Bool(*b),
-        F::Byte(n) => Value::from(*n),
-        F::Short(n) => Value::from(*n),
-        F::Int(n) => Value::from(*n),
-        F::Long(n) => Value::from(*n),
-        F::UByte(n) => Value::from(*n),
-        F::UShort(n) => Value::from(*n),
-        F::UInt(n) => Value::from(*n),
-        F::ULong(n) => Value::from(*n),
-        F::Float(x) => Value::from(*x as f64),
-        F::Double(x) => Value::from(*x),
-        F::Str(s) => Value::String(s.clone()),
-        F::Bytes(b) => std::str::from_utf8(b.data()).map_or(Value::Null, |s| Value::String(s.to_owned())),
-        F::Group(row) => Value::Object(row.get_column_iter().map(|(k, f)| (k.clone(), parquet_value(f))).collect()),
-        F::ListInternal(list) => Value::Array(list.elements().iter().map(parquet_value).collect()),
-        F::MapInternal(map) => Value::Array(
-            map.entries().iter().map(|(k, v)| Value::Array(vec![parquet_value(k), parquet_value(v)])).collect(),
-        ),
-        _ => Value::Null,
-    }
-}
 
 /// Header-less CSV (MMLU's original release), each row as an array of strings.
 fn csv_rows(file: File, name: &str, push: &mut Push) -> Result<()> {
