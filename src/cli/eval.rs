@@ -61,9 +61,8 @@ pub enum EvalCommand {
 pub struct LossArgs {
     #[command(flatten)]
     pub config: super::ConfigArgs,
-    /// Base model directory.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// L2D checkpoint (directory or bare .safetensors); without it, the base LM's loss only.
     #[arg(long, value_name = "CKPT")]
     pub l2d: Option<PathBuf>,
@@ -79,12 +78,6 @@ pub struct LossArgs {
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// f32, bf16, f16 or auto.
-    #[arg(long)]
-    pub dtype: Option<String>,
     /// One JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -146,18 +139,7 @@ fn print_scores(t: &TaskReport, json: bool, out: Option<&Path>) {
 
 fn loss(args: LossArgs) -> Result<()> {
     let mut cfg = args.config.load()?;
-    if let Some(m) = &args.model {
-        cfg.model.path = m.display().to_string();
-    }
-    if let Some(d) = &args.device {
-        cfg.model.device = d.clone();
-    }
-    if let Some(d) = &args.dtype {
-        cfg.model.dtype = d.clone();
-    }
-    if cfg.model.path.is_empty() {
-        crate::bail_usage!("--model: no model directory given (flag or model.path in the config)");
-    }
+    args.model.apply(&mut cfg.model)?;
     if let Some(bad) = args.t.iter().find(|t| !(0.0..=1.0).contains(*t)) {
         crate::bail_usage!("--t: {bad} is outside [0, 1]");
     }

@@ -19,9 +19,8 @@ use crate::sampling::{generate, BaseLm, GenerateOptions, Generation, NextTokenLo
 pub struct Args {
     #[command(flatten)]
     pub config: super::ConfigArgs,
-    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// One prompt.
     #[arg(long, conflicts_with = "prompts")]
     pub prompt: Option<String>,
@@ -58,12 +57,6 @@ pub struct Args {
     /// Prompts decoded together.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// f32, bf16, f16 or auto (bf16 on CUDA, f32 on CPU).
-    #[arg(long)]
-    pub dtype: Option<String>,
     /// One JSON object per prompt instead of the completion text.
     #[arg(long)]
     pub json: bool,
@@ -158,15 +151,9 @@ impl Args {
         set(&mut l.guidance_weight, a.guidance_weight);
         set(&mut l.atol, a.atol);
         set(&mut l.rtol, a.rtol);
-        let m = &mut cfg.model;
-        set(&mut m.path, self.model.as_ref().map(|p| p.display().to_string()));
-        set(&mut m.device, self.device.clone());
-        set(&mut m.dtype, self.dtype.clone());
+        self.model.apply(&mut cfg.model)?;
         cfg.validate().map_err(|e| super::name_flags(e, FLAG_KEYS))?;
         validate_sampling(&cfg)?;
-        if cfg.model.path.is_empty() {
-            crate::bail_usage!("--model: no model directory given (flag or model.path in the config)");
-        }
         Ok(cfg)
     }
 }

@@ -80,6 +80,39 @@ pub fn name_flags(err: anyhow::Error, flag_keys: &[(&str, &str)]) -> anyhow::Err
     err
 }
 
+/// `--model DIR --device D --dtype T`, shared by the subcommands that load a model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// f32, bf16, f16 or auto (bf16 on CUDA, f32 on CPU).
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+impl ModelArgs {
+    /// Puts the given flags into the config's `[model]` section; a model directory is required.
+    pub fn apply(&self, m: &mut crate::config::ModelConfig) -> Result<()> {
+        if let Some(p) = &self.model {
+            m.path = p.display().to_string();
+        }
+        if let Some(d) = &self.device {
+            m.device = d.clone();
+        }
+        if let Some(d) = &self.dtype {
+            m.dtype = d.clone();
+        }
+        if m.path.is_empty() {
+            crate::bail_usage!("--model: no model directory given (flag or model.path in the config)");
+        }
+        Ok(())
+    }
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
