@@ -151,7 +151,6 @@ mod cuda_driver {
             let lib = unsafe { Library::new("libcuda.so.1") }.ok()?;
             let init: Symbol<unsafe extern "C" fn(u32) -> c_int> = unsafe { lib.get(b"cuInit") }.ok()?;
             (unsafe { init(0) } == 0).then_some(())?;
-            drop(init);
             Some(Self(lib))
         }
 

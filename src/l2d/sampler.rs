@@ -82,6 +82,9 @@ impl SamplerOptions {
     }
 }
 
+/// Conditionings by (time bits, label).
+type ConditioningCache = HashMap<(u64, Option<i64>), Rc<Conditioning>>;
+
 /// Most conditionings kept: a fixed grid needs 2S of them; adaptive solvers
 /// visit new times at every step, so the cache is cleared when full.
 const COND_CACHE: usize = 256;
@@ -97,7 +100,7 @@ pub struct L2dHead {
     tokens: usize,
     /// Modulations and gate per (time, label): they depend on nothing else, and
     /// every token integrates over the same times.
-    conditionings: RefCell<HashMap<(u64, Option<i64>), Rc<Conditioning>>>,
+    conditionings: RefCell<ConditioningCache>,
 }
 
 impl L2dHead {
