@@ -63,3 +63,30 @@ fn loss_bad_input() {
     assert_error(&run(None, &data, &["--t", "1.5"]), 2, &["--t", "1.5"]);
     assert_error(&run(None, std::path::Path::new("/nonexistent.jsonl"), &[]), 2, &["/nonexistent.jsonl"]);
 }
+
+/// `--data` also takes a directory written by `l2d prepare` (its valid split).
+#[test]
+fn loss_reads_a_prepared_directory() {
+    let dir = scratch("eval-loss-prepared");
+    let chat = dir.join("chat.jsonl");
+    let mut text = String::new();
+    for i in 0..8 {
+        let rec = serde_json::json!({"messages": [
+            {"role": "user", "content": format!("What is {i} + 2?")},
+            {"role": "assistant", "content": format!("{i} + 2 = {}", i + 2)},
+        ]});
+        text.push_str(&format!("{rec}\n"));
+    }
+    std::fs::write(&chat, text).unwrap();
+    let m = tiny_model("llama");
+    let out = dir.join("prepared");
+    ok(l2d(&["prepare", "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--input", chat.to_str().unwrap(), "--set", "data.valid_fraction=0.25"]));
+    let res: Value = serde_json::from_str(&ok(l2d(&["eval", "loss", "--model", m.to_str().unwrap(), "--data", out.to_str().unwrap(), "--json"]))).unwrap();
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let valid = &manifest["splits"]["valid"];
+    assert!(valid["examples"].as_u64().unwrap() >= 1, "{manifest}");
+    assert!(res["base_loss"].as_f64().unwrap().is_finite());
+    // Only the responses and their end-of-turn tokens are scored.
+    let scored = res["tokens"].as_u64().unwrap();
+    assert!(scored > 0 && scored < valid["tokens"].as_u64().unwrap(), "{res} vs {valid}");
+}

@@ -66,7 +66,8 @@ pub struct LossArgs {
     /// L2D checkpoint (directory or bare .safetensors); without it, the base LM's loss only.
     #[arg(long, value_name = "CKPT")]
     pub l2d: Option<PathBuf>,
-    /// Pretokenized JSONL: `input_ids` and optional `labels` (-100 = masked) per line.
+    /// Pretokenized JSONL (`input_ids`, optional `labels` with -100 = masked) or a
+    /// directory written by `l2d prepare` (its valid split, else train).
     #[arg(long, value_name = "FILE")]
     pub data: PathBuf,
     /// Diffusion times, comma-separated, each in [0, 1].
@@ -137,6 +138,27 @@ fn print_scores(t: &TaskReport, json: bool, out: Option<&Path>) {
     }
 }
 
+/// The sequences `eval loss` scores: a pretokenized JSONL file, or the
+/// validation split of a prepared directory (its training split if it has none).
+fn loss_examples(data: &Path, model: &Llama) -> Result<Vec<pretokenized::Example>> {
+    use crate::train::data::Source;
+    let split = match data.is_dir() {
+        true => match crate::data::shards::read_manifest(data)?.splits.get("valid") {
+            Some(info) if info.examples > 0 => "valid",
+            _ => "train",
+        },
+        false => "train",
+    };
+    let source = Source::open(data, split, model.config.vocab_size)?;
+    let max_len = model.config.max_position_embeddings as usize;
+    Ok((0..source.len())
+        .map(|i| {
+            let e = source.get(i, max_len);
+            pretokenized::Example { input_ids: e.input_ids, labels: e.labels }
+        })
+        .collect())
+}
+
 fn loss(args: LossArgs) -> Result<()> {
     let mut cfg = args.config.load()?;
     args.model.apply(&mut cfg.model)?;
@@ -150,7 +172,7 @@ fn loss(args: LossArgs) -> Result<()> {
     let kind = runtime::parse_dtype(&cfg.model.dtype, device)?;
     let dir = Path::new(&cfg.model.path);
     let model = Llama::load(dir, device, kind)?;
-    let examples = pretokenized::read_jsonl(&args.data, model.config.vocab_size)?;
+    let examples = loss_examples(&args.data, &model)?;
     let l2d = match &args.l2d {
         Some(p) => Some(checkpoint::load(p, &model, dir, &cfg.l2d)?.0),
         None => None,
