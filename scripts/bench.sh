@@ -13,7 +13,7 @@ if [[ -z "$model" ]]; then
   model=runs/bench/small-llama
   [[ -d "$model" ]] || target/release/l2d init --arch llama --preset small --seed 0 --out "$model"
 fi
-echo "== l2d (base LM)"
+echo "== l2d (base LM, then L2D at 15 evaluations per token)"
 cargo bench --locked --bench generate -- "$model"
 if .venv/bin/python -c 'import transformers' 2>/dev/null; then
   echo "== reference: transformers (eager)"
