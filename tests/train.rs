@@ -244,3 +244,20 @@ fn full_finetuning_writes_a_transformers_model() {
     let diff = (&lt - &theirs).abs().max().double_value(&[]);
     assert!(diff < 1e-4, "max |Δlogit| = {diff}");
 }
+
+/// Shards made with another model's tokenizer are refused before training starts.
+#[test]
+fn shards_of_another_tokenizer_are_refused() {
+    let dir = scratch("train-other-tokenizer");
+    let chat = dir.join("chat.jsonl");
+    let rec = serde_json::json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]});
+    std::fs::write(&chat, format!("{rec}\n{rec}\n")).unwrap();
+    let llama = tiny_model("llama");
+    let shards = dir.join("shards");
+    ok(l2d(&["prepare", "--model", llama.to_str().unwrap(), "--out", shards.to_str().unwrap(), "--input", chat.to_str().unwrap(), "--set", "data.valid_fraction=0"]));
+    let qwen = tiny_model("qwen2");
+    let out = dir.join("run");
+    let args = train_args(qwen.to_str().unwrap(), shards.to_str().unwrap(), out.to_str().unwrap(), &[]);
+    assert_error(&run(&args), 2, &["tokenizer"]);
+    assert!(!out.join("checkpoints").exists(), "nothing was trained");
+}
