@@ -374,7 +374,7 @@ impl Llama {
 
     /// Final norm and LM head: logits `[.., V]` in the model dtype.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        self.norm.forward(hidden).matmul(&self.lm_head.tr())
+        self.norm.forward(hidden).linear::<Tensor>(&self.lm_head, None)
     }
 
     /// Full forward of unpadded sequences `[B, T]` with no cache: logits `[B, T, V]`.
