@@ -979,17 +979,7 @@ impl<'a> Ctx<'a> {
                     continue;
                 }
             };
-            match self.fit(turn.0, turn.1) {
-                Ok((tokens, prompt_len, cut)) => {
-                    truncated += cut as u64;
-                    examples.push(Example {
-                        tokens,
-                        prompt_len,
-                        class_id,
-                    });
-                }
-                Err(reason) => dropped.push(reason),
-            }
+            self.add_fitted(turn.0, turn.1, class_id, &mut examples, &mut dropped, &mut truncated);
         }
         Ok(Outcome::Kept {
             pretokenized: false,
@@ -1045,22 +1035,31 @@ impl<'a> Ctx<'a> {
         class_id: i32,
     ) -> Outcome {
         let (mut examples, mut dropped, mut truncated) = (Vec::new(), Vec::new(), 0);
-        match self.fit(input_ids, prompt_len) {
-            Ok((tokens, prompt_len, cut)) => {
-                truncated += cut as u64;
-                examples.push(Example {
-                    tokens,
-                    prompt_len,
-                    class_id,
-                });
-            }
-            Err(reason) => dropped.push(reason),
-        }
+        self.add_fitted(input_ids, prompt_len, class_id, &mut examples, &mut dropped, &mut truncated);
         Outcome::Kept {
             pretokenized: true,
             examples,
             dropped,
             truncated,
+        }
+    }
+
+    /// Fits one sequence and records it as an example, or its drop reason.
+    fn add_fitted(
+        &self,
+        tokens: Vec<u32>,
+        prompt_len: usize,
+        class_id: i32,
+        examples: &mut Vec<Example>,
+        dropped: &mut Vec<&'static str>,
+        truncated: &mut u64,
+    ) {
+        match self.fit(tokens, prompt_len) {
+            Ok((tokens, prompt_len, cut)) => {
+                *truncated += cut as u64;
+                examples.push(Example { tokens, prompt_len, class_id });
+            }
+            Err(reason) => dropped.push(reason),
         }
     }
 
