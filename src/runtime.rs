@@ -44,24 +44,6 @@ pub fn parse_dtype(spec: &str, device: Device) -> Result<Kind> {
     Ok(kind)
 }
 
-/// Short name of a dtype, as used on the command line.
-pub fn dtype_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Float => "f32",
-        Kind::BFloat16 => "bf16",
-        Kind::Half => "f16",
-        _ => "other",
-    }
-}
-
-/// Short name of a device, as used on the command line.
-pub fn device_name(device: Device) -> String {
-    match device {
-        Device::Cuda(n) => format!("cuda:{n}"),
-        _ => "cpu".into(),
-    }
-}
-
 /// What `l2d info` reports.
 #[derive(Debug, Serialize)]
 pub struct Info {

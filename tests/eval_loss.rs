@@ -17,14 +17,8 @@ fn data_file(name: &str) -> std::path::PathBuf {
 
 fn run(ckpt: Option<&std::path::Path>, data: &std::path::Path, extra: &[&str]) -> std::process::Output {
     let m = tiny_model("llama");
-    let mut args = vec!["eval", "loss", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"];
-    let c;
-    if let Some(p) = ckpt {
-        c = p.to_str().unwrap().to_string();
-        args.extend_from_slice(&["--l2d", &c]);
-    }
-    args.extend_from_slice(extra);
-    l2d(&args)
+    let args = ["eval", "loss", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"];
+    l2d_with_checkpoint(&args, ckpt, extra)
 }
 
 #[test]

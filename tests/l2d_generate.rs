@@ -17,14 +17,8 @@ fn json(out: &str) -> serde_json::Value {
 
 fn gen(ckpt: Option<&Path>, extra: &[&str]) -> std::process::Output {
     let m = tiny_model("llama");
-    let mut args = vec!["generate", "--model", m.to_str().unwrap(), "--prompt", "Tom has 3 apples", "--max-new-tokens", "6", "--min-new-tokens", "6", "--temperature", "0", "--json"];
-    let c;
-    if let Some(p) = ckpt {
-        c = p.to_str().unwrap().to_string();
-        args.extend_from_slice(&["--l2d", &c]);
-    }
-    args.extend_from_slice(extra);
-    l2d(&args)
+    let args = ["generate", "--model", m.to_str().unwrap(), "--prompt", "Tom has 3 apples", "--max-new-tokens", "6", "--min-new-tokens", "6", "--temperature", "0", "--json"];
+    l2d_with_checkpoint(&args, ckpt, extra)
 }
 
 /// A fresh L2D model is the base LM at every t, so greedy decoding through the

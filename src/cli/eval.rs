@@ -6,7 +6,7 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
-use crate::data::pretokenized;
+use crate::train::data::{Source, TrainExample};
 use crate::eval::sandbox::SandboxOptions;
 use crate::eval::score::{self, Report, TaskReport};
 use crate::eval::tasks::{Dataset, Task};
@@ -140,23 +140,14 @@ fn print_scores(t: &TaskReport, json: bool, out: Option<&Path>) {
 
 /// The sequences `eval loss` scores: a pretokenized JSONL file, or the
 /// validation split of a prepared directory (its training split if it has none).
-fn loss_examples(data: &Path, model: &Llama) -> Result<Vec<pretokenized::Example>> {
-    use crate::train::data::Source;
-    let split = match data.is_dir() {
-        true => match crate::data::shards::read_manifest(data)?.splits.get("valid") {
-            Some(info) if info.examples > 0 => "valid",
-            _ => "train",
-        },
-        false => "train",
+fn loss_examples(data: &Path, model: &Llama) -> Result<Vec<TrainExample>> {
+    let vocab = model.config.vocab_size;
+    let source = match Source::open_valid(data, vocab)? {
+        Some(valid) => valid,
+        None => Source::open(data, "train", vocab)?,
     };
-    let source = Source::open(data, split, model.config.vocab_size)?;
     let max_len = model.config.max_position_embeddings as usize;
-    Ok((0..source.len())
-        .map(|i| {
-            let e = source.get(i, max_len);
-            pretokenized::Example { input_ids: e.input_ids, labels: e.labels }
-        })
-        .collect())
+    Ok((0..source.len()).map(|i| source.get(i, max_len)).collect())
 }
 
 fn loss(args: LossArgs) -> Result<()> {
@@ -177,7 +168,10 @@ fn loss(args: LossArgs) -> Result<()> {
         Some(p) => Some(checkpoint::load(p, &model, dir, &cfg.l2d)?.0),
         None => None,
     };
-    let batches: Vec<TokenBatch> = examples.chunks(args.batch_size).map(|c| TokenBatch::from_examples(c, device)).collect();
+    let batches: Vec<TokenBatch> = examples
+        .chunks(args.batch_size)
+        .map(|c| TokenBatch::from_sequences(&c.iter().map(TrainExample::sequence).collect::<Vec<_>>(), device))
+        .collect();
     let _guard = tch::no_grad_guard();
     let (base, tokens) = mean_over(&batches, |b| {
         let logits = model.forward(&b.input_ids);

@@ -554,17 +554,17 @@ pub fn next_token_nll(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
 }
 
 impl TokenBatch {
-    /// Right-pads `examples` into one batch on `device` (padding labels are -100).
-    pub fn from_examples(examples: &[crate::data::pretokenized::Example], device: tch::Device) -> Self {
-        let t = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(examples.len() * t);
-        let mut labels = Vec::with_capacity(examples.len() * t);
-        for e in examples {
-            let pad = t - e.input_ids.len();
-            ids.extend(e.input_ids.iter().copied().chain(std::iter::repeat_n(0, pad)));
-            labels.extend(e.labels.iter().copied().chain(std::iter::repeat_n(-100, pad)));
+    /// Right-pads `(input_ids, labels)` pairs into one batch on `device` (padding labels are -100).
+    pub fn from_sequences(seqs: &[(&[i64], &[i64])], device: tch::Device) -> Self {
+        let t = seqs.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(seqs.len() * t);
+        let mut labels = Vec::with_capacity(seqs.len() * t);
+        for (seq_ids, seq_labels) in seqs {
+            let pad = t - seq_ids.len();
+            ids.extend(seq_ids.iter().copied().chain(std::iter::repeat_n(0, pad)));
+            labels.extend(seq_labels.iter().copied().chain(std::iter::repeat_n(-100, pad)));
         }
-        let shape = [examples.len() as i64, t as i64];
+        let shape = [seqs.len() as i64, t as i64];
         Self {
             input_ids: Tensor::from_slice(&ids).view(shape).to_device(device),
             labels: Tensor::from_slice(&labels).view(shape).to_device(device),

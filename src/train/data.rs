@@ -19,6 +19,13 @@ pub struct TrainExample {
     pub class_id: i64,
 }
 
+impl TrainExample {
+    /// The `(input_ids, labels)` pair that [`crate::l2d::TokenBatch::from_sequences`] pads.
+    pub fn sequence(&self) -> (&[i64], &[i64]) {
+        (&self.input_ids, &self.labels)
+    }
+}
+
 /// Where examples come from: prepared shards or a pretokenized JSONL file.
 pub enum Source {
     /// Memory-mapped shards written by `l2d prepare`.
@@ -38,6 +45,18 @@ impl Source {
             .map(|e| TrainExample { input_ids: e.input_ids, labels: e.labels, class_id: -1 })
             .collect();
         Ok(Self::Memory(examples))
+    }
+
+    /// The validation split of a prepared directory, if it has a non-empty one
+    /// (a pretokenized file has none).
+    pub fn open_valid(path: &Path, vocab_size: i64) -> Result<Option<Self>> {
+        if !path.is_dir() {
+            return Ok(None);
+        }
+        match crate::data::shards::read_manifest(path)?.splits.get("valid") {
+            Some(info) if info.examples > 0 => Ok(Some(Self::open(path, "valid", vocab_size)?)),
+            _ => Ok(None),
+        }
     }
 
     /// Number of examples.

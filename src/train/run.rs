@@ -104,7 +104,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
     if train_data.is_empty() {
         crate::bail_usage!("{}: the training split holds no examples", data_path.display());
     }
-    let valid_data = open_valid(&data_path, model.config.vocab_size)?;
+    let valid_data = Source::open_valid(&data_path, model.config.vocab_size)?;
     let plan = BatchPlan::new(train_data.lengths(), t.batch_size, t.seed);
     let total = (t.epochs * plan.steps_per_epoch).min(t.max_steps.unwrap_or(u64::MAX));
 
@@ -236,25 +236,11 @@ fn shallow(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
     params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
 }
 
-fn open_valid(path: &Path, vocab: i64) -> Result<Option<Source>> {
-    if !path.is_dir() {
-        return Ok(None);
-    }
-    let manifest = crate::data::shards::read_manifest(path)?;
-    match manifest.splits.get("valid") {
-        Some(info) if info.examples > 0 => Ok(Some(Source::open(path, "valid", vocab)?)),
-        _ => Ok(None),
-    }
-}
-
 /// Right-padded batch of examples; class labels per token with the guidance
 /// dropout applied (each token's label becomes "no label" with that probability).
 fn to_batch(examples: &[TrainExample], cfg: &Config, device: tch::Device) -> TokenBatch {
-    let pre: Vec<crate::data::pretokenized::Example> = examples
-        .iter()
-        .map(|e| crate::data::pretokenized::Example { input_ids: e.input_ids.clone(), labels: e.labels.clone() })
-        .collect();
-    let mut batch = TokenBatch::from_examples(&pre, device);
+    let seqs: Vec<(&[i64], &[i64])> = examples.iter().map(TrainExample::sequence).collect();
+    let mut batch = TokenBatch::from_sequences(&seqs, device);
     if cfg.l2d.num_classes > 0 {
         let (b, t) = batch.input_ids.size2().expect("[B, T]");
         let classes: Vec<i64> = examples.iter().map(|e| e.class_id).collect();

@@ -19,6 +19,17 @@ pub fn l2d(args: &[&str]) -> Output {
         .expect("run l2d")
 }
 
+/// Runs `l2d` with `args`, then `--l2d CKPT` if given, then `extra`.
+pub fn l2d_with_checkpoint(args: &[&str], ckpt: Option<&Path>, extra: &[&str]) -> Output {
+    let ckpt = ckpt.map(|p| p.to_str().unwrap().to_string());
+    let mut all = args.to_vec();
+    if let Some(c) = &ckpt {
+        all.extend_from_slice(&["--l2d", c]);
+    }
+    all.extend_from_slice(extra);
+    l2d(&all)
+}
+
 /// Stdout as text.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
