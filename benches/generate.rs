@@ -2,9 +2,10 @@
 //! = 15 diffusion-path evaluations per token, a randomly perturbed LoRA path):
 //! `cargo bench --bench generate -- MODEL_DIR`.
 //!
-//! 64-token prompts, 32 new tokens (greedy, eos ignored), batch 1 and 8, on the
-//! CPU with `L2D_BENCH_THREADS` (default 2) intra-op threads; median of 5 runs
-//! (3 for L2D).
+//! 64-token prompts, 32 new tokens (greedy, eos ignored); median of 5 runs (3
+//! for L2D). Environment: `L2D_BENCH_THREADS` intra-op threads (default 2),
+//! `L2D_BENCH_DEVICE` (default cpu), `L2D_BENCH_DTYPE` (default f32),
+//! `L2D_BENCH_BATCHES` (default 1,8).
 
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
@@ -13,6 +14,7 @@ use l2d::config::L2dConfig;
 use l2d::l2d::sampler::{L2dHead, SamplerOptions};
 use l2d::l2d::{L2d, Shape};
 use l2d::model::Llama;
+use l2d::runtime;
 use l2d::sampling::{generate, BaseLm, GenerateOptions, NextTokenLogits, TokenSampler};
 
 const PROMPT_LEN: i64 = 64;
@@ -24,9 +26,13 @@ fn main() -> anyhow::Result<()> {
     let Some(dir) = dir else {
         anyhow::bail!("usage: cargo bench --bench generate -- MODEL_DIR");
     };
-    let threads: i32 = std::env::var("L2D_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+    let threads: i32 = env("L2D_BENCH_THREADS", "2").parse()?;
+    let (device_name, dtype) = (env("L2D_BENCH_DEVICE", "cpu"), env("L2D_BENCH_DTYPE", "f32"));
+    let batches: Vec<usize> = env("L2D_BENCH_BATCHES", "1,8").split(',').map(str::parse).collect::<Result<_, _>>()?;
     tch::set_num_threads(threads);
-    let model = Llama::load(&dir, Device::Cpu, Kind::Float)?;
+    let device = runtime::parse_device(&device_name)?;
+    let model = Llama::load(&dir, device, runtime::parse_dtype(&dtype, device)?)?;
     let opts = GenerateOptions {
         sampler: TokenSampler { temperature: 0.0, top_k: 0, top_p: 1.0 },
         max_new_tokens: NEW_TOKENS,
@@ -35,9 +41,9 @@ fn main() -> anyhow::Result<()> {
         eos_ids: Vec::new(),
         pad_id: 0,
     };
-    println!("model {} | cpu, {threads} threads, f32 | prompt {PROMPT_LEN}, new {NEW_TOKENS}", dir.display());
+    println!("model {} | {device_name}, {threads} threads, {dtype} | prompt {PROMPT_LEN}, new {NEW_TOKENS}", dir.display());
     println!("{:>6} {:>6} {:>18} {:>18}", "head", "batch", "prefill tok/s", "decode tok/s");
-    for batch in [1usize, 8] {
+    for &batch in &batches {
         let (p, d) = measure(&model, &opts, batch, RUNS, &mut || Box::new(BaseLm))?;
         println!("{:>6} {batch:>6} {p:>18.1} {d:>18.1}", "base");
     }
@@ -51,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         }
     });
     let sampler = SamplerOptions::from_config(&cfg)?;
-    for batch in [1usize, 8] {
+    for &batch in &batches {
         let mut make = || -> Box<dyn NextTokenLogits + '_> { Box::new(L2dHead::new(&model, &l2d, sampler.clone()).unwrap()) };
         let (p, d) = measure(&model, &opts, batch, 3, &mut make)?;
         println!("{:>6} {batch:>6} {p:>18.1} {d:>18.1}", "l2d");

@@ -89,18 +89,21 @@ pub enum Preset {
     Tiny,
     /// About 4M parameters: for quick end-to-end demos.
     Small,
+    /// The shapes of Llama-3.2-1B-Instruct (1.24B parameters): for benchmarks on a GPU.
+    OneB,
 }
 
 impl Preset {
     /// Every preset, smallest first.
-    pub const ALL: [Preset; 2] = [Preset::Tiny, Preset::Small];
+    pub const ALL: [Preset; 3] = [Preset::Tiny, Preset::Small, Preset::OneB];
 
-    /// Parses the `--preset` value (`tiny` or `small`, any case).
+    /// Parses the `--preset` value (`tiny`, `small` or `1b`, any case).
     pub fn parse(s: &str) -> Result<Preset> {
         match s.to_ascii_lowercase().as_str() {
             "tiny" => Ok(Preset::Tiny),
             "small" => Ok(Preset::Small),
-            _ => crate::bail_usage!("unknown preset '{s}' (expected tiny or small)"),
+            "1b" => Ok(Preset::OneB),
+            _ => crate::bail_usage!("unknown preset '{s}' (expected tiny, small or 1b)"),
         }
     }
 
@@ -109,6 +112,7 @@ impl Preset {
         match self {
             Preset::Tiny => "tiny",
             Preset::Small => "small",
+            Preset::OneB => "1b",
         }
     }
 
@@ -132,6 +136,15 @@ impl Preset {
                 intermediate: 688,
                 vocab: 4096,
                 max_positions: 2048,
+            },
+            Preset::OneB => Shape {
+                hidden: 2048,
+                layers: 16,
+                heads: 32,
+                kv_heads: 8,
+                intermediate: 8192,
+                vocab: 128256,
+                max_positions: 32768,
             },
         }
     }
@@ -216,8 +229,7 @@ fn write_model_files(dir: &Path, opts: &InitOptions, text: &str) -> Result<()> {
     for (name, value) in &json_files {
         files::write_json(dir, name, value)?;
     }
-    let weights = weights::safetensors_bytes(arch, &shape, opts.seed)?;
-    write(dir, "model.safetensors", &weights)
+    weights::write_safetensors(&dir.join("model.safetensors"), arch, &shape, opts.seed)
 }
 
 /// Reads a user corpus; a missing, unreadable or empty file is the user's mistake.

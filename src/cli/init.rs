@@ -11,8 +11,9 @@ pub struct Args {
     /// Architecture of the model.
     #[arg(long, value_parser = ["llama", "qwen2"])]
     pub arch: String,
-    /// Size preset: `tiny` (tests) or `small` (hidden 256, 4 layers, vocab 4096).
-    #[arg(long, value_parser = ["tiny", "small"], default_value = "tiny")]
+    /// Size preset: `tiny` (tests), `small` (hidden 256, 4 layers, vocab 4096) or
+    /// `1b` (the shapes of Llama-3.2-1B-Instruct, random weights: GPU benchmarks; 5 GB).
+    #[arg(long, value_parser = ["tiny", "small", "1b"], default_value = "tiny")]
     pub preset: String,
     /// Directory to create (must not exist).
     #[arg(long)]

@@ -2,7 +2,8 @@
 
 use super::rng::SplitMix64;
 use super::{Arch, Shape};
-use anyhow::Result;
+use anyhow::{Context, Result};
+use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 
@@ -24,8 +25,8 @@ struct Spec {
     fill: Fill,
 }
 
-/// The complete `model.safetensors` file for `arch` and `shape`.
-pub(crate) fn safetensors_bytes(arch: Arch, shape: &Shape, seed: u64) -> Result<Vec<u8>> {
+/// Writes the complete `model.safetensors` file for `arch` and `shape` to `path`.
+pub(crate) fn write_safetensors(path: &Path, arch: Arch, shape: &Shape, seed: u64) -> Result<()> {
     let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = specs(arch, shape)
         .into_iter()
         .map(|s| {
@@ -45,7 +46,8 @@ pub(crate) fn safetensors_bytes(arch: Arch, shape: &Shape, seed: u64) -> Result<
     }
     // transformers refuses safetensors checkpoints without this marker.
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    Ok(safetensors::serialize(views, Some(metadata))?)
+    // Straight to the file: the 1b preset's 5 GB must not be held twice in memory.
+    safetensors::serialize_to_file(views, Some(metadata), path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn values(spec: &Spec, seed: u64) -> Vec<f32> {

@@ -191,7 +191,9 @@ impl NextTokenLogits for L2dHead {
         let step = step.last();
         let eval = Eval { model, hidden, step: &step, cache };
         let b = hidden.size()[0];
-        let x0 = Tensor::randn([b, self.l2d.shape.flow_dim], (Kind::Double, hidden.device())) * self.l2d.sigma;
+        // Drawn on the CPU, so that a seed gives the same noise on every device.
+        let x0 = Tensor::randn([b, self.l2d.shape.flow_dim], (Kind::Double, tch::Device::Cpu)).to_device(hidden.device())
+            * self.l2d.sigma;
         let offset = self.opts.temperature_offset();
         let mut calls = 0usize;
         let (x1, _) = {
