@@ -52,6 +52,8 @@ pub struct Config {
     pub data: DataConfig,
     /// `[generate]`: decoding of the final token distribution.
     pub generate: GenerateConfig,
+    /// `[eval]`: benchmarks and the sweep of `l2d eval --config`.
+    pub eval: EvalConfig,
 }
 
 /// `[model]` section.
@@ -332,6 +334,66 @@ impl Default for GenerateConfig {
             stop: Vec::new(),
         }
     }
+}
+
+/// `[eval]` section: generation over benchmarks (`l2d eval --config`), spec §10.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Benchmarks by name (gsm8k, math, mmlu, mmlu_pro, humaneval, mbpp): `[eval.tasks.NAME]`.
+    pub tasks: BTreeMap<String, EvalTaskConfig>,
+    /// L2D checkpoint (directory or .safetensors); none evaluates the base LM only.
+    pub l2d: Option<String>,
+    /// Discretisation levels swept; 0 is the base LM. Empty: 0, plus `l2d.steps` with a checkpoint.
+    pub steps: Vec<usize>,
+    /// Solvers swept: fixed-grid ones at every level of `steps`, adaptive ones once. Empty: `l2d.solver`.
+    #[serde(deserialize_with = "string_or_list")]
+    pub solvers: Vec<String>,
+    /// Completions per item (pass@k needs at least k).
+    pub samples: usize,
+    /// First items of each task only; 0 evaluates all.
+    pub limit: usize,
+    /// Prompts decoded together.
+    pub batch_size: usize,
+    /// Shots per prompt; none follows the protocol (5, HumanEval 0).
+    pub num_shots: Option<usize>,
+    /// Most new tokens; none follows the protocol (256, 512 for code).
+    pub max_new_tokens: Option<usize>,
+    /// Guidance class of each task (needs `l2d.num_classes` > 0); the weight is `l2d.guidance_weight`.
+    pub class_map: BTreeMap<String, i64>,
+    /// Programs run at once in the code sandbox; none uses every CPU.
+    pub workers: Option<usize>,
+    /// Output directory; `--out` overrides it.
+    pub out: Option<String>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            tasks: BTreeMap::new(),
+            l2d: None,
+            steps: Vec::new(),
+            solvers: Vec::new(),
+            samples: 1,
+            limit: 0,
+            batch_size: 8,
+            num_shots: None,
+            max_new_tokens: None,
+            class_map: BTreeMap::new(),
+            workers: None,
+            out: None,
+        }
+    }
+}
+
+/// `[eval.tasks.NAME]`: where a benchmark's items and shots are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalTaskConfig {
+    /// The evaluated items: .jsonl, .jsonl.gz, .json, .parquet, .csv (MMLU), or a directory.
+    pub data: String,
+    /// The split shots come from (GSM8K/MATH train, MMLU dev, MMLU-Pro validation, MBPP); none: `data`.
+    pub shots: Option<String>,
 }
 
 /// The temperature schedule of `x1_hat` over diffusion time (spec §8).
@@ -697,6 +759,26 @@ impl Config {
             format!("must be in (0, 1], got {}", g.top_p)
         })?;
         non_empty_items("generate.stop", &g.stop)?;
+
+        let e = &self.eval;
+        for solver in &e.solvers {
+            one_of("eval.solvers", solver, SOLVERS)?;
+        }
+        if let Some(bad) = e.steps.iter().find(|&&s| s == 1) {
+            return Err(invalid("eval.steps", format!("{bad}: a level count must be 0 (the base LM) or >= 2")));
+        }
+        require(e.samples >= 1, "eval.samples", || "must be >= 1".into())?;
+        require(e.batch_size >= 1, "eval.batch_size", || "must be >= 1".into())?;
+        require(e.max_new_tokens != Some(0), "eval.max_new_tokens", || "must be >= 1".into())?;
+        require(e.workers != Some(0), "eval.workers", || "must be >= 1".into())?;
+        require(e.l2d.as_deref() != Some(""), "eval.l2d", || "must not be empty (leave it out instead)".into())?;
+        if let Some((task, c)) = e.class_map.iter().find(|(_, &c)| c < 0 || c >= l.num_classes) {
+            return Err(Invalid {
+                key: "eval.class_map",
+                also: &["l2d.num_classes"],
+                msg: format!("class of {task:?} must be in 0..l2d.num_classes ({}), got {c}", l.num_classes),
+            });
+        }
         Ok(())
     }
 }

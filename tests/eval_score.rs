@@ -81,8 +81,11 @@ fn gsm8k_own_answers_score_one_and_wrong_ones_zero() {
     assert_eq!(m["accuracy"]["ci95"], json!([1.0, 1.0]));
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
-    let task = &report["tasks"][0];
+    assert_eq!((report["format"].as_str(), report["version"].as_u64()), (Some("l2d-eval-report"), Some(1)));
+    let task = &report["results"][0];
     assert_eq!(task["task"], "gsm8k");
+    assert_eq!(task["setting"]["label"], "samples");
+    assert!(task["generation"].is_null());
     assert_eq!((task["items"].as_u64(), task["samples"].as_u64()), (Some(1319), Some(1319)));
     assert_eq!(task["per_item"].as_array().unwrap().len(), 1319);
     assert_eq!(task["per_item"][7], json!({"task_id": "7", "n": 1, "correct": 1}));

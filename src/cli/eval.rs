@@ -1,6 +1,8 @@
-//! `l2d eval`: evaluations. `eval --task NAME --data FILE --samples FILE`
-//! scores given completions on a benchmark without a model; `eval loss` is
-//! the diagnostic cross-entropy at fixed diffusion times.
+//! `l2d eval`: evaluations. `eval --config FILE` generates over the configured
+//! benchmarks under a sweep of settings (base LM, L2D grids and solvers) and
+//! scores them; `eval --task NAME --data FILE --samples FILE` scores given
+//! completions without a model; `eval loss` is the diagnostic cross-entropy at
+//! fixed diffusion times.
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -8,7 +10,8 @@ use tch::{Kind, Tensor};
 
 use crate::train::data::{Source, TrainExample};
 use crate::eval::sandbox::SandboxOptions;
-use crate::eval::score::{self, Report, TaskReport};
+use crate::eval::score::{self, Report, ResultEntry, Setting};
+use crate::eval::sweep::{self, SweepOutput};
 use crate::eval::tasks::{Dataset, Task};
 use crate::l2d::{checkpoint, next_token_nll, TokenBatch};
 use crate::model::Llama;
@@ -24,6 +27,41 @@ pub struct Args {
     /// Scoring without a model (`--task`, `--data`, `--samples`).
     #[command(flatten)]
     pub score: ScoreArgs,
+    /// Generation over the configured tasks (`--config`).
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+}
+
+/// Flags of `l2d eval --config FILE [--set ...] [--out DIR]`: generate, score, report.
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub config: super::ConfigArgs,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
+    /// L2D checkpoint (eval.l2d); without one only the base LM is evaluated.
+    #[arg(long, value_name = "CKPT")]
+    pub l2d: Option<PathBuf>,
+    /// Discretisation levels to sweep, comma-separated; 0 is the base LM (eval.steps).
+    #[arg(long, value_delimiter = ',', value_name = "S,..")]
+    pub steps: Option<Vec<usize>>,
+    /// Solvers to sweep, comma-separated: fixed-grid ones at every level, adaptive ones once (eval.solvers).
+    #[arg(long, value_delimiter = ',', value_name = "NAME,..")]
+    pub solvers: Option<Vec<String>>,
+    /// First N items of each task only (eval.limit).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+/// The flags of `eval --config` and the config keys they set, for error messages.
+const SWEEP_FLAG_KEYS: &[(&str, &str)] =
+    &[("eval.steps", "--steps"), ("eval.solvers", "--solvers"), ("eval.limit", "--limit"), ("eval.workers", "--workers")];
+
+impl SweepArgs {
+    /// Whether any flag asks for generation.
+    fn given(&self) -> bool {
+        self.config.config.is_some() || !self.config.set.is_empty() || self.model.model.is_some() || self.l2d.is_some()
+    }
 }
 
 /// Flags of `l2d eval --task NAME --data FILE --samples FILE.jsonl`: scoring without a model.
@@ -38,7 +76,7 @@ pub struct ScoreArgs {
     /// Completions: `{"task_id": .., "completion": ".."}` per line; several per id are n samples for pass@k.
     #[arg(long, value_name = "FILE.jsonl")]
     pub samples: Option<PathBuf>,
-    /// Directory for report.json and examples.jsonl.
+    /// Directory for report.json and examples.jsonl (with --config also report.md; eval.out).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// One JSON object instead of a table.
@@ -88,13 +126,53 @@ pub struct LossArgs {
 pub fn run(args: Args) -> Result<()> {
     match (args.command, args.score.task) {
         (Some(EvalCommand::Loss(a)), _) => loss(a),
+        (None, Some(task)) if args.sweep.given() => {
+            crate::bail_usage!("--task {task}: scores given completions; it takes no --config/--model/--l2d")
+        }
         (None, Some(task)) => score_samples(task, args.score),
-        // Generation over configured tasks (`l2d eval --config FILE`) will dispatch here.
+        (None, None) if args.sweep.given() => sweep(args.sweep, args.score),
         (None, None) => crate::bail_usage!(
-            "l2d eval: nothing to do: score completions with `--task NAME --data FILE --samples FILE.jsonl`, \
-             or run `l2d eval loss` (see `l2d eval --help`)"
+            "l2d eval: nothing to do: generate and score with `--config FILE`, score completions with \
+             `--task NAME --data FILE --samples FILE.jsonl`, or run `l2d eval loss` (see `l2d eval --help`)"
         ),
     }
+}
+
+fn sweep(args: SweepArgs, common: ScoreArgs) -> Result<()> {
+    if common.data.is_some() || common.samples.is_some() {
+        crate::bail_usage!("--data/--samples: belong to scoring with --task; `eval --config` reads [eval.tasks.NAME]");
+    }
+    let mut cfg = args.config.load()?;
+    args.model.apply(&mut cfg.model)?;
+    let e = &mut cfg.eval;
+    if let Some(p) = &args.l2d {
+        e.l2d = Some(p.display().to_string());
+    }
+    if let Some(steps) = args.steps {
+        e.steps = steps;
+    }
+    if let Some(solvers) = args.solvers {
+        e.solvers = solvers;
+    }
+    if let Some(limit) = args.limit {
+        e.limit = limit;
+    }
+    if common.workers.is_some() {
+        e.workers = common.workers;
+    }
+    cfg.validate().map_err(|err| super::name_flags(err, SWEEP_FLAG_KEYS))?;
+    let Some(dir) = common.out.or_else(|| cfg.eval.out.as_ref().map(PathBuf::from)) else {
+        crate::bail_usage!("--out: no output directory (flag or eval.out in the config)");
+    };
+    let out = SweepOutput { dir, progress: super::stderr_is_terminal() };
+    let report = sweep::run(&cfg, &out)?;
+    if common.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", score::table(&report.results));
+        println!("(report.json, report.md and examples.jsonl in {})", out.dir.display());
+    }
+    Ok(())
 }
 
 fn score_samples(task: Task, args: ScoreArgs) -> Result<()> {
@@ -112,15 +190,16 @@ fn score_samples(task: Task, args: ScoreArgs) -> Result<()> {
     let dataset = Dataset::load(task, data, "--data")?;
     let samples = score::read_samples(samples, &dataset, "--samples")?;
     let scored = score::score(&dataset, &samples, &SandboxOptions::default(), workers);
-    let report = Report { tasks: vec![scored.report] };
+    let report = Report::of_given(vec![ResultEntry { setting: Setting::given(), generation: None, report: scored.report }]);
     if let Some(out) = &args.out {
         score::write_outputs(out, &report, &scored.examples)?;
     }
-    print_scores(&report.tasks[0], args.json, args.out.as_deref());
+    print_scores(&report.results[0], args.json, args.out.as_deref());
     Ok(())
 }
 
-fn print_scores(t: &TaskReport, json: bool, out: Option<&Path>) {
+fn print_scores(result: &ResultEntry, json: bool, out: Option<&Path>) {
+    let t = &result.report;
     if json {
         let summary = serde_json::json!({
             "task": t.task, "items": t.items, "dataset_items": t.dataset_items, "samples": t.samples, "metrics": t.metrics,
@@ -128,7 +207,7 @@ fn print_scores(t: &TaskReport, json: bool, out: Option<&Path>) {
         println!("{summary}");
         return;
     }
-    print!("{}", score::table(std::slice::from_ref(t)));
+    print!("{}", score::table(std::slice::from_ref(result)));
     // Scoring a subset is allowed (quick checks), but must not pass for the full benchmark unnoticed.
     if t.items < t.dataset_items {
         println!("(scored {} of the {} items in {})", t.items, t.dataset_items, t.data);

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod info;
 pub mod init;
 pub mod prepare;
+pub mod report;
 pub mod train;
 
 /// l2d: give a pretrained chat LM a diffusion path (L2D, ICML 2025) and spend
@@ -49,6 +50,8 @@ pub enum Command {
     Generate(generate::Args),
     /// Evaluate: score given completions on a benchmark (`--task --samples`), or `eval loss`.
     Eval(eval::Args),
+    /// Read eval reports back: compare two item by item, or plot a metric against diffusion evaluations per token.
+    Report(report::Args),
 }
 
 /// `--config FILE.toml` plus repeatable `--set section.key=value`, shared by every subcommand that reads a config.
@@ -122,6 +125,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Report(args) => report::run(args),
     }
 }
 

@@ -3,11 +3,14 @@
 //! pass@k and reports.
 //!
 //! Scoring needs no model: `l2d eval --task NAME --data FILE --samples FILE`
-//! judges completions written by anything.
+//! judges completions written by anything; `l2d eval --config` ([`sweep`])
+//! generates them, under a sweep of base-LM and L2D settings.
 
 pub mod extract;
 pub mod records;
+pub mod report;
 pub mod sandbox;
 pub mod score;
 pub mod stats;
+pub mod sweep;
 pub mod tasks;

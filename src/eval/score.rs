@@ -285,15 +285,79 @@ fn metrics(task: Task, per_item: &[ItemResult]) -> Vec<Metric> {
         .collect()
 }
 
-/// The whole of `report.json`: one entry per task scored.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// Per task.
-    pub tasks: Vec<TaskReport>,
+/// Which generation produced a result.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Setting {
+    /// Unique within a task: "base", "midpoint-8", "dopri5", or "samples" for given completions.
+    pub label: String,
+    /// Discretisation levels (0 for the base LM); none for adaptive solvers and given completions.
+    pub steps: Option<usize>,
+    /// ODE solver of the diffusion path; none for the base LM and given completions.
+    pub solver: Option<String>,
+    /// Diffusion-path evaluations per generated token (0 for the base LM), as measured.
+    pub evals_per_token: Option<f64>,
 }
 
-/// Writes `report.json` and `examples.jsonl` into `dir` (created if needed), each file atomically.
-pub fn write_outputs(dir: &Path, report: &Report, examples: &[Example]) -> Result<()> {
+impl Setting {
+    /// The setting of completions scored without a model.
+    pub fn given() -> Setting {
+        Setting { label: "samples".into(), steps: None, solver: None, evals_per_token: None }
+    }
+}
+
+/// Generation cost of one setting over one task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerationStats {
+    /// Tokens generated.
+    pub tokens: usize,
+    /// Tokens generated per second of decoding (the shared prompt passes excluded).
+    pub tokens_per_s: f64,
+    /// Seconds spent decoding.
+    pub wall_s: f64,
+}
+
+/// One task under one setting: what was measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResultEntry {
+    /// How the completions were made.
+    pub setting: Setting,
+    /// Their cost; none for given completions.
+    pub generation: Option<GenerationStats>,
+    /// Metrics and per-item results.
+    #[serde(flatten)]
+    pub report: TaskReport,
+}
+
+/// The whole of `report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Always [`REPORT_FORMAT`].
+    pub format: &'static str,
+    /// Schema version.
+    pub version: u32,
+    /// Identity of the evaluated model, when one generated the completions.
+    pub model: Option<serde_json::Value>,
+    /// Identity of the L2D checkpoint, when one was used.
+    pub l2d: Option<serde_json::Value>,
+    /// The resolved configuration, when a config drove the run.
+    pub config: Option<serde_json::Value>,
+    /// One entry per task and setting.
+    pub results: Vec<ResultEntry>,
+}
+
+/// `format` of every `report.json`.
+pub const REPORT_FORMAT: &str = "l2d-eval-report";
+
+impl Report {
+    /// A report of `results` with no model behind it (completions scored as given).
+    pub fn of_given(results: Vec<ResultEntry>) -> Report {
+        Report { format: REPORT_FORMAT, version: 1, model: None, l2d: None, config: None, results }
+    }
+}
+
+/// Writes `report.json` and `examples.jsonl` (one line per item of `examples`) into `dir`
+/// (created if needed), each file atomically.
+pub fn write_outputs<E: Serialize>(dir: &Path, report: &Report, examples: &[E]) -> Result<()> {
     std::fs::create_dir_all(dir).or_usage(|| format!("--out: cannot create {}", dir.display()))?;
     crate::io::write_json_atomic(&dir.join("report.json"), report)?;
     let mut lines = Vec::new();
@@ -304,24 +368,26 @@ pub fn write_outputs(dir: &Path, report: &Report, examples: &[Example]) -> Resul
     crate::io::write_atomic(&dir.join("examples.jsonl"), &lines)
 }
 
-/// The metric table printed after scoring.
-pub fn table(reports: &[TaskReport]) -> String {
+/// The metric table printed after scoring: one line per task, setting and metric.
+pub fn table(results: &[ResultEntry]) -> String {
     let mut out = format!(
-        "{:<10} {:<9} {:>7} {:>7}  {:<17} {:>6} {:>8}\n",
-        "task", "metric", "value", "stderr", "95% CI", "items", "samples"
+        "{:<10} {:<14} {:>9} {:<9} {:>7} {:>7}  {:<17} {:>6} {:>8}\n",
+        "task", "setting", "evals/tok", "metric", "value", "stderr", "95% CI", "items", "samples"
     );
-    for r in reports {
-        for m in &r.metrics {
+    for r in results {
+        let evals = r.setting.evals_per_token.map_or("-".to_string(), |e| format!("{e:.1}"));
+        for m in &r.report.metrics {
             let s = &m.summary;
             let ci = format!("[{:.4}, {:.4}]", s.ci95[0], s.ci95[1]);
             out += &format!(
-                "{:<10} {:<9} {:>7.4} {:>7.4}  {ci:<17} {:>6} {:>8}\n",
-                r.task.name(),
+                "{:<10} {:<14} {evals:>9} {:<9} {:>7.4} {:>7.4}  {ci:<17} {:>6} {:>8}\n",
+                r.report.task.name(),
+                r.setting.label,
                 m.name,
                 s.value,
                 s.stderr,
                 s.n,
-                r.samples
+                r.report.samples
             );
         }
     }

@@ -196,6 +196,13 @@ impl Dataset {
         Ok(Dataset { task, source: path.display().to_string(), items, index })
     }
 
+    /// The first `n` items only (a quick run over part of a benchmark).
+    pub fn first(mut self, n: usize) -> Dataset {
+        self.items.truncate(n);
+        self.index.retain(|_, &mut i| i < n);
+        self
+    }
+
     /// The item with this id.
     pub fn get(&self, id: &str) -> Option<&Item> {
         self.index.get(id).map(|&i| &self.items[i])
@@ -204,19 +211,20 @@ impl Dataset {
 
 // ---------------------------------------------------------------- prompts
 
-/// The shots for `item` from `pool` (the task's shot split), per spec §10.
+/// Up to `k` shots for `item` from `pool` (the task's shot split), per spec §10
+/// (`k` = [`Task::num_shots`] in the paper's protocol).
 ///
 /// GSM8K: the first five; MATH: five evenly spaced; MMLU / MMLU-Pro: the first five of the same
 /// subject or category; MBPP: the first five with task ids 1–10; HumanEval: none. An item never
 /// serves as its own shot. Fewer come back when the pool has fewer that fit.
-pub fn select_shots<'a>(task: Task, item: &Item, pool: &'a [Item]) -> Vec<&'a Item> {
+pub fn select_shots<'a>(task: Task, item: &Item, pool: &'a [Item], k: usize) -> Vec<&'a Item> {
     let fits = |s: &Item| match task {
         Task::Mmlu | Task::MmluPro => s.group == item.group,
         Task::Mbpp => s.id.parse::<u32>().is_ok_and(|id| (1..=10).contains(&id)),
         _ => true,
     };
     let eligible: Vec<&Item> = pool.iter().filter(|s| s.question != item.question && fits(s)).collect();
-    let k = task.num_shots().min(eligible.len());
+    let k = k.min(eligible.len());
     match task {
         Task::Math => (0..k).map(|i| eligible[i * eligible.len() / k]).collect(),
         _ => eligible[..k].to_vec(),
@@ -553,12 +561,12 @@ mod tests {
             (0..20).map(|i| item(&i.to_string(), Some(if i % 2 == 0 { "even" } else { "odd" }))).collect();
         let ids = |v: Vec<&Item>| v.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
         let q = item("99", Some("odd"));
-        assert_eq!(ids(select_shots(Task::Gsm8k, &q, &pool)), ["0", "1", "2", "3", "4"]);
-        assert_eq!(ids(select_shots(Task::Math, &q, &pool)), ["0", "4", "8", "12", "16"]);
-        assert_eq!(ids(select_shots(Task::Mmlu, &q, &pool)), ["1", "3", "5", "7", "9"]);
-        assert_eq!(ids(select_shots(Task::HumanEval, &q, &pool)), Vec::<String>::new());
+        assert_eq!(ids(select_shots(Task::Gsm8k, &q, &pool, Task::Gsm8k.num_shots())), ["0", "1", "2", "3", "4"]);
+        assert_eq!(ids(select_shots(Task::Math, &q, &pool, Task::Math.num_shots())), ["0", "4", "8", "12", "16"]);
+        assert_eq!(ids(select_shots(Task::Mmlu, &q, &pool, Task::Mmlu.num_shots())), ["1", "3", "5", "7", "9"]);
+        assert_eq!(ids(select_shots(Task::HumanEval, &q, &pool, Task::HumanEval.num_shots())), Vec::<String>::new());
         // MBPP draws from task ids 1-10 and never shows an item as its own shot.
-        assert_eq!(ids(select_shots(Task::Mbpp, &pool[2], &pool)), ["1", "3", "4", "5", "6"]);
+        assert_eq!(ids(select_shots(Task::Mbpp, &pool[2], &pool, Task::Mbpp.num_shots())), ["1", "3", "4", "5", "6"]);
     }
 
     #[test]

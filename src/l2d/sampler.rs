@@ -216,7 +216,14 @@ impl NextTokenLogits for L2dHead {
                     None => v(None, &mut calls),
                 }
             };
-            ode::integrate(&self.opts.ode, &x0, &mut velocity)?
+            ode::integrate(&self.opts.ode, &x0, &mut velocity).map_err(|e| match self.opts.ode.solver.is_adaptive() {
+                // v = (x1_hat - x)/(1 - t) grows without bound near t = 1, and a sampled x1_hat jumps.
+                true => anyhow::anyhow!(
+                    "{e}: the adaptive solver cannot meet l2d.atol/l2d.rtol on this velocity; loosen them, \
+                     or use l2d.x1_estimate = \"average\" (smooth in x)"
+                ),
+                false => e,
+            })?
         };
         let label = self.opts.guidance.map(|(c, _)| c);
         let logits = eval.logits(self, &x1, 1.0, label)?;

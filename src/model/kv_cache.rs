@@ -83,6 +83,12 @@ impl KvCache {
         }
     }
 
+    /// A deep copy: appending to it leaves this cache untouched.
+    pub fn duplicate(&self) -> KvCache {
+        let layers = self.layers.iter().map(|l| l.as_ref().map(|(k, v)| (k.copy(), v.copy()))).collect();
+        KvCache { layers, len: self.len, capacity: self.capacity }
+    }
+
     /// Keeps only the rows in `index` (e.g. the unfinished sequences of a batch).
     pub fn select_rows(&mut self, index: &Tensor) {
         for (k, v) in self.layers.iter_mut().flatten() {

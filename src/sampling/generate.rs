@@ -49,7 +49,7 @@ pub struct GenerateOptions {
 }
 
 /// Why a sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Finish {
     /// An end-of-sequence token was generated.
@@ -86,22 +86,46 @@ struct Row {
     decode_s: f64,
 }
 
-/// Generates a completion for each prompt (token ids), in one batch.
-///
-/// Without a tokenizer only token ids are produced (no text, no stop strings).
-/// `on_text(row, delta)` receives completion text as it becomes final, for streaming.
-pub fn generate(
-    model: &Llama,
-    tokenizer: Option<&Tokenizer>,
-    head: &mut dyn NextTokenLogits,
-    prompts: &[Vec<i64>],
-    opts: &GenerateOptions,
-    on_text: &mut dyn FnMut(usize, &str),
-) -> Result<Vec<Generation>> {
+/// A batch after its prompt pass: the state decoding continues from.
+pub struct Prefill {
+    cache: KvCache,
+    /// Main-path hidden state of each row's last prompt token, `[B, 1, d]`.
+    hidden: Tensor,
+    /// The prompt pass restricted to its last position.
+    step: Step,
+    /// Position of each row's last token, `[B, 1]`.
+    positions: Tensor,
+    /// `[B, S]` validity of the cached keys, when the prompts were padded.
+    key_valid: Option<Tensor>,
+    prompt_lens: Vec<usize>,
+    /// Tokens that fit after the longest prompt.
+    budget: i64,
+    /// Seconds of the prompt pass.
+    pub seconds: f64,
+}
+
+impl Prefill {
+    /// An independent copy with its own KV cache, so the same prompts can be
+    /// decoded again (another sampler setting) without a second prompt pass.
+    pub fn duplicate(&self) -> Prefill {
+        Prefill {
+            cache: self.cache.duplicate(),
+            hidden: self.hidden.shallow_clone(),
+            step: self.step.last(),
+            positions: self.positions.shallow_clone(),
+            key_valid: self.key_valid.as_ref().map(Tensor::shallow_clone),
+            prompt_lens: self.prompt_lens.clone(),
+            budget: self.budget,
+            seconds: self.seconds,
+        }
+    }
+}
+
+/// Runs the main path over the left-padded prompts (token ids) and keeps its KV cache.
+pub fn prefill(model: &Llama, prompts: &[Vec<i64>], opts: &GenerateOptions) -> Result<Prefill> {
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let max_pos = model.config.max_position_embeddings;
-    let b = prompts.len();
     let t = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
@@ -117,24 +141,67 @@ pub fn generate(
     let budget = (opts.max_new_tokens as i64).min(max_pos - t);
     let (ids, valid) = left_pad(prompts, opts.pad_id, device);
     let padded = prompts.iter().any(|p| p.len() as i64 != t);
-    let mut key_valid = padded.then(|| valid.shallow_clone());
-    let mut positions = (valid.cumsum(1, Kind::Int64) - 1).clamp_min(0);
+    let key_valid = padded.then(|| valid.shallow_clone());
+    let positions = (valid.cumsum(1, Kind::Int64) - 1).clamp_min(0);
     let mut cache = model.new_cache(t + budget.max(0));
 
     let start = Instant::now();
     let step = model.step(positions.shallow_clone(), AttentionMask::new(key_valid.as_ref(), t, t, device));
-    let hidden = model.forward_hidden(&ids, &step, &mut cache);
-    let mut logits = head.logits(model, &hidden.narrow(1, t - 1, 1), &cache, &step)?;
+    let hidden = model.forward_hidden(&ids, &step, &mut cache).narrow(1, t - 1, 1);
     sync(device);
-    let prefill_s = start.elapsed().as_secs_f64();
+    Ok(Prefill {
+        cache,
+        hidden,
+        step: step.last(),
+        positions: positions.narrow(1, t - 1, 1),
+        key_valid,
+        prompt_lens: prompts.iter().map(Vec::len).collect(),
+        budget,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
 
-    let mut rows: Vec<Row> = (0..b)
-        .map(|_| Row { tokens: Vec::new(), text: String::new(), streamed: 0, finish: None, decode_s: 0.0 })
-        .collect();
-    let mut active: Vec<usize> = (0..b).collect();
+/// Generates a completion for each prompt (token ids), in one batch.
+///
+/// Without a tokenizer only token ids are produced (no text, no stop strings).
+/// `on_text(row, delta)` receives completion text as it becomes final, for streaming.
+pub fn generate(
+    model: &Llama,
+    tokenizer: Option<&Tokenizer>,
+    head: &mut dyn NextTokenLogits,
+    prompts: &[Vec<i64>],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<Generation>> {
+    let state = prefill(model, prompts, opts)?;
+    decode(model, tokenizer, head, state, opts, on_text)
+}
+
+/// Decodes the completions of a prefilled batch with `head`.
+pub fn decode(
+    model: &Llama,
+    tokenizer: Option<&Tokenizer>,
+    head: &mut dyn NextTokenLogits,
+    state: Prefill,
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<Generation>> {
+    let _guard = tch::no_grad_guard();
+    let device = model.device();
     if tokenizer.is_none() && !opts.stop_strings.is_empty() {
         anyhow::bail!("stop strings need a tokenizer");
     }
+    let Prefill { mut cache, hidden, step, mut positions, mut key_valid, prompt_lens, budget, seconds } = state;
+    let start = Instant::now();
+    let mut logits = head.logits(model, &hidden, &cache, &step)?;
+    sync(device);
+    // The first token's logits belong to the prompt pass, as in the usual prefill / decode split.
+    let prefill_s = seconds + start.elapsed().as_secs_f64();
+
+    let mut rows: Vec<Row> = (0..prompt_lens.len())
+        .map(|_| Row { tokens: Vec::new(), text: String::new(), streamed: 0, finish: None, decode_s: 0.0 })
+        .collect();
+    let mut active: Vec<usize> = (0..rows.len()).collect();
     let eos = Tensor::from_slice(&opts.eos_ids).to_device(device);
     let decode_start = Instant::now();
     for n in 0..budget as usize {
@@ -165,7 +232,7 @@ pub fn generate(
             key_valid = key_valid.map(|k| k.index_select(0, &index));
             active = keep.iter().map(|&s| active[s as usize]).collect();
         }
-        positions = positions.narrow(1, positions.size()[1] - 1, 1) + 1;
+        positions = positions + 1;
         key_valid = key_valid.map(|k| Tensor::cat(&[k, Tensor::ones([active.len() as i64, 1], (Kind::Bool, device))], 1));
         let step = model.step(positions.shallow_clone(), AttentionMask::new(key_valid.as_ref(), 1, cache.len() + 1, device));
         let hidden = model.forward_hidden(&next, &step, &mut cache);
@@ -173,16 +240,14 @@ pub fn generate(
     }
     Ok(rows
         .into_iter()
-        .zip(prompts)
-        .map(|(row, prompt)| {
-            Generation {
-                finish: row.finish.unwrap_or(Finish::Length),
-                token_ids: row.tokens,
-                text: row.text,
-                prompt_tokens: prompt.len(),
-                prefill_s,
-                decode_s: row.decode_s,
-            }
+        .zip(prompt_lens)
+        .map(|(row, prompt_tokens)| Generation {
+            finish: row.finish.unwrap_or(Finish::Length),
+            token_ids: row.tokens,
+            text: row.text,
+            prompt_tokens,
+            prefill_s,
+            decode_s: row.decode_s,
         })
         .collect())
 }

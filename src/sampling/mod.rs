@@ -4,5 +4,5 @@ pub mod generate;
 pub mod logits;
 pub mod ode;
 
-pub use generate::{generate, BaseLm, Finish, GenerateOptions, Generation, NextTokenLogits};
+pub use generate::{decode, generate, prefill, BaseLm, Finish, GenerateOptions, Generation, NextTokenLogits, Prefill};
 pub use logits::TokenSampler;

@@ -1,0 +1,294 @@
+//! Charts of a metric against diffusion evaluations per token, as SVG or PNG.
+//!
+//! Text is laid out and rasterised with a font compiled into the binary
+//! (plotters' `ab_glyph` backend), so charts draw the same on machines
+//! without fonts installed.
+
+use anyhow::{anyhow, Result};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
+use std::ops::Range;
+use std::path::Path;
+
+use super::{MetricValue, Report, TaskResult};
+use crate::error::usage;
+
+/// DejaVu Sans, cut down to Latin (see assets/fonts/LICENSE-DejaVu.txt).
+const FONT: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fonts/DejaVuSans-subset.ttf"));
+
+/// The family name plotters asks for by default.
+const FAMILY: &str = "sans-serif";
+
+/// Width and height in pixels (SVG user units).
+const SIZE: (u32, u32) = (960, 600);
+
+/// Series colours (matplotlib's "tab10"): distinguishable, and none too pale on white.
+const COLORS: [RGBColor; 10] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x17, 0xbe, 0xcf),
+];
+
+/// The metrics plotted without `--metric`: answer tasks have accuracy, code tasks pass@1.
+const DEFAULT_METRICS: [&str; 2] = ["accuracy", "pass@1"];
+
+/// Image formats, chosen by the output file's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Scalable vector graphics.
+    Svg,
+    /// Portable network graphics, 8-bit RGB.
+    Png,
+}
+
+impl Format {
+    /// The format named by `path`'s extension (`.svg` or `.png`, any case).
+    pub fn of(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "svg" => Some(Format::Svg),
+            "png" => Some(Format::Png),
+            _ => None,
+        }
+    }
+}
+
+/// How a series is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// The base LM without diffusion: a point at 0 and a dashed horizontal reference line.
+    Base,
+    /// A solver on fixed grids: points joined by a line.
+    FixedGrid,
+    /// An adaptive solver: distinct markers at the measured evaluations.
+    Adaptive,
+}
+
+/// A metric value at some diffusion evaluations per token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Diffusion evaluations per token.
+    pub x: f64,
+    /// The metric.
+    pub y: f64,
+    /// Its 95% interval.
+    pub ci95: [f64; 2],
+}
+
+/// The points of one task and solver, drawn alike under one legend entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Legend text, e.g. `gsm8k midpoint`.
+    pub label: String,
+    /// How it is drawn.
+    pub style: Style,
+    /// In order of x.
+    pub points: Vec<Point>,
+}
+
+/// Everything a chart shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chart {
+    /// Caption.
+    pub title: String,
+    /// The metric's name(s), for the y axis.
+    pub y_label: String,
+    /// In order of first appearance in the report.
+    pub series: Vec<Series>,
+}
+
+/// The chart of `report`: one `task` or all, `metric` or accuracy / pass@1.
+pub fn chart(report: &Report, task: Option<&str>, metric: Option<&str>) -> Result<Chart> {
+    if let Some(task) = task {
+        report.require_task(task, "--task")?;
+    }
+    let selected: Vec<&TaskResult> = report.results.iter().filter(|r| task.is_none_or(|t| r.task == t)).collect();
+    let mut series: Vec<Series> = Vec::new();
+    let mut metrics: Vec<&str> = Vec::new();
+    for r in &selected {
+        // Completions scored without a model have no cost to plot them at.
+        let Some(x) = r.setting.evals_per_token else { continue };
+        let m = pick_metric(report, r, metric)?;
+        if !metrics.contains(&m.name.as_str()) {
+            metrics.push(&m.name);
+        }
+        let (label, style) = series_of(r);
+        let point = Point { x, y: m.value, ci95: m.ci95 };
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series { label, style, points: vec![point] }),
+        }
+    }
+    if series.is_empty() {
+        let settings: Vec<String> = selected.iter().map(|r| format!("{}/{}", r.task, r.setting.label)).collect();
+        crate::bail_usage!(
+            "{}: nothing to plot: no result has diffusion evaluations per token (results: {})",
+            report.source,
+            settings.join(", ")
+        );
+    }
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.x.total_cmp(&b.x));
+    }
+    let y_label = metrics.join(" / ");
+    let title = match task {
+        Some(task) => format!("{task}: {y_label} vs diffusion evaluations per token"),
+        None => format!("{y_label} vs diffusion evaluations per token"),
+    };
+    Ok(Chart { title, y_label, series })
+}
+
+/// `--metric`, or the first of the default metrics the result has.
+fn pick_metric<'r>(report: &Report, r: &'r TaskResult, metric: Option<&str>) -> Result<&'r MetricValue> {
+    let wanted: Vec<&str> = metric.map_or(DEFAULT_METRICS.to_vec(), |m| vec![m]);
+    let found = wanted.iter().find_map(|w| r.metrics.iter().find(|m| m.name == *w));
+    found.ok_or_else(|| {
+        let have: Vec<&str> = r.metrics.iter().map(|m| m.name.as_str()).collect();
+        let place = format!("{} ({}) in {}", r.task, r.setting.label, report.source);
+        match metric {
+            Some(m) => usage(format!("--metric {m}: not reported for {place} (metrics: {})", have.join(", "))),
+            None => usage(format!(
+                "{place} has neither accuracy nor pass@1; pick one with --metric (metrics: {})",
+                have.join(", ")
+            )),
+        }
+    })
+}
+
+/// The legend entry a result belongs to and how that series is drawn.
+fn series_of(r: &TaskResult) -> (String, Style) {
+    let s = &r.setting;
+    let solver = s.solver.as_deref().unwrap_or(&s.label);
+    if s.steps == Some(0) || s.evals_per_token == Some(0.0) {
+        (format!("{} {}", r.task, s.label), Style::Base)
+    } else if s.steps.is_some() {
+        (format!("{} {solver}", r.task), Style::FixedGrid)
+    } else {
+        (format!("{} {solver} (adaptive)", r.task), Style::Adaptive)
+    }
+}
+
+/// Draws `chart` in memory: the SVG document or the PNG file's bytes.
+pub fn render(chart: &Chart, format: Format) -> Result<Vec<u8>> {
+    plotters::style::register_font(FAMILY, FontStyle::Normal, FONT)
+        .map_err(|_| anyhow!("the font compiled into l2d cannot be read"))?;
+    let failed = |e: String| anyhow!("cannot draw the chart: {e}");
+    match format {
+        Format::Svg => {
+            let mut svg = String::new();
+            draw(SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(), chart)
+                .map_err(|e| failed(e.to_string()))?;
+            Ok(svg.into_bytes())
+        }
+        Format::Png => {
+            let mut rgb = vec![0u8; SIZE.0 as usize * SIZE.1 as usize * 3];
+            draw(BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area(), chart)
+                .map_err(|e| failed(e.to_string()))?;
+            encode_png(&rgb, SIZE)
+        }
+    }
+}
+
+type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> DrawResult<DB> {
+    root.fill(&WHITE)?;
+    let (xs, ys) = axis_ranges(chart);
+    let mut ctx = ChartBuilder::on(&root)
+        .caption(&chart.title, (FAMILY, 22))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xs.clone(), ys)?;
+    ctx.configure_mesh()
+        .x_desc("diffusion evaluations per token")
+        .y_desc(&chart.y_label)
+        .x_label_formatter(&|x| format!("{}", (x * 100.0).round() / 100.0))
+        .y_label_formatter(&|y| format!("{y:.2}"))
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.12))
+        .label_style((FAMILY, 14))
+        .axis_desc_style((FAMILY, 16))
+        .draw()?;
+    for (i, s) in chart.series.iter().enumerate() {
+        draw_series(&mut ctx, s, COLORS[i % COLORS.len()].to_rgba(), &xs)?;
+    }
+    ctx.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FAMILY, 14))
+        .draw()?;
+    root.present()
+}
+
+type Ctx<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One series with its error bars and legend entry; `xs` spans the base LM's reference line.
+fn draw_series<DB: DrawingBackend>(
+    ctx: &mut Ctx<'_, DB>,
+    s: &Series,
+    color: RGBAColor,
+    xs: &Range<f64>,
+) -> DrawResult<DB> {
+    let line = color.stroke_width(2);
+    let bars =
+        s.points.iter().map(|p| ErrorBar::new_vertical(p.x, p.ci95[0], p.y, p.ci95[1], color.stroke_width(1), 8));
+    ctx.draw_series(bars)?;
+    let at = |p: &Point| (p.x, p.y);
+    match s.style {
+        Style::Base => {
+            ctx.draw_series(s.points.iter().map(|p| Circle::new(at(p), 5, color.filled())))?;
+            let reference =
+                s.points.iter().flat_map(|p| DashedLineSeries::new([(xs.start, p.y), (xs.end, p.y)], 8, 6, line));
+            ctx.draw_series(reference)?
+                .label(&s.label)
+                .legend(move |(x, y)| DashedPathElement::new([(x, y), (x + 20, y)], 5, 3, line));
+        }
+        Style::FixedGrid => {
+            ctx.draw_series(s.points.iter().map(|p| Circle::new(at(p), 4, color.filled())))?;
+            ctx.draw_series(LineSeries::new(s.points.iter().map(at), line))?
+                .label(&s.label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], line));
+        }
+        Style::Adaptive => {
+            ctx.draw_series(s.points.iter().map(|p| TriangleMarker::new(at(p), 7, color.filled())))?
+                .label(&s.label)
+                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, color.filled()));
+        }
+    }
+    Ok(())
+}
+
+/// x from a little left of 0 (the base LM sits on 0) past the largest cost; y around
+/// every interval, kept inside [0, 1] when the values are.
+fn axis_ranges(chart: &Chart) -> (Range<f64>, Range<f64>) {
+    let points = || chart.series.iter().flat_map(|s| &s.points);
+    let x_max = points().map(|p| p.x).fold(0.0, f64::max);
+    let x_span = if x_max > 0.0 { x_max } else { 1.0 };
+    let lo = points().map(|p| p.ci95[0].min(p.y)).fold(f64::INFINITY, f64::min);
+    let hi = points().map(|p| p.ci95[1].max(p.y)).fold(f64::NEG_INFINITY, f64::max);
+    let pad = ((hi - lo) * 0.08).max(0.02);
+    let y0 = if lo >= 0.0 { (lo - pad).max(0.0) } else { lo - pad };
+    let y1 = if hi <= 1.0 { (hi + pad).min(1.0) } else { hi + pad };
+    (-0.04 * x_span..1.08 * x_span, y0..y1)
+}
+
+fn encode_png(rgb: &[u8], (width, height): (u32, u32)) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(rgb)?;
+    writer.finish()?;
+    Ok(out)
+}

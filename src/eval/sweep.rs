@@ -1,0 +1,489 @@
+//! `l2d eval --config`: generation over benchmarks under a sweep of sampler
+//! settings (the base LM, L2D at several grids and solvers), then scoring and
+//! reports. Completions are journalled to `examples.jsonl` as they are made, so
+//! an interrupted run resumes without redoing finished items.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::sandbox::SandboxOptions;
+use super::score::{self, Example, GenerationStats, Report, ResultEntry, Sample, Setting, REPORT_FORMAT};
+use super::tasks::{build_messages, select_shots, Dataset, Item, Task};
+use crate::config::Config;
+use crate::data::tokenizer::Tokenizer;
+use crate::l2d::checkpoint::{self, BaseIdentity};
+use crate::l2d::sampler::{L2dHead, SamplerOptions};
+use crate::l2d::L2d;
+use crate::model::Llama;
+use crate::runtime;
+use crate::sampling::generate::{decode, prefill, BaseLm, Finish, GenerateOptions, NextTokenLogits};
+use crate::sampling::ode::Solver;
+use crate::sampling::TokenSampler;
+
+/// The journal and final per-completion file of a run directory.
+pub const EXAMPLES: &str = "examples.jsonl";
+
+/// One point of the sweep: the base LM, or L2D with one solver and grid.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Label, steps and solver as the report names them.
+    pub setting: Setting,
+    /// The L2D sampler; none for the base LM.
+    pub sampler: Option<SamplerOptions>,
+}
+
+/// The settings `cfg.eval` asks for: the base LM for level 0, every fixed-grid
+/// solver at every other level, every adaptive solver once.
+pub fn plans(cfg: &Config, has_l2d: bool) -> Result<Vec<Plan>> {
+    let e = &cfg.eval;
+    let mut steps = if !e.steps.is_empty() {
+        e.steps.clone()
+    } else if has_l2d {
+        vec![0, cfg.l2d.steps]
+    } else {
+        vec![0]
+    };
+    steps.sort_unstable();
+    steps.dedup();
+    let mut solvers = if e.solvers.is_empty() { vec![cfg.l2d.solver.clone()] } else { e.solvers.clone() };
+    solvers.dedup();
+    let mut out = Vec::new();
+    if steps.first() == Some(&0) {
+        let setting = Setting { label: "base".into(), steps: Some(0), solver: None, evals_per_token: Some(0.0) };
+        out.push(Plan { setting, sampler: None });
+    }
+    let levels: Vec<usize> = steps.into_iter().filter(|&s| s > 0).collect();
+    for name in &solvers {
+        let solver = Solver::parse(name)?;
+        let grids: Vec<Option<usize>> =
+            if solver.is_adaptive() { vec![None] } else { levels.iter().map(|&k| Some(k)).collect() };
+        for k in grids {
+            if !has_l2d {
+                crate::bail_usage!(
+                    "eval.steps / eval.solvers: the L2D settings ({name}) need a checkpoint (eval.l2d or --l2d); \
+                     use --steps 0 for the base LM alone"
+                );
+            }
+            let mut l2d = cfg.l2d.clone();
+            l2d.solver = name.clone();
+            l2d.steps = k.unwrap_or(l2d.steps);
+            let label = k.map_or(name.clone(), |k| format!("{name}-{k}"));
+            let setting = Setting { label, steps: k, solver: Some(name.clone()), evals_per_token: None };
+            out.push(Plan { setting, sampler: Some(SamplerOptions::from_config(&l2d)?) });
+        }
+    }
+    if out.is_empty() {
+        crate::bail_usage!("eval.steps: nothing to evaluate (give 0 for the base LM and/or levels >= 2 with a solver)");
+    }
+    Ok(out)
+}
+
+/// A benchmark ready to prompt: its items (after `eval.limit`) and shot pool.
+struct TaskData {
+    task: Task,
+    dataset: Dataset,
+    shots: Option<Dataset>,
+    class: Option<i64>,
+}
+
+impl TaskData {
+    fn load(name: &str, cfg: &Config) -> Result<TaskData> {
+        let key = format!("eval.tasks.{name}");
+        let task: Task = name
+            .parse()
+            .map_err(|_| crate::error::usage(format!("{key}: unknown task (expected one of {})", task_names())))?;
+        let t = &cfg.eval.tasks[name];
+        if t.data.is_empty() {
+            crate::bail_usage!("{key}.data: missing (the file or directory of the task's items)");
+        }
+        let mut dataset = Dataset::load(task, Path::new(&t.data), &format!("{key}.data"))?;
+        if cfg.eval.limit > 0 {
+            dataset = dataset.first(cfg.eval.limit);
+        }
+        let shots = match &t.shots {
+            Some(p) => Some(Dataset::load(task, Path::new(p), &format!("{key}.shots"))?),
+            None => None,
+        };
+        let class = cfg.eval.class_map.get(name).copied().or(cfg.l2d.guidance_class);
+        Ok(TaskData { task, dataset, shots, class })
+    }
+
+    fn prompt(&self, item: &Item, num_shots: usize, tokenizer: &Tokenizer) -> Result<Vec<i64>> {
+        let pool = self.shots.as_ref().unwrap_or(&self.dataset);
+        let shots = select_shots(self.task, item, &pool.items, num_shots);
+        tokenizer.encode_chat(&build_messages(self.task, item, &shots))
+    }
+}
+
+fn task_names() -> String {
+    Task::ALL.map(Task::name).join(", ")
+}
+
+/// One completion as journalled (and, scored, as finally written) in `examples.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Line {
+    task: String,
+    setting: String,
+    task_id: String,
+    sample: usize,
+    completion: String,
+    new_tokens: usize,
+    finish: Finish,
+    /// This row's share of its batch's decoding time.
+    decode_s: f64,
+    /// Diffusion evaluations per token of the setting so far (0 for the base LM).
+    evals_per_token: f64,
+}
+
+/// A journalled completion with its verdict: a line of the final `examples.jsonl`.
+#[derive(Serialize)]
+struct ScoredLine<'a> {
+    #[serde(flatten)]
+    line: &'a Line,
+    #[serde(flatten)]
+    example: Example,
+}
+
+type Key = (String, String, String, usize);
+
+fn key(l: &Line) -> Key {
+    (l.task.clone(), l.setting.clone(), l.task_id.clone(), l.sample)
+}
+
+/// Finished completions of an earlier, interrupted run in `path` (none if absent).
+///
+/// A kill can leave the last line half-written; it is dropped (and redone).
+fn read_journal(path: &Path) -> Result<Vec<Line>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str::<Line>(l) {
+            Ok(line) => out.push(line),
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(e) => crate::bail_usage!(
+                "{}:{}: not a line of an l2d eval journal ({e}); use another --out to start afresh",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Appends finished completions to the journal, flushed to disk.
+struct Journal {
+    file: std::fs::File,
+}
+
+impl Journal {
+    /// Opens `path` for appending, rewriting it first with only the `kept` lines
+    /// (which drops a half-written tail).
+    fn open(path: &Path, kept: &[Line]) -> Result<Journal> {
+        let mut bytes = Vec::new();
+        for l in kept {
+            serde_json::to_writer(&mut bytes, l)?;
+            bytes.push(b'\n');
+        }
+        crate::io::write_atomic(path, &bytes)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot append to {}", path.display()))?;
+        Ok(Journal { file })
+    }
+
+    fn append(&mut self, lines: &[Line]) -> Result<()> {
+        let mut bytes = Vec::new();
+        for l in lines {
+            serde_json::to_writer(&mut bytes, l)?;
+            bytes.push(b'\n');
+        }
+        self.file.write_all(&bytes)?;
+        self.file.sync_data().context("cannot flush the eval journal")
+    }
+}
+
+/// The model, tokenizer and optional L2D path a sweep generates with.
+struct Engine {
+    model: Llama,
+    tokenizer: Tokenizer,
+    l2d: Option<L2d>,
+    identity: serde_json::Value,
+    l2d_identity: Option<serde_json::Value>,
+}
+
+impl Engine {
+    fn load(cfg: &Config) -> Result<Engine> {
+        if cfg.model.path.is_empty() {
+            crate::bail_usage!("model.path: missing (give --model DIR or set it in the config)");
+        }
+        let device = runtime::parse_device(&cfg.model.device)?;
+        let kind = runtime::parse_dtype(&cfg.model.dtype, device)?;
+        let dir = Path::new(&cfg.model.path);
+        let model = Llama::load(dir, device, kind)?;
+        let tokenizer = Tokenizer::load(dir)?;
+        let base = BaseIdentity::of(&model, dir)?;
+        let identity = serde_json::json!({
+            "path": cfg.model.path, "dtype": cfg.model.dtype, "device": cfg.model.device,
+            "config_sha256": base.config_sha256, "tensors_sha256": base.tensors_sha256,
+        });
+        let (l2d, l2d_identity) = match &cfg.eval.l2d {
+            Some(p) => {
+                let (l2d, meta) = checkpoint::load(Path::new(p), &model, dir, &cfg.l2d)?;
+                let id = serde_json::json!({
+                    "path": p,
+                    "step": meta.as_ref().map(|m| m.step),
+                    "variant": l2d.shape.variant,
+                    "trainable_params": l2d.num_params(),
+                });
+                (Some(l2d.for_sampling(&model)), Some(id))
+            }
+            None => (None, None),
+        };
+        Ok(Engine { model, tokenizer, l2d, identity, l2d_identity })
+    }
+
+    fn head(&self, plan: &Plan, class: Option<i64>, weight: f64) -> Result<Box<dyn NextTokenLogits + '_>> {
+        match (&plan.sampler, &self.l2d) {
+            (Some(opts), Some(l2d)) => {
+                let mut opts = opts.clone();
+                opts.guidance = class.map(|c| (c, weight));
+                Ok(Box::new(L2dHead::new(&self.model, l2d, opts)?))
+            }
+            _ => Ok(Box::new(BaseLm)),
+        }
+    }
+}
+
+/// Where and how `run` writes.
+pub struct SweepOutput {
+    /// Run directory: `report.json`, `report.md`, `examples.jsonl`.
+    pub dir: PathBuf,
+    /// Whether to show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Generates, scores and reports every configured task under every planned setting.
+pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
+    if cfg.eval.tasks.is_empty() {
+        crate::bail_usage!("eval.tasks: no task configured (add e.g. [eval.tasks.gsm8k] data = \"test.jsonl\")");
+    }
+    let tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
+    let engine = Engine::load(cfg)?;
+    let plans = plans(cfg, engine.l2d.is_some())?;
+    std::fs::create_dir_all(&out.dir)
+        .map_err(|e| crate::error::usage(format!("--out: cannot create {}: {e}", out.dir.display())))?;
+    let journal_path = out.dir.join(EXAMPLES);
+    let mut done: BTreeMap<Key, Line> = read_journal(&journal_path)?.into_iter().map(|l| (key(&l), l)).collect();
+    let mut journal = Journal::open(&journal_path, &done.values().cloned().collect::<Vec<_>>())?;
+    let resumed = done.len();
+    if resumed > 0 {
+        tracing::info!("resuming: {resumed} completions already in {}", journal_path.display());
+    }
+    for data in &tasks {
+        generate_task(cfg, &engine, data, &plans, &mut done, &mut journal, out.progress)?;
+    }
+    let workers = cfg.eval.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut results = Vec::new();
+    let mut scored_lines = Vec::new();
+    for data in &tasks {
+        for plan in &plans {
+            let lines: Vec<&Line> = done
+                .values()
+                .filter(|l| l.task == data.task.name() && l.setting == plan.setting.label)
+                .collect();
+            let (entry, examples) = score_setting(data, plan, &lines, workers);
+            results.push(entry);
+            scored_lines.extend(lines.into_iter().zip(examples));
+        }
+    }
+    let report = Report {
+        format: REPORT_FORMAT,
+        version: 1,
+        model: Some(engine.identity.clone()),
+        l2d: engine.l2d_identity.clone(),
+        config: Some(serde_json::to_value(cfg)?),
+        results,
+    };
+    let lines: Vec<ScoredLine> = scored_lines.into_iter().map(|(line, example)| ScoredLine { line, example }).collect();
+    score::write_outputs(&out.dir, &report, &lines)?;
+    crate::io::write_atomic(&out.dir.join("report.md"), markdown(&report).as_bytes())?;
+    Ok(report)
+}
+
+/// One batch of prompts: the (item, sample) pairs it answers.
+type Unit = (usize, usize);
+
+fn generate_task(
+    cfg: &Config,
+    engine: &Engine,
+    data: &TaskData,
+    plans: &[Plan],
+    done: &mut BTreeMap<Key, Line>,
+    journal: &mut Journal,
+    progress: bool,
+) -> Result<()> {
+    let task = data.task;
+    let items = &data.dataset.items;
+    let missing = |unit: &Unit, plan: &Plan, done: &BTreeMap<Key, Line>| {
+        let k = (task.name().to_string(), plan.setting.label.clone(), items[unit.0].id.clone(), unit.1);
+        !done.contains_key(&k)
+    };
+    let units: Vec<Unit> = (0..items.len())
+        .flat_map(|i| (0..cfg.eval.samples).map(move |s| (i, s)))
+        .filter(|u| plans.iter().any(|p| missing(u, p, done)))
+        .collect();
+    if units.is_empty() {
+        return Ok(());
+    }
+    let num_shots = cfg.eval.num_shots.unwrap_or(task.num_shots());
+    let max_pos = engine.model.config.max_position_embeddings as usize;
+    let mut prompts: HashMap<usize, Vec<i64>> = HashMap::new();
+    for &(i, _) in &units {
+        if !prompts.contains_key(&i) {
+            let ids = data.prompt(&items[i], num_shots, &engine.tokenizer)?;
+            if ids.len() >= max_pos {
+                crate::bail_usage!(
+                    "eval.tasks.{}: item {}: the prompt has {} tokens ({num_shots} shots), more than the model's \
+                     {max_pos} positions; lower eval.num_shots",
+                    task.name(),
+                    items[i].id,
+                    ids.len()
+                );
+            }
+            prompts.insert(i, ids);
+        }
+    }
+    // Longest first: similar lengths batch with little padding, and memory peaks early.
+    let mut order = units;
+    order.sort_by_key(|&(i, s)| (std::cmp::Reverse(prompts[&i].len()), i, s));
+    let g = &cfg.generate;
+    let opts = GenerateOptions {
+        sampler: TokenSampler { temperature: g.temperature, top_k: g.top_k as i64, top_p: g.top_p },
+        max_new_tokens: cfg.eval.max_new_tokens.unwrap_or(task.max_new_tokens()),
+        min_new_tokens: g.min_new_tokens,
+        stop_strings: g.stop.clone(),
+        eos_ids: engine.tokenizer.eos_ids.clone(),
+        pad_id: engine.tokenizer.pad_id,
+    };
+    let mut heads = plans
+        .iter()
+        .map(|p| engine.head(p, data.class, cfg.l2d.guidance_weight))
+        .collect::<Result<Vec<_>>>()?;
+    let bar = progress_bar(progress, (order.len() * plans.len()) as u64, task.name());
+    for batch in order.chunks(cfg.eval.batch_size) {
+        let batch_prompts: Vec<Vec<i64>> = batch.iter().map(|(i, _)| prompts[i].clone()).collect();
+        let state = prefill(&engine.model, &batch_prompts, &opts)?;
+        for (plan, head) in plans.iter().zip(heads.iter_mut()) {
+            bar.inc(batch.len() as u64);
+            if !batch.iter().any(|u| missing(u, plan, done)) {
+                continue;
+            }
+            tch::manual_seed(batch_seed(g.seed, task, &plan.setting.label, &items[batch[0].0].id, batch[0].1));
+            let start = Instant::now();
+            let gens = decode(&engine.model, Some(&engine.tokenizer), head.as_mut(), state.duplicate(), &opts, &mut |_, _| {})?;
+            let share = start.elapsed().as_secs_f64() / batch.len() as f64;
+            let evals = if plan.sampler.is_some() { head.evals_per_token() } else { 0.0 };
+            let lines: Vec<Line> = batch
+                .iter()
+                .zip(gens)
+                .filter(|(u, _)| missing(u, plan, done))
+                .map(|(&(i, s), gen)| Line {
+                    task: task.name().into(),
+                    setting: plan.setting.label.clone(),
+                    task_id: items[i].id.clone(),
+                    sample: s,
+                    completion: gen.text,
+                    new_tokens: gen.token_ids.len(),
+                    finish: gen.finish,
+                    decode_s: share,
+                    evals_per_token: evals,
+                })
+                .collect();
+            journal.append(&lines)?;
+            done.extend(lines.into_iter().map(|l| (key(&l), l)));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// A seed per batch and setting, so that reruns of the same batch draw the same tokens.
+fn batch_seed(seed: u64, task: Task, label: &str, first_id: &str, sample: usize) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in format!("{}\0{label}\0{first_id}\0{sample}", task.name()).bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    (h >> 1) as i64
+}
+
+fn progress_bar(show: bool, len: u64, task: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} completions, ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(task.to_string());
+    bar
+}
+
+/// Scores the completions of one task under one setting (in dataset order) and sums their cost.
+fn score_setting(data: &TaskData, plan: &Plan, lines: &[&Line], workers: usize) -> (ResultEntry, Vec<Example>) {
+    let samples: Vec<Sample> =
+        lines.iter().map(|l| Sample { task_id: l.task_id.clone(), completion: l.completion.clone() }).collect();
+    let scored = score::score(&data.dataset, &samples, &SandboxOptions::default(), workers);
+    let tokens: usize = lines.iter().map(|l| l.new_tokens).sum();
+    let wall_s: f64 = lines.iter().map(|l| l.decode_s).sum();
+    let mut setting = plan.setting.clone();
+    if plan.sampler.is_some() {
+        // The running mean of the last batch covers every token this setting decoded.
+        setting.evals_per_token = lines.iter().map(|l| l.evals_per_token).fold(None, |_, e| Some(e));
+    }
+    let generation = GenerationStats { tokens, tokens_per_s: if wall_s > 0.0 { tokens as f64 / wall_s } else { 0.0 }, wall_s };
+    (ResultEntry { setting, generation: Some(generation), report: scored.report }, scored.examples)
+}
+
+/// `report.md`: the table of every task and setting with intervals and cost.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::from("# l2d eval\n\n");
+    if let Some(m) = &report.model {
+        out += &format!("Model: `{}`", m["path"].as_str().unwrap_or("?"));
+    }
+    if let Some(l) = &report.l2d {
+        out += &format!(", L2D checkpoint: `{}`", l["path"].as_str().unwrap_or("?"));
+    }
+    out += "\n\n| task | setting | evals/token | metric | value | 95% CI | stderr | n | tokens/s |\n";
+    out += "|---|---|---:|---|---:|---|---:|---:|---:|\n";
+    for r in &report.results {
+        let evals = r.setting.evals_per_token.map_or("-".into(), |e| format!("{e:.1}"));
+        let tps = r.generation.as_ref().map_or("-".into(), |g| format!("{:.1}", g.tokens_per_s));
+        for m in &r.report.metrics {
+            let s = &m.summary;
+            out += &format!(
+                "| {} | {} | {evals} | {} | {:.4} | [{:.4}, {:.4}] | {:.4} | {} | {tps} |\n",
+                r.report.task.name(),
+                r.setting.label,
+                m.name,
+                s.value,
+                s.ci95[0],
+                s.ci95[1],
+                s.stderr,
+                s.n
+            );
+        }
+    }
+    out
+}
