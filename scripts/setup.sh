@@ -13,7 +13,7 @@
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
-TEST_DEPS=(transformers==4.57.1 safetensors numpy)
+TEST_DEPS=(transformers==4.57.1 peft==0.17.1 tensorboard==2.21.0 safetensors numpy)
 want_test_deps=0
 for arg in "$@"; do
   case "$arg" in
@@ -45,10 +45,13 @@ if [[ ! -f "$root/.complete" ]]; then
   touch "$root/.complete"
 fi
 
-if [[ $want_test_deps == 1 && ! -f "$root/.test-deps-complete" ]]; then
+# The marker records the list it installed, so adding a dependency here
+# reaches venvs set up before the change.
+test_deps_marker="$root/.test-deps-complete"
+if [[ $want_test_deps == 1 && "$(cat "$test_deps_marker" 2>/dev/null)" != "${TEST_DEPS[*]}" ]]; then
   echo "setup: installing test dependencies (${TEST_DEPS[*]})" >&2
   "$py" -m pip install --quiet --no-input --disable-pip-version-check "${TEST_DEPS[@]}"
-  touch "$root/.test-deps-complete"
+  printf '%s\n' "${TEST_DEPS[*]}" >"$test_deps_marker"
 fi
 
 torch_dir="$("$py" -c "import os, torch; print(os.path.dirname(torch.__file__))" 2>/dev/null)"

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
 use crate::model::llama::{attend, Linear};
+use crate::model::lora::Lora;
 use crate::model::{KvCache, Llama, Step};
 pub use params::{Shape, Variant};
 
@@ -30,15 +31,9 @@ impl Mlp2 {
 
 /// One projection of the diffusion path.
 pub enum FlowProj {
-    /// `x·A·B·scale`, added to the frozen main-path map.
-    Lora {
-        /// `[in, rank]`.
-        a: Tensor,
-        /// `[rank, out]`.
-        b: Tensor,
-        /// `alpha / rank`.
-        scale: f64,
-    },
+    /// A low-rank update added to the frozen main-path map (the checkpoint's
+    /// `A` `[in, rank]` and `B` `[rank, out]`, held as transposed views).
+    Lora(Lora),
     /// A trainable map of its own.
     Full(Linear),
 }
@@ -47,18 +42,18 @@ impl FlowProj {
     /// Applies the projection; `main` is the frozen map of the same place.
     pub fn forward(&self, x: &Tensor, main: &Linear) -> Tensor {
         match self {
-            FlowProj::Lora { a, b, scale } => main.forward(x) + x.matmul(a).matmul(b) * *scale,
+            FlowProj::Lora(lora) => main.forward(x) + lora.delta(x),
             FlowProj::Full(own) => own.forward(x),
         }
     }
 
-    /// The same map as one dense matrix `W + scale·(A·B)^T` (no gradients): one
+    /// The same map as one dense matrix `W + scale·B·A` (no gradients): one
     /// matmul per use instead of three, for sampling.
     fn merged(&self, main: &Linear) -> FlowProj {
         match self {
-            FlowProj::Lora { a, b, scale } => FlowProj::Full(Linear {
+            FlowProj::Lora(lora) => FlowProj::Full(Linear {
                 // contiguous: a transposed-stride weight would be repacked by BLAS on every call.
-                weight: (&main.weight + a.matmul(b).tr() * *scale).contiguous(),
+                weight: (&main.weight + lora.dense()).contiguous(),
                 bias: main.bias.as_ref().map(|b| b.shallow_clone()),
             }),
             FlowProj::Full(own) => FlowProj::Full(Linear {
@@ -256,11 +251,11 @@ impl L2d {
         let mlp2 = |p: &str| Mlp2 { l0: linear(&format!("{p}.0")), l2: linear(&format!("{p}.2")) };
         let has = |name: &str| params.iter().any(|(n, _)| n == name);
         let proj = |p: &str| match shape.variant {
-            Variant::Lora => FlowProj::Lora {
-                a: get(&format!("{p}.A")),
-                b: get(&format!("{p}.B")),
+            Variant::Lora => FlowProj::Lora(Lora {
+                a: get(&format!("{p}.A")).tr(),
+                b: get(&format!("{p}.B")).tr(),
                 scale: shape.lora_alpha / shape.lora_rank as f64,
-            },
+            }),
             Variant::Full => FlowProj::Full(Linear {
                 weight: get(&format!("{p}.weight")),
                 bias: has(&format!("{p}.bias")).then(|| get(&format!("{p}.bias"))),
@@ -308,8 +303,9 @@ impl L2d {
 
     /// Rebuilds the compute views from the f32 master leaves (needed after an
     /// optimizer step when the model computes in bf16/f16).
-    pub fn refresh(self, model: &Llama) -> L2d {
-        Self::assemble(model, self.shape, self.sigma, self.params)
+    pub fn refresh(&mut self, model: &Llama) {
+        let params = std::mem::take(&mut self.params);
+        *self = Self::assemble(model, self.shape.clone(), self.sigma, params);
     }
 
     /// Summed loss and label count at `t ~ U(0, 1)` drawn per position (spec §7).
@@ -361,7 +357,12 @@ impl L2d {
     /// Modulations of every layer and the final gate at times `t` `[..]`.
     pub fn condition(&self, t: &Tensor, label: Option<&Tensor>) -> Result<Conditioning> {
         let c_t = self.c(t, label)?;
-        let c_0 = self.c(&t.zeros_like(), label)?;
+        // Without labels c(0) is one vector for every position: computed once, broadcast.
+        let t_0 = match label {
+            Some(_) => t.zeros_like(),
+            None => Tensor::zeros(vec![1; t.dim()].as_slice(), (t.kind(), t.device())),
+        };
+        let c_0 = self.c(&t_0, label)?;
         let gate = self.gate_head.forward(&c_t) - self.gate_head.forward(&c_0);
         let layers = self.modulation.forward(&c_t).unbind(0).iter().map(|m| m.chunk(6, -1)).collect();
         Ok(Conditioning { layers, gate })

@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
+use super::lora::{Adapters, LayerAdapters, Target};
 use super::rope::{Rope, Rotation};
 use super::weights::Weights;
 
@@ -143,13 +144,15 @@ impl Attention {
         self.qkv_proj.rows(0, self.num_heads * self.head_dim)
     }
 
-    /// Queries, keys and values `[B, n, T, hd]` of `x` `[B, T, d]`.
-    pub fn project_qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+    /// Queries, keys and values `[B, n, T, hd]` of `x` `[B, T, d]`, each
+    /// projection's adapter update added to its part of the fused output.
+    pub fn project_qkv(&self, x: &Tensor, lora: Option<LayerAdapters>) -> (Tensor, Tensor, Tensor) {
         let qkv = self.qkv_proj.forward(x);
         let (q_dim, kv_dim) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
-        let q = self.split_heads(&qkv.narrow(-1, 0, q_dim), self.num_heads);
-        let k = self.split_heads(&qkv.narrow(-1, q_dim, kv_dim), self.num_kv_heads);
-        let v = self.split_heads(&qkv.narrow(-1, q_dim + kv_dim, kv_dim), self.num_kv_heads);
+        let part = |start, len, target| adapted(lora, target, x, qkv.narrow(-1, start, len));
+        let q = self.split_heads(&part(0, q_dim, Target::Q), self.num_heads);
+        let k = self.split_heads(&part(q_dim, kv_dim, Target::K), self.num_kv_heads);
+        let v = self.split_heads(&part(q_dim + kv_dim, kv_dim, Target::V), self.num_kv_heads);
         (q, k, v)
     }
 
@@ -187,12 +190,21 @@ impl Mlp {
         self.gate_up_proj.rows(self.ffn, self.ffn)
     }
 
-    /// `down(silu(gate(x)) * up(x))`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    /// `down(silu(gate(x)) * up(x))`, with the adapters' updates of each projection.
+    pub fn forward(&self, x: &Tensor, lora: Option<LayerAdapters>) -> Tensor {
         let gu = self.gate_up_proj.forward(x);
-        let gate = gu.narrow(-1, 0, self.ffn);
-        let up = gu.narrow(-1, self.ffn, self.ffn);
-        self.down_proj.forward(&(gate.silu() * up))
+        let gate = adapted(lora, Target::Gate, x, gu.narrow(-1, 0, self.ffn));
+        let up = adapted(lora, Target::Up, x, gu.narrow(-1, self.ffn, self.ffn));
+        let hidden = gate.silu() * up;
+        adapted(lora, Target::Down, &hidden, self.down_proj.forward(&hidden))
+    }
+}
+
+/// `y`, a frozen map's output for `x`, plus `target`'s adapter update when there is one.
+fn adapted(lora: Option<LayerAdapters>, target: Target, x: &Tensor, y: Tensor) -> Tensor {
+    match lora {
+        Some(l) => l.add(target, x, y),
+        None => y,
     }
 }
 
@@ -300,23 +312,30 @@ impl Llama {
     /// Runs the main path over new tokens `[B, T]`, appending their keys and
     /// values to `cache`; returns the last hidden state `[B, T, d]` before the final norm.
     pub fn forward_hidden(&self, input_ids: &Tensor, step: &Step, cache: &mut KvCache) -> Tensor {
+        self.hidden(input_ids, step, cache, None)
+    }
+
+    /// [`Llama::forward_hidden`], with weight-LoRA adapters (and whether their dropout is active) if given.
+    fn hidden(&self, input_ids: &Tensor, step: &Step, cache: &mut KvCache, adapters: Option<(&Adapters, bool)>) -> Tensor {
         let mut h = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         for (i, layer) in self.layers.iter().enumerate() {
+            let lora = adapters.map(|(a, train)| a.layer(i, train));
             let attn_in = layer.input_layernorm.forward(&h);
-            h = h + self.self_attention(i, &attn_in, step, cache);
-            h = &h + layer.mlp.forward(&layer.post_attention_layernorm.forward(&h));
+            h = h + self.self_attention(i, &attn_in, step, cache, lora);
+            h = &h + layer.mlp.forward(&layer.post_attention_layernorm.forward(&h), lora);
         }
         cache.advance(input_ids.size()[1]);
         h
     }
 
-    fn self_attention(&self, layer: usize, x: &Tensor, step: &Step, cache: &mut KvCache) -> Tensor {
+    fn self_attention(&self, layer: usize, x: &Tensor, step: &Step, cache: &mut KvCache, lora: Option<LayerAdapters>) -> Tensor {
         let attn = &self.layers[layer].self_attn;
-        let (q, k, v) = attn.project_qkv(x);
+        let (q, k, v) = attn.project_qkv(x, lora);
         let q = step.rotation.apply(&q);
         let k = step.rotation.apply(&k);
         let (k, v) = cache.append(layer, &k, &v);
-        attn.o_proj.forward(&attn.merge_heads(&attend(&q, &k, &v, &step.mask)))
+        let out = attn.merge_heads(&attend(&q, &k, &v, &step.mask));
+        adapted(lora, Target::O, &out, attn.o_proj.forward(&out))
     }
 
     /// Every weight under its name here (q/k/v and gate/up fused), for training.
@@ -347,8 +366,14 @@ impl Llama {
 
     /// Every weight under its Hugging Face name (fused matrices split back), for saving.
     pub fn hf_tensors(&self) -> Vec<(String, Tensor)> {
+        self.hf_named(self.named_tensors())
+    }
+
+    /// Tensors named and fused as [`Llama::named_tensors`] gives them (e.g. f32
+    /// master copies of the weights) under their Hugging Face names.
+    pub fn hf_named(&self, named: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        for (name, t) in self.named_tensors() {
+        for (name, t) in named {
             let split = |parts: &[(&str, i64)], out: &mut Vec<(String, Tensor)>| {
                 let mut start = 0;
                 for (part, len) in parts {
@@ -379,11 +404,21 @@ impl Llama {
 
     /// Full forward of unpadded sequences `[B, T]` with no cache: logits `[B, T, V]`.
     pub fn forward(&self, input_ids: &Tensor) -> Tensor {
+        self.full_forward(input_ids, None)
+    }
+
+    /// [`Llama::forward`] with weight-LoRA `adapters` beside the frozen maps;
+    /// their dropout is active when `train`.
+    pub fn forward_adapted(&self, input_ids: &Tensor, adapters: &Adapters, train: bool) -> Tensor {
+        self.full_forward(input_ids, Some((adapters, train)))
+    }
+
+    fn full_forward(&self, input_ids: &Tensor, adapters: Option<(&Adapters, bool)>) -> Tensor {
         let (b, t) = input_ids.size2().expect("[B, T]");
         let positions = Tensor::arange(t, (Kind::Int64, input_ids.device())).unsqueeze(0).expand([b, t], false);
         let step = self.step(positions, AttentionMask::Causal);
         let mut cache = KvCache::growing(self.layers.len());
-        let hidden = self.forward_hidden(input_ids, &step, &mut cache);
+        let hidden = self.hidden(input_ids, &step, &mut cache, adapters);
         self.logits(&hidden)
     }
 }

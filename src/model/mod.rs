@@ -1,8 +1,10 @@
-//! The frozen main path: Hugging Face model directories, the Llama/Qwen2 network, its KV cache.
+//! The frozen main path: Hugging Face model directories, the Llama/Qwen2 network, its KV cache,
+//! and low-rank adapters beside its frozen maps.
 
 pub mod config;
 pub mod kv_cache;
 pub mod llama;
+pub mod lora;
 pub mod rope;
 pub mod weights;
 

@@ -3,6 +3,7 @@
 pub mod data;
 pub mod optim;
 pub mod run;
+pub mod tensorboard;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -62,18 +63,20 @@ pub fn param_counts(model: &ModelConfig, cfg: &Config) -> Result<ParamCounts> {
             ParamCounts { trainable_params: params::count(&params::specs(model, &shape)), frozen_params: base }
         }
         Mode::Full => ParamCounts { trainable_params: base, frozen_params: 0 },
-        Mode::Lora => {
-            let dims = model.projection_dims();
-            let mut per_layer = 0;
-            for target in &cfg.lora.target_modules {
-                let Some((_, i, o)) = dims.iter().find(|(n, _, _)| n == target) else {
-                    crate::bail_usage!(
-                        "lora.target_modules: unknown module {target:?} (expected q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"
-                    );
-                };
-                per_layer += cfg.lora.rank * (i + o);
-            }
-            ParamCounts { trainable_params: per_layer * model.num_hidden_layers, frozen_params: base }
-        }
+        Mode::Lora => ParamCounts {
+            trainable_params: crate::model::lora::Settings::from_config(&cfg.lora)?.num_params(model),
+            frozen_params: base,
+        },
     })
+}
+
+/// Resident memory of this process in bytes, from `/proc/self/status`: now
+/// (`VmRSS`) and at its peak (`VmHWM`); `None` where that file is missing (not Linux).
+pub fn resident_memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = |field: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    };
+    Some((kib("VmRSS:")? * 1024, kib("VmHWM:")? * 1024))
 }

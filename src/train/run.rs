@@ -9,14 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::data::{micro_seed, BatchPlan, Source, TrainExample};
 use super::optim::{clip_grad_norm, learning_rate, AdamW};
+use super::tensorboard::EventWriter;
 use super::Mode;
 use crate::config::Config;
 use crate::l2d::checkpoint::{self as l2d_ckpt, BaseIdentity};
 use crate::l2d::{next_token_nll, L2d, Shape, TokenBatch};
+use crate::model::lora::{self, Adapters};
 use crate::model::weights::Weights;
 use crate::model::Llama;
 use crate::runtime;
@@ -29,6 +31,7 @@ pub struct Outcome {
     /// Whether a signal stopped the run early (a checkpoint was saved).
     pub interrupted: bool,
     /// The trained result (L2D checkpoint or model directory), when the run completed.
+    /// A `lora` run's adapter directory is `adapter` beside its merged model.
     pub result: Option<PathBuf>,
 }
 
@@ -61,9 +64,122 @@ impl Dist {
 }
 
 /// What is trained.
-enum Trainee {
+pub enum Trainee {
+    /// A diffusion path beside the frozen model.
     L2d(L2d),
-    Full,
+    /// Weight-LoRA adapters beside the frozen model.
+    Lora(Adapters),
+    /// Every weight of the model itself; `masters` are f32 copies when the
+    /// model computes in bf16/f16 (AdamW updates them, the model's weights follow).
+    Full {
+        /// The f32 master weights, named as [`Llama::named_tensors`].
+        masters: Option<Vec<(String, Tensor)>>,
+    },
+}
+
+impl Trainee {
+    /// Sets up what `mode` trains on `model`: a fresh diffusion path, fresh
+    /// adapters, or the model's own weights made trainable.
+    pub fn new(mode: Mode, model: &Llama, cfg: &Config) -> Result<Self> {
+        Ok(match mode {
+            Mode::L2dLora | Mode::L2dFull => Self::L2d(L2d::init(model, Shape::from_config(&cfg.l2d)?, cfg.l2d.sigma)?),
+            Mode::Lora => Self::Lora(Adapters::init(model, lora::Settings::from_config(&cfg.lora)?)?),
+            Mode::Full => {
+                let named = model.named_tensors();
+                // Updates of ~lr vanish when rounded into bf16 weights; f32 masters keep them.
+                let masters = (model.kind() != Kind::Float)
+                    .then(|| named.iter().map(|(n, w)| (n.clone(), w.to_kind(Kind::Float).detach())).collect::<Vec<_>>());
+                for (_, p) in masters.as_ref().unwrap_or(&named) {
+                    let _ = p.set_requires_grad(true);
+                }
+                let mut full = Self::Full { masters };
+                full.refresh(model);
+                full
+            }
+        })
+    }
+
+    /// The trainable tensors (shallow copies: the same storage and autograd leaves).
+    pub fn params(&self, model: &Llama) -> Vec<(String, Tensor)> {
+        match self {
+            Self::L2d(l) => shallow(&l.params),
+            Self::Lora(a) => shallow(&a.params),
+            Self::Full { masters: Some(m) } => shallow(m),
+            Self::Full { masters: None } => model.named_tensors(),
+        }
+    }
+
+    /// Brings the tensors the model computes with up to date with the f32
+    /// masters, after an optimizer step or a restore.
+    fn refresh(&mut self, model: &Llama) {
+        match self {
+            Self::L2d(l) => l.refresh(model),
+            Self::Lora(a) => a.refresh(model),
+            Self::Full { masters: Some(masters) } => tch::with_grad(|| {
+                for ((_, mut weight), (_, master)) in model.named_tensors().into_iter().zip(masters.iter()) {
+                    // Recorded by autograd: the compute weights' gradients flow back to the masters, in f32.
+                    weight.copy_(master);
+                }
+            }),
+            Self::Full { masters: None } => {}
+        }
+    }
+
+    /// Summed next-token loss and label count of `batch` (adapter dropout active when `train`).
+    fn nll(&self, model: &Llama, batch: &TokenBatch, train: bool) -> Result<(Tensor, Tensor)> {
+        Ok(match self {
+            Self::L2d(l) => l.nll(model, batch)?,
+            Self::Lora(a) => next_token_nll(&model.forward_adapted(&batch.input_ids, a, train), &batch.labels),
+            Self::Full { .. } => next_token_nll(&model.forward(&batch.input_ids), &batch.labels),
+        })
+    }
+}
+
+/// What one optimizer step measured.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    /// Mean loss per loss-bearing token of the global batch.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// One optimizer step (0-based `step`) on the global batch `examples`: forward
+/// and backward of this worker's micro-batches, gradient reduction, clipping
+/// and AdamW at `lr`. A non-finite loss or gradient norm stops it before the
+/// update, so the parameters stay those of the last good step.
+#[allow(clippy::too_many_arguments)]
+pub fn optimizer_step(
+    trainee: &mut Trainee,
+    model: &Llama,
+    opt: &mut AdamW,
+    examples: &[TrainExample],
+    cfg: &Config,
+    step: u64,
+    lr: f64,
+    dist: Dist,
+) -> Result<StepStats> {
+    let t = &cfg.train;
+    let loss_tokens: i64 = examples.iter().map(|e| e.labels.iter().skip(1).filter(|&&l| l != -100).count() as i64).sum();
+    let mut loss_sum = 0.0;
+    for (m, micro) in examples.chunks(t.micro_batch_size).enumerate().filter(|(m, _)| m % dist.world == dist.rank) {
+        tch::manual_seed(micro_seed(t.seed, step, m));
+        let batch = to_batch(micro, cfg, model.device());
+        let (sum, _) = trainee.nll(model, &batch, true)?;
+        (&sum / loss_tokens.max(1) as f64).backward();
+        loss_sum += sum.double_value(&[]);
+    }
+    let named = trainee.params(model);
+    dist.reduce_gradients(&named);
+    let loss = loss_sum / loss_tokens.max(1) as f64;
+    let grad_norm = clip_grad_norm(&named, t.grad_clip);
+    if !loss.is_finite() || !grad_norm.is_finite() {
+        anyhow::bail!("loss {loss} / gradient norm {grad_norm} is not finite; stopped before updating");
+    }
+    opt.step(&named, lr);
+    zero_grad(&named);
+    trainee.refresh(model);
+    Ok(StepStats { loss, grad_norm })
 }
 
 /// `state.json` of a training checkpoint.
@@ -77,13 +193,15 @@ struct State {
 
 const CHECKPOINTS: &str = "checkpoints";
 const METRICS: &str = "metrics.jsonl";
+const TENSORBOARD: &str = "tb";
 
 /// Trains as `cfg` says, writing into `out`; `resume` continues from the newest checkpoint there.
 pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> Result<Outcome> {
     let dist = Dist::single();
     let mode = Mode::parse(&cfg.train.mode)?;
     if mode == Mode::Lora {
-        crate::bail_usage!("train.mode lora: the weight-LoRA baseline is not available in this build (use full, l2d-lora or l2d-full)");
+        // Refuse unknown module names before loading anything heavy.
+        lora::Settings::from_config(&cfg.lora)?;
     }
     let t = &cfg.train;
     let device = runtime::parse_device(&cfg.model.device)?;
@@ -109,36 +227,16 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
     let total = (t.epochs * plan.steps_per_epoch).min(t.max_steps.unwrap_or(u64::MAX));
 
     tch::manual_seed(t.seed as i64);
-    let mut trainee = match mode {
-        Mode::L2dLora | Mode::L2dFull => {
-            Trainee::L2d(L2d::init(&model, Shape::from_config(&cfg.l2d)?, cfg.l2d.sigma)?)
-        }
-        Mode::Full => {
-            if kind != Kind::Float {
-                crate::bail_usage!("train.mode full: needs model.dtype f32 in this build (no master-weight copies yet)");
-            }
-            for (_, p) in model.named_tensors() {
-                let _ = p.set_requires_grad(true);
-            }
-            Trainee::Full
-        }
-        Mode::Lora => unreachable!("refused above"),
-    };
-    let params = |trainee: &Trainee, model: &Llama| match trainee {
-        Trainee::L2d(l) => shallow(&l.params),
-        Trainee::Full => model.named_tensors(),
-    };
-    let mut opt = AdamW::new(&params(&trainee, &model), (t.betas[0], t.betas[1]), t.eps, t.weight_decay);
+    let mut trainee = Trainee::new(mode, &model, cfg)?;
+    let mut opt = AdamW::new(&trainee.params(&model), (t.betas[0], t.betas[1]), t.eps, t.weight_decay);
 
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let ckpt_dir = out.join(CHECKPOINTS);
     let mut start = 0;
     match (resume, latest_checkpoint(&ckpt_dir)?) {
         (true, Some((step, dir))) => {
-            restore(&dir, &params(&trainee, &model), &mut opt)?;
-            if let Trainee::L2d(l) = trainee {
-                trainee = Trainee::L2d(l.refresh(&model));
-            }
+            restore(&dir, &trainee.params(&model), &mut opt)?;
+            trainee.refresh(&model);
             start = step;
             truncate_metrics(&out.join(METRICS), step)?;
             tracing::info!(step, dir = %dir.display(), "resumed");
@@ -153,17 +251,13 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
         crate::io::write_atomic(&out.join("config.toml"), cfg.to_toml_string().as_bytes())?;
     }
 
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out.join(METRICS))
-        .with_context(|| format!("cannot open {}", out.join(METRICS).display()))?;
+    let mut log = if dist.is_main() { Some(MetricsLog::open(out, start + 1)?) } else { None };
     let progress = progress_bar(start, total);
     let started = Instant::now();
     let mut step = start;
     while step < total {
         if stop.load(Ordering::SeqCst) {
-            save_checkpoint(&ckpt_dir, step, total, cfg, &params(&trainee, &model), &opt, dist)?;
+            save_checkpoint(&ckpt_dir, step, total, cfg, &trainee.params(&model), &opt, dist)?;
             progress.abandon();
             return Ok(Outcome { steps: step, interrupted: true, result: None });
         }
@@ -171,64 +265,66 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
         let lr = learning_rate(step, total, t.warmup_steps, t.lr, t.final_lr);
         let examples: Vec<TrainExample> =
             plan.batch(step).into_iter().map(|i| train_data.get(i, t.max_seq_len)).collect();
-        let loss_tokens: i64 = examples.iter().map(|e| e.labels.iter().skip(1).filter(|&&l| l != -100).count() as i64).sum();
-        let mut loss_sum = 0.0;
-        for (m, micro) in examples.chunks(t.micro_batch_size).enumerate().filter(|(m, _)| m % dist.world == dist.rank) {
-            tch::manual_seed(micro_seed(t.seed, step, m));
-            let batch = to_batch(micro, cfg, device);
-            let (sum, _) = match &trainee {
-                Trainee::L2d(l) => l.nll(&model, &batch)?,
-                Trainee::Full => next_token_nll(&model.forward(&batch.input_ids), &batch.labels),
-            };
-            (&sum / loss_tokens.max(1) as f64).backward();
-            loss_sum += sum.double_value(&[]);
-        }
-        let named = params(&trainee, &model);
-        dist.reduce_gradients(&named);
-        let loss = loss_sum / loss_tokens.max(1) as f64;
-        let grad_norm = clip_grad_norm(&named, t.grad_clip);
-        if !loss.is_finite() || !grad_norm.is_finite() {
-            let last = latest_checkpoint(&ckpt_dir)?.map(|(s, _)| format!("step {s}")).unwrap_or_else(|| "none".into());
-            anyhow::bail!(
-                "step {}: loss {loss} / gradient norm {grad_norm} is not finite; stopped before updating (last good checkpoint: {last})",
-                step + 1
-            );
-        }
-        opt.step(&named, lr);
-        zero_grad(&named);
-        if let Trainee::L2d(l) = trainee {
-            trainee = Trainee::L2d(l.refresh(&model));
-        }
+        let StepStats { loss, grad_norm } = optimizer_step(&mut trainee, &model, &mut opt, &examples, cfg, step, lr, dist)
+            .map_err(|e| {
+                let last = latest_checkpoint(&ckpt_dir).ok().flatten().map(|(s, _)| format!("step {s}")).unwrap_or_else(|| "none".into());
+                e.context(format!("step {} (last good checkpoint: {last})", step + 1))
+            })?;
         step += 1;
         let elapsed = step_start.elapsed().as_secs_f64();
         let tokens: usize = examples.iter().map(|e| e.input_ids.len()).sum();
-        if dist.is_main() {
-            let rec = serde_json::json!({
+        if let Some(log) = &mut log {
+            log.write(&serde_json::json!({
                 "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                 "tokens": tokens, "tokens_per_s": tokens as f64 / elapsed,
                 "elapsed_s": started.elapsed().as_secs_f64(),
-            });
-            writeln!(metrics, "{rec}")?;
-            metrics.flush()?;
+                "peak_rss_bytes": super::resident_memory().map(|(_, peak)| peak),
+            }))?;
         }
         progress.set_position(step);
         progress.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
         if let Some(valid) = &valid_data {
             if step == total || (t.eval_every > 0 && step % t.eval_every == 0) {
                 let rec = validate(&trainee, &model, valid, cfg, device, step)?;
-                if dist.is_main() {
-                    writeln!(metrics, "{rec}")?;
-                    metrics.flush()?;
+                if let Some(log) = &mut log {
+                    log.write(&rec)?;
                 }
             }
         }
         if step == total || (t.save_every > 0 && step % t.save_every == 0) {
-            save_checkpoint(&ckpt_dir, step, total, cfg, &params(&trainee, &model), &opt, dist)?;
+            save_checkpoint(&ckpt_dir, step, total, cfg, &trainee.params(&model), &opt, dist)?;
         }
     }
     progress.finish_and_clear();
     let result = if dist.is_main() { Some(write_result(&trainee, &model, cfg, &base_dir, out, step)?) } else { None };
     Ok(Outcome { steps: step, interrupted: false, result })
+}
+
+/// Where metric records go: `metrics.jsonl` and a TensorBoard event file in `tb/`.
+struct MetricsLog {
+    jsonl: std::fs::File,
+    events: EventWriter,
+}
+
+impl MetricsLog {
+    /// Appends to the run's `metrics.jsonl`; starts a new event file whose
+    /// records begin at `first_step` (superseding earlier files' from there on).
+    fn open(out: &Path, first_step: u64) -> Result<Self> {
+        let path = out.join(METRICS);
+        let jsonl = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Self { jsonl, events: EventWriter::create(&out.join(TENSORBOARD), first_step)? })
+    }
+
+    /// Appends one record to both, flushed, so a killed run loses no finished step.
+    fn write(&mut self, rec: &serde_json::Value) -> Result<()> {
+        writeln!(self.jsonl, "{rec}")?;
+        self.jsonl.flush()?;
+        self.events.write_record(rec)
+    }
 }
 
 /// Shallow copies of named tensors (the same storage and autograd leaves).
@@ -274,8 +370,7 @@ fn validate(trainee: &Trainee, model: &Llama, valid: &Source, cfg: &Config, devi
                 (Trainee::L2d(l), Some(t)) => {
                     l.nll_at(model, &batch, &Tensor::full(batch.input_ids.size().as_slice(), t, (Kind::Float, device)))?
                 }
-                (Trainee::L2d(l), None) => l.nll(model, &batch)?,
-                (Trainee::Full, _) => next_token_nll(&model.forward(&batch.input_ids), &batch.labels),
+                (trainee, _) => trainee.nll(model, &batch, false)?,
             };
             sum += s.double_value(&[]);
             count += c.int64_value(&[]);
@@ -409,7 +504,9 @@ fn progress_bar(start: u64, total: u64) -> indicatif::ProgressBar {
     bar
 }
 
-/// The trained result: an L2D checkpoint (`out/l2d`) or a model directory (`out/model`).
+/// The trained result: an L2D checkpoint (`out/l2d`) or a model directory
+/// (`out/model`, weights in f32). For `lora` the model directory holds the
+/// merged weights `W + scale·B·A`, and `out/adapter` the adapters in PEFT's layout.
 fn write_result(trainee: &Trainee, model: &Llama, cfg: &Config, base_dir: &Path, out: &Path, step: u64) -> Result<PathBuf> {
     match trainee {
         Trainee::L2d(l2d) => {
@@ -425,9 +522,22 @@ fn write_result(trainee: &Trainee, model: &Llama, cfg: &Config, base_dir: &Path,
             replace_dir(&dest, |d| l2d_ckpt::save(d, l2d, &meta))?;
             Ok(dest)
         }
-        Trainee::Full => {
+        Trainee::Lora(adapters) => {
             let dest = out.join("model");
-            replace_dir(&dest, |d| save_model_dir(model, base_dir, d))?;
+            let base = Weights::open_dir(base_dir, Device::Cpu, Kind::Float)?;
+            replace_dir(&dest, |d| save_model_dir(&adapters.merged(&base)?, base_dir, d))?;
+            let base_name = std::fs::canonicalize(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+            replace_dir(&out.join("adapter"), |d| adapters.save_peft(d, &base_name.display().to_string()))?;
+            Ok(dest)
+        }
+        Trainee::Full { masters } => {
+            let dest = out.join("model");
+            let tensors = match masters {
+                Some(m) => model.hf_named(shallow(m)),
+                None => model.hf_tensors(),
+            };
+            let f32_tensors: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (n, t.to_kind(Kind::Float))).collect();
+            replace_dir(&dest, |d| save_model_dir(&f32_tensors, base_dir, d))?;
             Ok(dest)
         }
     }
@@ -445,8 +555,8 @@ fn replace_dir(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<(
 }
 
 /// A complete Hugging Face model directory: the base's config and tokenizer
-/// files with the finetuned weights.
-fn save_model_dir(model: &Llama, base_dir: &Path, dest: &Path) -> Result<()> {
+/// files with `tensors` (Hugging Face names) as the weights.
+fn save_model_dir(tensors: &[(String, Tensor)], base_dir: &Path, dest: &Path) -> Result<()> {
     let staged = crate::io::StagedDir::new(dest)?;
     for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
         let src = base_dir.join(f);
@@ -454,7 +564,7 @@ fn save_model_dir(model: &Llama, base_dir: &Path, dest: &Path) -> Result<()> {
             std::fs::copy(&src, staged.path().join(f)).with_context(|| format!("cannot copy {}", src.display()))?;
         }
     }
-    let tensors: Vec<(String, Tensor)> = model.hf_tensors().into_iter().map(|(n, t)| (n, t.detach())).collect();
+    let tensors: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
     crate::model::weights::save(&staged.path().join("model.safetensors"), &tensors)?;
     staged.commit()?;
     Ok(())
