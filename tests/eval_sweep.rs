@@ -212,3 +212,26 @@ fn a_prompt_longer_than_the_model_is_named() {
         &["eval.tasks.gsm8k: item 0", "positions", "eval.num_shots"],
     );
 }
+
+#[test]
+fn task_class_map_guides_the_diffusion_path() {
+    let dir = scratch("eval-guidance");
+    let cfg = config(&dir, 3);
+    let ckpt = checkpoint_for("eval-guidance-ckpt", 3, true, false);
+    let plain = dir.join("plain");
+    run(sweep(&cfg, Some(&ckpt), "2", &plain));
+    let guided = dir.join("guided");
+    let mut cmd = sweep(&cfg, Some(&ckpt), "2", &guided);
+    // The class count comes from the checkpoint's metadata.
+    cmd.args(["--set", "eval.class_map.gsm8k=1", "--set", "l2d.guidance_weight=2.0"]);
+    run(cmd);
+    // Guidance evaluates the path with and without the label at each ODE step: 2·2 + 1 per token.
+    let evals = |d: &Path| report(d)["results"][0]["setting"]["evals_per_token"].as_f64().unwrap();
+    assert_eq!((evals(&plain), evals(&guided)), (3.0, 5.0));
+    assert_ne!(completions(&plain), completions(&guided));
+    assert_eq!(report(&guided)["config"]["eval"]["class_map"]["gsm8k"], 1);
+
+    let mut bad = sweep(&cfg, Some(&ckpt), "2", &dir.join("bad"));
+    bad.args(["--set", "eval.class_map.gsm8k=3"]);
+    assert_error(&bad.output().unwrap(), 2, &["eval.class_map", "\"gsm8k\" must be in 0..3"]);
+}

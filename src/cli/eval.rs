@@ -160,6 +160,9 @@ fn sweep(args: SweepArgs, common: ScoreArgs) -> Result<()> {
     if common.workers.is_some() {
         e.workers = common.workers;
     }
+    if let Some(dir) = cfg.eval.l2d.as_deref().map(Path::new).filter(|p| p.is_dir()) {
+        checkpoint::apply_shape(&checkpoint::read_metadata(dir)?, &mut cfg.l2d);
+    }
     cfg.validate().map_err(|err| super::name_flags(err, SWEEP_FLAG_KEYS))?;
     let Some(dir) = common.out.or_else(|| cfg.eval.out.as_ref().map(PathBuf::from)) else {
         crate::bail_usage!("--out: no output directory (flag or eval.out in the config)");

@@ -112,6 +112,19 @@ impl TaskData {
         Ok(TaskData { task, dataset, shots, class })
     }
 
+    /// Checks the task's guidance class against the checkpoint's classes.
+    fn check_class(&self, l2d: Option<&L2d>) -> Result<()> {
+        let (Some(class), Some(l2d)) = (self.class, l2d) else { return Ok(()) };
+        let n = l2d.shape.num_classes;
+        if !(0..n).contains(&class) {
+            crate::bail_usage!(
+                "eval.class_map: class of {:?} must be in 0..{n} (the checkpoint's guidance classes), got {class}",
+                self.task.name()
+            );
+        }
+        Ok(())
+    }
+
     fn prompt(&self, item: &Item, num_shots: usize, tokenizer: &Tokenizer) -> Result<Vec<i64>> {
         let pool = self.shots.as_ref().unwrap_or(&self.dataset);
         let shots = select_shots(self.task, item, &pool.items, num_shots);
@@ -280,6 +293,9 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
     let tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
     let engine = Engine::load(cfg)?;
     let plans = plans(cfg, engine.l2d.is_some())?;
+    for data in &tasks {
+        data.check_class(engine.l2d.as_ref())?;
+    }
     std::fs::create_dir_all(&out.dir)
         .map_err(|e| crate::error::usage(format!("--out: cannot create {}: {e}", out.dir.display())))?;
     let journal_path = out.dir.join(EXAMPLES);
