@@ -513,3 +513,15 @@ fn x1_schedules_parse() {
     }
     load(None, &sets(&["l2d.x1_schedule=polynomial_1_1.0"])).unwrap();
 }
+
+#[test]
+fn eval_config_names_the_six_benchmarks_and_the_sweep() {
+    let c = shipped("eval-paper.toml");
+    let tasks: Vec<&str> = c.eval.tasks.keys().map(String::as_str).collect();
+    assert_eq!(tasks, ["gsm8k", "humaneval", "math", "mbpp", "mmlu", "mmlu_pro"]);
+    assert_eq!(c.eval.steps, [0, 2, 4, 8, 16]);
+    assert_eq!(c.eval.solvers, ["midpoint"]);
+    // Every task but HumanEval (no split to draw from) names its shot split.
+    assert!(c.eval.tasks.iter().all(|(name, t)| (name == "humaneval") == t.shots.is_none()));
+    assert_eq!((c.generate.temperature, c.generate.top_p), (1.0, 1.0));
+}
