@@ -368,28 +368,58 @@ pub fn write_outputs<E: Serialize>(dir: &Path, report: &Report, examples: &[E]) 
     crate::io::write_atomic(&dir.join("examples.jsonl"), &lines)
 }
 
+/// One row of the result tables: task, setting, evals/token, metric, value, stderr, CI, items, samples, tokens/s.
+pub struct Row {
+    /// The benchmark.
+    pub task: &'static str,
+    /// The setting's label.
+    pub setting: String,
+    /// Diffusion evaluations per token, formatted ("-" for given completions).
+    pub evals: String,
+    /// `accuracy` or `pass@k`.
+    pub metric: String,
+    /// Value, standard error, interval and item count.
+    pub summary: Summary,
+    /// Completions scored.
+    pub samples: usize,
+    /// Decoding speed, formatted ("-" for given completions).
+    pub tokens_per_s: String,
+}
+
+/// The rows of every task, setting and metric, in report order.
+pub fn rows(results: &[ResultEntry]) -> Vec<Row> {
+    let mut out = Vec::new();
+    for r in results {
+        let evals = r.setting.evals_per_token.map_or("-".to_string(), |e| format!("{e:.1}"));
+        let tokens_per_s = r.generation.as_ref().map_or("-".to_string(), |g| format!("{:.1}", g.tokens_per_s));
+        for m in &r.report.metrics {
+            out.push(Row {
+                task: r.report.task.name(),
+                setting: r.setting.label.clone(),
+                evals: evals.clone(),
+                metric: m.name.clone(),
+                summary: m.summary.clone(),
+                samples: r.report.samples,
+                tokens_per_s: tokens_per_s.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// The metric table printed after scoring: one line per task, setting and metric.
 pub fn table(results: &[ResultEntry]) -> String {
     let mut out = format!(
         "{:<10} {:<14} {:>9} {:<9} {:>7} {:>7}  {:<17} {:>6} {:>8}\n",
         "task", "setting", "evals/tok", "metric", "value", "stderr", "95% CI", "items", "samples"
     );
-    for r in results {
-        let evals = r.setting.evals_per_token.map_or("-".to_string(), |e| format!("{e:.1}"));
-        for m in &r.report.metrics {
-            let s = &m.summary;
-            let ci = format!("[{:.4}, {:.4}]", s.ci95[0], s.ci95[1]);
-            out += &format!(
-                "{:<10} {:<14} {evals:>9} {:<9} {:>7.4} {:>7.4}  {ci:<17} {:>6} {:>8}\n",
-                r.report.task.name(),
-                r.setting.label,
-                m.name,
-                s.value,
-                s.stderr,
-                s.n,
-                r.report.samples
-            );
-        }
+    for r in rows(results) {
+        let s = &r.summary;
+        let ci = format!("[{:.4}, {:.4}]", s.ci95[0], s.ci95[1]);
+        out += &format!(
+            "{:<10} {:<14} {:>9} {:<9} {:>7.4} {:>7.4}  {ci:<17} {:>6} {:>8}\n",
+            r.task, r.setting, r.evals, r.metric, s.value, s.stderr, s.n, r.samples
+        );
     }
     out
 }

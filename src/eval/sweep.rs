@@ -483,23 +483,12 @@ pub fn markdown(report: &Report) -> String {
     }
     out += "\n\n| task | setting | evals/token | metric | value | 95% CI | stderr | n | tokens/s |\n";
     out += "|---|---|---:|---|---:|---|---:|---:|---:|\n";
-    for r in &report.results {
-        let evals = r.setting.evals_per_token.map_or("-".into(), |e| format!("{e:.1}"));
-        let tps = r.generation.as_ref().map_or("-".into(), |g| format!("{:.1}", g.tokens_per_s));
-        for m in &r.report.metrics {
-            let s = &m.summary;
-            out += &format!(
-                "| {} | {} | {evals} | {} | {:.4} | [{:.4}, {:.4}] | {:.4} | {} | {tps} |\n",
-                r.report.task.name(),
-                r.setting.label,
-                m.name,
-                s.value,
-                s.ci95[0],
-                s.ci95[1],
-                s.stderr,
-                s.n
-            );
-        }
+    for r in score::rows(&report.results) {
+        let s = &r.summary;
+        out += &format!(
+            "| {} | {} | {} | {} | {:.4} | [{:.4}, {:.4}] | {:.4} | {} | {} |\n",
+            r.task, r.setting, r.evals, r.metric, s.value, s.ci95[0], s.ci95[1], s.stderr, s.n, r.tokens_per_s
+        );
     }
     out
 }
