@@ -3,12 +3,14 @@
 //! The directory holds what `transformers` and this crate need to load a
 //! Llama 3.x or Qwen 2.5 checkpoint: `config.json`, `generation_config.json`,
 //! `model.safetensors`, `tokenizer.json` (a byte-level BPE trained here) and
-//! `tokenizer_config.json` with the family's chat template.
+//! `tokenizer_config.json` with the family's chat template. With `--task` it
+//! writes a bundled task's data instead ([`init_task_dir`]).
 
 mod corpus;
 mod files;
 mod lexicon;
 mod rng;
+mod task;
 mod templates;
 mod tokenizer;
 mod weights;
@@ -17,6 +19,7 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 pub use corpus::builtin_corpus;
+pub use task::{init_task_dir, Task, TaskOptions};
 
 /// Model family of the generated checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

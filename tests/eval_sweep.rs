@@ -99,6 +99,8 @@ fn sweep_reports_every_setting_and_each_equals_its_own_run() {
         let g = &x["generation"];
         assert!(g["tokens"].as_u64().unwrap() > 0 && g["tokens_per_s"].as_f64().unwrap() > 0.0, "{g}");
     }
+    let text = std::fs::read_to_string(all.join("examples.jsonl")).unwrap();
+    assert!(text.lines().all(|l| l.matches("\"task_id\":").count() == 1 && l.matches("\"completion\":").count() == 1), "a key twice: {text}");
     let examples = jsonl(&all.join("examples.jsonl"));
     assert_eq!(examples.len(), 15);
     for e in &examples {

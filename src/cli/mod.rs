@@ -40,7 +40,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Show the libtorch build, CUDA devices and CPU threads.
     Info(info::Args),
-    /// Write a random-initialised Hugging Face model directory (tiny models for tests and demos).
+    /// Write a random-initialised Hugging Face model directory (`--arch`), or the demo's task data (`--task`).
     Init(init::Args),
     /// Tokenize chat data into training shards with the model's chat template.
     Prepare(prepare::Args),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::sandbox::SandboxOptions;
-use super::score::{self, Example, GenerationStats, Report, ResultEntry, Sample, Setting, REPORT_FORMAT};
+use super::score::{self, Example, GenerationStats, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT};
 use super::tasks::{build_messages, select_shots, Dataset, Item, Task};
 use crate::config::Config;
 use crate::data::tokenizer::Tokenizer;
@@ -152,13 +152,16 @@ struct Line {
     evals_per_token: f64,
 }
 
-/// A journalled completion with its verdict: a line of the final `examples.jsonl`.
+/// A journalled completion with its verdict: a line of the final `examples.jsonl`
+/// (the journal's fields, then the scored example's own).
 #[derive(Serialize)]
 struct ScoredLine<'a> {
     #[serde(flatten)]
     line: &'a Line,
+    prompt: String,
+    reference: String,
     #[serde(flatten)]
-    example: Example,
+    verdict: Verdict,
 }
 
 type Key = (String, String, String, usize);
@@ -330,7 +333,10 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
         config: Some(serde_json::to_value(cfg)?),
         results,
     };
-    let lines: Vec<ScoredLine> = scored_lines.into_iter().map(|(line, example)| ScoredLine { line, example }).collect();
+    let lines: Vec<ScoredLine> = scored_lines
+        .into_iter()
+        .map(|(line, e)| ScoredLine { line, prompt: e.prompt, reference: e.reference, verdict: e.verdict })
+        .collect();
     score::write_outputs(&out.dir, &report, &lines)?;
     crate::io::write_atomic(&out.dir.join("report.md"), markdown(&report).as_bytes())?;
     Ok(report)
