@@ -61,21 +61,6 @@ fn tensors(path: &Path) -> Vec<(String, Tensor)> {
     t
 }
 
-/// The loss log without timings and memory: (step, loss, lr, grad_norm) lines and validation lines.
-fn loss_log(out: &Path) -> Vec<String> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            for k in ["elapsed_s", "tokens_per_s", "peak_rss_bytes"] {
-                v.as_object_mut().unwrap().remove(k);
-            }
-            v.to_string()
-        })
-        .collect()
-}
-
 #[test]
 fn l2d_training_runs_logs_and_its_checkpoint_generates() {
     let model = tiny_model("llama");

@@ -150,3 +150,18 @@ pub fn checkpoint_for(name: &str, num_classes: i64, perturbed: bool, poison: boo
     dir
 }
 
+
+/// A run's `metrics.jsonl` records without timings and memory, which differ between runs.
+pub fn loss_log(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in ["elapsed_s", "tokens_per_s", "peak_rss_bytes"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
