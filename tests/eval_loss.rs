@@ -33,7 +33,7 @@ fn loss_at_t0_equals_the_base_lm_and_moves_after() {
     assert_eq!(out["tokens"], 10);
     let at = |i: usize| losses[i]["loss"].as_f64().unwrap();
     assert!((at(0) - base).abs() < 1e-5, "t=0: {} vs base {base}", at(0));
-    assert!((at(2) - base).abs() > 1e-4, "the perturbed path changes the loss at t=1");
+    assert!((at(2) - base).abs() > 1e-4, "the perturbed path changes the loss at t=1: {} vs base {base}", at(2));
     // A random tiny LM over a 512-token vocabulary is near ln(512).
     assert!((base - 512f64.ln()).abs() < 0.5, "base {base}");
     // Same seed, same numbers.
