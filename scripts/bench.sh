@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Throughput benchmarks (not tests). With no argument, benchmarks a fresh
-# `small` llama from `l2d init`; with MODEL_DIR, that model. Also runs the
-# reference stack (transformers) on the same shapes when it is installed.
+# Throughput benchmarks (not tests): generation, then training. With no
+# argument, benchmarks a fresh `small` llama from `l2d init`; with MODEL_DIR,
+# that model. Also runs the reference stack (transformers) on the generation
+# shapes when it is installed.
 #
 #   scripts/bench.sh [MODEL_DIR]      L2D_BENCH_THREADS=2 by default
 set -euo pipefail
@@ -15,6 +16,8 @@ if [[ -z "$model" ]]; then
 fi
 echo "== l2d (base LM, then L2D at 15 evaluations per token)"
 cargo bench --locked --bench generate -- "$model"
+echo "== l2d training (optimizer steps of 4 x 256 tokens)"
+cargo bench --locked --bench train -- "$model"
 if .venv/bin/python -c 'import transformers' 2>/dev/null; then
   echo "== reference: transformers (eager)"
   .venv/bin/python scripts/bench_transformers.py "$model" "${L2D_BENCH_THREADS:-2}"

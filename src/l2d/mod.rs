@@ -357,12 +357,7 @@ impl L2d {
     /// Modulations of every layer and the final gate at times `t` `[..]`.
     pub fn condition(&self, t: &Tensor, label: Option<&Tensor>) -> Result<Conditioning> {
         let c_t = self.c(t, label)?;
-        // Without labels c(0) is one vector for every position: computed once, broadcast.
-        let t_0 = match label {
-            Some(_) => t.zeros_like(),
-            None => Tensor::zeros(vec![1; t.dim()].as_slice(), (t.kind(), t.device())),
-        };
-        let c_0 = self.c(&t_0, label)?;
+        let c_0 = self.c(&t.zeros_like(), label)?;
         let gate = self.gate_head.forward(&c_t) - self.gate_head.forward(&c_0);
         let layers = self.modulation.forward(&c_t).unbind(0).iter().map(|m| m.chunk(6, -1)).collect();
         Ok(Conditioning { layers, gate })

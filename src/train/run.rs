@@ -197,6 +197,7 @@ const TENSORBOARD: &str = "tb";
 
 /// Trains as `cfg` says, writing into `out`; `resume` continues from the newest checkpoint there.
 pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> Result<Outcome> {
+    super::keep_freed_memory();
     let dist = Dist::single();
     let mode = Mode::parse(&cfg.train.mode)?;
     if mode == Mode::Lora {
