@@ -19,6 +19,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// `items` as JSON lines (one object per line, each ending in a newline).
+pub fn json_lines<T: serde::Serialize>(items: &[T]) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    for item in items {
+        serde_json::to_writer(&mut bytes, item)?;
+        bytes.push(b'\n');
+    }
+    Ok(bytes)
+}
+
 /// Serialises `value` as pretty JSON and writes it atomically.
 pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value)?;

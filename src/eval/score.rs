@@ -360,12 +360,7 @@ impl Report {
 pub fn write_outputs<E: Serialize>(dir: &Path, report: &Report, examples: &[E]) -> Result<()> {
     std::fs::create_dir_all(dir).or_usage(|| format!("--out: cannot create {}", dir.display()))?;
     crate::io::write_json_atomic(&dir.join("report.json"), report)?;
-    let mut lines = Vec::new();
-    for e in examples {
-        serde_json::to_writer(&mut lines, e)?;
-        lines.push(b'\n');
-    }
-    crate::io::write_atomic(&dir.join("examples.jsonl"), &lines)
+    crate::io::write_atomic(&dir.join("examples.jsonl"), &crate::io::json_lines(examples)?)
 }
 
 /// One row of the result tables: task, setting, evals/token, metric, value, stderr, CI, items, samples, tokens/s.

@@ -204,12 +204,7 @@ impl Journal {
     /// Opens `path` for appending, rewriting it first with only the `kept` lines
     /// (which drops a half-written tail).
     fn open(path: &Path, kept: &[Line]) -> Result<Journal> {
-        let mut bytes = Vec::new();
-        for l in kept {
-            serde_json::to_writer(&mut bytes, l)?;
-            bytes.push(b'\n');
-        }
-        crate::io::write_atomic(path, &bytes)?;
+        crate::io::write_atomic(path, &crate::io::json_lines(kept)?)?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
@@ -218,12 +213,7 @@ impl Journal {
     }
 
     fn append(&mut self, lines: &[Line]) -> Result<()> {
-        let mut bytes = Vec::new();
-        for l in lines {
-            serde_json::to_writer(&mut bytes, l)?;
-            bytes.push(b'\n');
-        }
-        self.file.write_all(&bytes)?;
+        self.file.write_all(&crate::io::json_lines(lines)?)?;
         self.file.sync_data().context("cannot flush the eval journal")
     }
 }
@@ -371,7 +361,7 @@ fn generate_task(
     let max_pos = engine.model.config.max_position_embeddings as usize;
     let mut prompts: HashMap<usize, Vec<i64>> = HashMap::new();
     for &(i, _) in &units {
-        if !prompts.contains_key(&i) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = prompts.entry(i) {
             let ids = data.prompt(&items[i], num_shots, &engine.tokenizer)?;
             if ids.len() >= max_pos {
                 crate::bail_usage!(
@@ -382,7 +372,7 @@ fn generate_task(
                     ids.len()
                 );
             }
-            prompts.insert(i, ids);
+            slot.insert(ids);
         }
     }
     // Longest first: similar lengths batch with little padding, and memory peaks early.
