@@ -34,8 +34,11 @@ fn loss_at_t0_equals_the_base_lm_and_moves_after() {
     let at = |i: usize| losses[i]["loss"].as_f64().unwrap();
     assert!((at(0) - base).abs() < 1e-5, "t=0: {} vs base {base}", at(0));
     assert!((at(2) - base).abs() > 1e-4, "the perturbed path changes the loss at t=1: {} vs base {base}", at(2));
-    // A random tiny LM over a 512-token vocabulary is near ln(512).
-    assert!((base - 512f64.ln()).abs() < 0.5, "base {base}");
+    // Random logits z cannot beat the uniform guess on average (logsumexp(z) >=
+    // ln 512 + mean(z)), and with l2d init's std 1/sqrt(hidden) they have a
+    // spread of about 1, which costs about var/2 above it.
+    let uniform = 512f64.ln();
+    assert!(base > uniform - 0.1 && base < uniform + 1.5, "base {base} vs ln 512 = {uniform}");
     // Same seed, same numbers.
     let again: Value = serde_json::from_str(&ok(run(Some(&ckpt), &data, &["--t", "0,0.5,1"]))).unwrap();
     assert_eq!(again, out);

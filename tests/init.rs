@@ -126,7 +126,7 @@ fn check_config(arch: Arch, preset: Preset, c: &Value) {
     assert_eq!(c["max_position_embeddings"], s.max_positions);
     assert_eq!(c["tie_word_embeddings"], true);
     assert_eq!(c["hidden_act"], "silu");
-    assert_eq!(c["initializer_range"], 0.02);
+    assert_eq!(c["initializer_range"], expected_std(s.hidden));
     assert_eq!(c["torch_dtype"], "float32");
     assert_eq!(c["use_cache"], true);
     match arch {
@@ -327,12 +327,10 @@ fn check_weights(arch: Arch, preset: Preset, dir: &Path) {
                 .map(|&v| (f64::from(v) - mean).powi(2))
                 .sum::<f64>()
                 / n;
-            assert!(mean.abs() < 0.01, "{name}: mean {mean}");
-            assert!(
-                (var.sqrt() - 0.02).abs() < 0.006,
-                "{name}: std {}",
-                var.sqrt()
-            );
+            let std = expected_std(preset.shape().hidden);
+            // Four standard errors of the sample mean: small tensors (biases) vary.
+            assert!(mean.abs() < 4.0 * std / n.sqrt(), "{name}: mean {mean}");
+            assert!((var.sqrt() - std).abs() < 0.3 * std, "{name}: std {}", var.sqrt());
         }
     }
 }
@@ -492,4 +490,9 @@ fn arch_and_preset_parse_their_cli_spellings() {
     assert_eq!(Preset::parse("SMALL").unwrap(), Preset::Small);
     assert_eq!(exit_code(&Arch::parse("gpt2").unwrap_err()), 2);
     assert_eq!(exit_code(&Preset::parse("huge").unwrap_err()), 2);
+}
+
+/// The std `l2d init` draws with: 1/sqrt(hidden), but never below transformers' 0.02.
+fn expected_std(hidden: usize) -> f64 {
+    (1.0 / (hidden as f64).sqrt()).max(0.02)
 }

@@ -1,7 +1,7 @@
 //! The JSON files of the model directory, keyed as `transformers` writes them.
 
 use super::tokenizer::SpecialIds;
-use super::weights::INIT_STD;
+use super::weights::init_std;
 use super::{templates, Arch, Shape};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -28,7 +28,7 @@ pub(crate) fn config(arch: Arch, s: &Shape, ids: &SpecialIds) -> Value {
         "vocab_size": s.vocab,
         "max_position_embeddings": s.max_positions,
         "hidden_act": "silu",
-        "initializer_range": INIT_STD,
+        "initializer_range": init_std(s.hidden),
         "attention_dropout": 0.0,
         "tie_word_embeddings": true,
         "torch_dtype": "float32",

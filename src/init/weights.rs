@@ -7,13 +7,20 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 
-/// Standard deviation of `transformers`' `_init_weights` (`initializer_range`).
-pub(crate) const INIT_STD: f64 = 0.02;
+/// Standard deviation of the random weights (`initializer_range` in config.json).
+///
+/// transformers' 0.02 suits hidden sizes near 2,000 (1/sqrt(2048) = 0.022); at
+/// the tiny presets' hidden 64 it is 6× below 1/sqrt(hidden), the attention
+/// logits start near zero with a vanishing gradient, and a model trained from
+/// it never learns to look back (docs/demo.md, trials 8–11).
+pub(crate) fn init_std(hidden: usize) -> f64 {
+    (1.0 / (hidden as f64).sqrt()).max(0.02)
+}
 
 /// How a tensor starts out.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Fill {
-    /// N(0, INIT_STD²): linear weights, embeddings and (to exercise them) biases.
+    /// N(0, init_std²): linear weights, embeddings and (to exercise them) biases.
     Normal,
     /// RMSNorm gains.
     Ones,
@@ -30,7 +37,7 @@ pub(crate) fn write_safetensors(path: &Path, arch: Arch, shape: &Shape, seed: u6
     let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = specs(arch, shape)
         .into_iter()
         .map(|s| {
-            let bytes = values(&s, seed)
+            let bytes = values(&s, init_std(shape.hidden), seed)
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect();
@@ -50,20 +57,20 @@ pub(crate) fn write_safetensors(path: &Path, arch: Arch, shape: &Shape, seed: u6
     safetensors::serialize_to_file(views, Some(metadata), path).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn values(spec: &Spec, seed: u64) -> Vec<f32> {
+fn values(spec: &Spec, std: f64, seed: u64) -> Vec<f32> {
     let n: usize = spec.shape.iter().product();
     match spec.fill {
         Fill::Ones => vec![1.0; n],
-        Fill::Normal => normal(n, SplitMix64::for_label(seed, &spec.name)),
+        Fill::Normal => normal(n, std, SplitMix64::for_label(seed, &spec.name)),
     }
 }
 
-fn normal(n: usize, mut rng: SplitMix64) -> Vec<f32> {
+fn normal(n: usize, std: f64, mut rng: SplitMix64) -> Vec<f32> {
     let mut out = Vec::with_capacity(n + 1);
     while out.len() < n {
         let (a, b) = rng.normal_pair();
-        out.push((a * INIT_STD) as f32);
-        out.push((b * INIT_STD) as f32);
+        out.push((a * std) as f32);
+        out.push((b * std) as f32);
     }
     out.truncate(n);
     out

@@ -124,7 +124,7 @@ pub fn checkpoint_for(name: &str, num_classes: i64, perturbed: bool, poison: boo
         for (n, p) in &l2d.params {
             let mut p = p.shallow_clone();
             if perturbed {
-                let _ = p.g_add_(&(Tensor::randn_like(&p) * 0.05));
+                let _ = p.g_add_(&(Tensor::randn_like(&p) * 0.2));
             }
             if poison && n.starts_with("model.flow_token_embedder") {
                 let _ = p.fill_(f64::NAN);
