@@ -65,7 +65,7 @@ pub fn plans(cfg: &Config, has_l2d: bool) -> Result<Vec<Plan>> {
             if !has_l2d {
                 crate::bail_usage!(
                     "eval.steps / eval.solvers: the L2D settings ({name}) need a checkpoint (eval.l2d or --l2d); \
-                     use --steps 0 for the base LM alone"
+                     for the base LM alone give --steps 0 and no adaptive solver (e.g. --solvers midpoint)"
                 );
             }
             let mut l2d = cfg.l2d.clone();
