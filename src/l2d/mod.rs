@@ -42,7 +42,7 @@ impl FlowProj {
     /// Applies the projection; `main` is the frozen map of the same place.
     pub fn forward(&self, x: &Tensor, main: &Linear) -> Tensor {
         match self {
-            FlowProj::Lora(lora) => main.forward(x) + lora.delta(x),
+            FlowProj::Lora(lora) => lora.add_to(&main.forward(x), x),
             FlowProj::Full(own) => own.forward(x),
         }
     }
@@ -90,10 +90,14 @@ impl ModulationHeads {
     pub fn forward(&self, c: &Tensor) -> Tensor {
         let mut lead = c.size();
         let ts = lead.pop().expect("[.., ts]");
-        let l = self.w0.size()[0];
-        let flat = c.reshape([1, -1, ts]);
-        let h = (flat.matmul(&self.w0.transpose(1, 2)) + self.b0.unsqueeze(1)).silu();
-        let out = h.matmul(&self.w2.transpose(1, 2)) + (&self.b2 + &self.gamma).unsqueeze(1);
+        let (l, hidden) = (self.w0.size()[0], self.w0.size()[1]);
+        // Every layer's first linear reads the same `c`: one matmul over the stacked rows
+        // (a broadcast batched matmul would copy `c` per layer and sum its gradient back).
+        let stacked = self.w0.reshape([l * hidden, ts]);
+        let h = c.reshape([-1, ts]).linear(&stacked, Some(&self.b0.reshape([-1]))).silu();
+        let h = h.view([-1, l, hidden]).transpose(0, 1);
+        // The biases enter as the matmul's accumulator, not as a pass of their own.
+        let out = (&self.b2 + &self.gamma).unsqueeze(1).baddbmm(&h, &self.w2.transpose(1, 2), 1, 1);
         let mut shape = vec![l];
         shape.extend(lead);
         shape.push(-1);
@@ -341,11 +345,7 @@ impl L2d {
     fn c(&self, t: &Tensor, label: Option<&Tensor>) -> Result<Tensor> {
         let c = self.timestep.forward(&self.timestep_features(t).to_kind(self.kind()));
         match (&self.guidance, label) {
-            (Some(g), Some(label)) => {
-                let no_label = self.shape.num_classes;
-                let idx = label.where_scalarother(&label.ge(0), no_label);
-                Ok(c + Tensor::embedding(g, &idx, -1, false, false))
-            }
+            (Some(g), Some(label)) => Ok(c + Tensor::embedding(g, &self.guidance_index(label), -1, false, false)),
             (Some(g), None) => Ok(c + g.get(self.shape.num_classes)),
             (None, Some(_)) => crate::bail_usage!(
                 "a guidance class was given but this L2D checkpoint has no guidance embedding (l2d.num_classes = 0)"
@@ -354,11 +354,34 @@ impl L2d {
         }
     }
 
+    /// The guidance-embedding row of each label (`[..]`, -1 = no label).
+    fn guidance_index(&self, label: &Tensor) -> Tensor {
+        label.where_scalarother(&label.ge(0), self.shape.num_classes)
+    }
+
+    /// `head(c(0))` for `label` (as [`L2d::c`] takes it), broadcastable to `[.., d]`:
+    /// `c(0)` is the same at every position, so it is evaluated once per
+    /// guidance row instead of once per position.
+    fn gate_head_at_zero(&self, device: tch::Device, label: Option<&Tensor>) -> Tensor {
+        let zero = Tensor::zeros([1], (Kind::Float, device));
+        let c_0 = self.timestep.forward(&self.timestep_features(&zero).to_kind(self.kind()));
+        let Some(g) = &self.guidance else {
+            return self.gate_head.forward(&c_0);
+        };
+        let per_row = self.gate_head.forward(&(c_0 + g));
+        match label {
+            Some(label) => Tensor::embedding(&per_row, &self.guidance_index(label), -1, false, false),
+            None => per_row.get(self.shape.num_classes),
+        }
+    }
+
     /// Modulations of every layer and the final gate at times `t` `[..]`.
     pub fn condition(&self, t: &Tensor, label: Option<&Tensor>) -> Result<Conditioning> {
         let c_t = self.c(t, label)?;
-        let c_0 = self.c(&t.zeros_like(), label)?;
-        let gate = self.gate_head.forward(&c_t) - self.gate_head.forward(&c_0);
+        let gate = self.gate_head.forward(&c_t) - self.gate_head_at_zero(t.device(), label);
+        // A one-row head(c(0)) may round differently from the batched head(c(t))
+        // rows, so the gate is set to its exact value, zero, at t = 0 (spec §4).
+        let gate = gate.masked_fill(&t.eq(0.0).unsqueeze(-1), 0.0);
         let layers = self.modulation.forward(&c_t).unbind(0).iter().map(|m| m.chunk(6, -1)).collect();
         Ok(Conditioning { layers, gate })
     }

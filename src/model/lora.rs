@@ -26,9 +26,17 @@ pub struct Lora {
 }
 
 impl Lora {
-    /// The update's output for `x` `[.., in]`: `scale · B(A x)`.
-    pub fn delta(&self, x: &Tensor) -> Tensor {
-        x.linear::<Tensor>(&self.a, None).linear::<Tensor>(&self.b, None) * self.scale
+    /// `y + scale · B(A x)` for `x` `[.., in]` and the frozen map's output `y` `[.., out]`.
+    ///
+    /// The scale multiplies the rank-wide intermediate instead of the output
+    /// (rank/out as many elements; none at all when alpha = rank, the L2D
+    /// default), and the sum is taken inside the second matmul: no extra pass over `y`.
+    pub fn add_to(&self, y: &Tensor, x: &Tensor) -> Tensor {
+        let low = x.linear::<Tensor>(&self.a, None);
+        let low = if self.scale == 1.0 { low } else { low * self.scale };
+        let shape = y.size();
+        let (out, rank) = (shape[shape.len() - 1], self.a.size()[0]);
+        y.reshape([-1, out]).addmm(&low.reshape([-1, rank]), &self.b.tr()).view(shape.as_slice())
     }
 
     /// The update as one dense `[out, in]` matrix, to merge into the frozen weight.
@@ -285,8 +293,8 @@ impl LayerAdapters<'_> {
     /// adapter (PEFT: `y + scale·B(A(dropout(x)))`, one dropout mask per adapter).
     pub fn add(&self, target: Target, x: &Tensor, y: Tensor) -> Tensor {
         match &self.slots[target as usize] {
-            Some(lora) if self.dropout > 0.0 => y + lora.delta(&x.dropout(self.dropout, true)),
-            Some(lora) => y + lora.delta(x),
+            Some(lora) if self.dropout > 0.0 => lora.add_to(&y, &x.dropout(self.dropout, true)),
+            Some(lora) => lora.add_to(&y, x),
             None => y,
         }
     }
