@@ -16,10 +16,13 @@ out="${L2D_DEMO_DIR:-runs/demo}"
 rm -rf "$out"
 # The configs name runs/demo; these point them at $out instead.
 paths=(--set data.train="$out/task/train.jsonl" --set data.valid="$out/task/valid.jsonl" --set data.out="$out/data")
+# One intra-op thread: the tiny model gains little from a second one, and a
+# fixed thread count makes every stage bit-reproducible on a given CPU.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 SECONDS=0
 
 echo "== 1. the bundled task and a tiny random model (l2d init)"
-$l2d init --task modsum --seed 0 --out "$out/task"
+$l2d init --task modsum --seed 0 --test 1000 --out "$out/task"
 $l2d init --arch qwen2 --preset tiny --seed 0 --out "$out/model"
 
 echo "== 2. chat data to training shards (l2d prepare)"

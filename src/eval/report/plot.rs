@@ -268,6 +268,9 @@ fn draw_series<DB: DrawingBackend>(
     Ok(())
 }
 
+/// The narrowest accuracy axis drawn.
+const MIN_Y_SPAN: f64 = 0.1;
+
 /// x from a little left of 0 (the base LM sits on 0) past the largest cost; y around
 /// every interval, kept inside [0, 1] when the values are.
 fn axis_ranges(chart: &Chart) -> (Range<f64>, Range<f64>) {
@@ -277,8 +280,17 @@ fn axis_ranges(chart: &Chart) -> (Range<f64>, Range<f64>) {
     let lo = points().map(|p| p.ci95[0].min(p.y)).fold(f64::INFINITY, f64::min);
     let hi = points().map(|p| p.ci95[1].max(p.y)).fold(f64::NEG_INFINITY, f64::max);
     let pad = ((hi - lo) * 0.08).max(0.02);
-    let y0 = if lo >= 0.0 { (lo - pad).max(0.0) } else { lo - pad };
-    let y1 = if hi <= 1.0 { (hi + pad).min(1.0) } else { hi + pad };
+    let mut y0 = if lo >= 0.0 { (lo - pad).max(0.0) } else { lo - pad };
+    let mut y1 = if hi <= 1.0 { (hi + pad).min(1.0) } else { hi + pad };
+    // Equal accuracies everywhere (e.g. all 1.0) would leave a sliver of an axis
+    // whose two-decimal labels repeat; widen it away from the [0, 1] bound it touches.
+    if y1 - y0 < MIN_Y_SPAN {
+        if y1 >= 1.0 {
+            y0 = y1 - MIN_Y_SPAN;
+        } else {
+            y1 = y0 + MIN_Y_SPAN;
+        }
+    }
     (-0.04 * x_span..1.08 * x_span, y0..y1)
 }
 
@@ -291,4 +303,25 @@ fn encode_png(rgb: &[u8], (width, height): (u32, u32)) -> Result<Vec<u8>> {
     writer.write_image_data(rgb)?;
     writer.finish()?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chart(ys: &[f64]) -> Chart {
+        let points = ys.iter().enumerate().map(|(i, &y)| Point { x: i as f64, y, ci95: [y, y] }).collect();
+        let series = vec![Series { label: "s".into(), style: Style::FixedGrid, points }];
+        Chart { title: "t".into(), y_label: "accuracy".into(), series }
+    }
+
+    #[test]
+    fn equal_accuracies_get_a_readable_axis_inside_0_1() {
+        let (_, y) = axis_ranges(&chart(&[1.0, 1.0]));
+        assert!((y.end - 1.0).abs() < 1e-12 && (y.start - 0.9).abs() < 1e-12, "{y:?}");
+        let (_, y) = axis_ranges(&chart(&[0.0, 0.0]));
+        assert!(y.start == 0.0 && (y.end - 0.1).abs() < 1e-12, "{y:?}");
+        let (_, y) = axis_ranges(&chart(&[0.2, 0.6]));
+        assert!(y.start < 0.2 && y.end > 0.6 && y.end - y.start < 0.5, "{y:?}");
+    }
 }
