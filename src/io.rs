@@ -3,12 +3,17 @@
 use anyhow::{Context, Result};
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` through a temporary sibling file, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_dir(path);
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+    // tempfile's default 0600 would make every output private; 0666 less the
+    // umask is what fs::write gives.
+    let mut tmp = tempfile::Builder::new()
+        .permissions(fs::Permissions::from_mode(0o666))
+        .tempfile_in(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
@@ -95,5 +100,20 @@ fn parent_dir(path: &Path) -> PathBuf {
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_get_the_permissions_of_a_plain_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (atomic, plain) = (dir.path().join("atomic.json"), dir.path().join("plain.json"));
+        write_atomic(&atomic, b"{}").unwrap();
+        fs::write(&plain, b"{}").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&atomic), mode(&plain));
     }
 }

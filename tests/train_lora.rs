@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
@@ -23,25 +23,6 @@ const PROBE: [i64; 6] = [3, 17, 42, 99, 7, 250];
 
 fn lora_config(dropout: f64) -> LoraConfig {
     LoraConfig { rank: RANK, alpha: ALPHA, dropout, target_modules: TARGETS.iter().map(|s| s.to_string()).collect() }
-}
-
-/// Chat conversations prepared for `model` (a quarter held out for validation).
-fn prepared(name: &str, model: &Path) -> PathBuf {
-    let dir = scratch(name);
-    let chat = dir.join("chat.jsonl");
-    let text: String = (0..24)
-        .map(|i| {
-            let user = format!("How many apples are in basket {i} if Tom adds {}?", i % 5);
-            let answer = format!("Basket {i} holds {} apples after Tom adds some.", 3 * i + 1);
-            let rec = serde_json::json!({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]});
-            format!("{rec}\n")
-        })
-        .collect();
-    std::fs::write(&chat, text).unwrap();
-    let shards = dir.join("shards");
-    let (m, s, c) = (model.to_str().unwrap(), shards.to_str().unwrap(), chat.to_str().unwrap());
-    ok(l2d(&["prepare", "--model", m, "--out", s, "--input", c, "--set", "data.valid_fraction=0.25"]));
-    shards
 }
 
 /// `l2d train` on the tiny full-finetuning config with `extra` overrides.

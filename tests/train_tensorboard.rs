@@ -4,31 +4,11 @@
 mod common;
 use common::*;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// Tag -> (step, value) series; values as f32, what TensorBoard's `simple_value` holds.
 type Series = BTreeMap<String, Vec<(i64, f32)>>;
-
-/// Chat conversations prepared for `model`, a quarter held out for validation.
-fn prepared(name: &str, model: &Path) -> PathBuf {
-    let dir = scratch(name);
-    let chat = dir.join("chat.jsonl");
-    let text: String = (0..24)
-        .map(|i| {
-            let rec = serde_json::json!({"messages": [
-                {"role": "user", "content": format!("What is {i} plus {}?", i % 7)},
-                {"role": "assistant", "content": format!("{i} plus {} is {}.", i % 7, i + i % 7)},
-            ]});
-            format!("{rec}\n")
-        })
-        .collect();
-    std::fs::write(&chat, text).unwrap();
-    let shards = dir.join("shards");
-    let (m, s, c) = (model.to_str().unwrap(), shards.to_str().unwrap(), chat.to_str().unwrap());
-    ok(l2d(&["prepare", "--model", m, "--out", s, "--input", c, "--set", "data.valid_fraction=0.25"]));
-    shards
-}
 
 fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) {
     let cfg = format!("{}/configs/tiny-l2d-lora.toml", env!("CARGO_MANIFEST_DIR"));

@@ -165,3 +165,22 @@ pub fn loss_log(out: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// 24 chat conversations prepared (`l2d prepare`) for `model`, a quarter held out for validation.
+pub fn prepared(name: &str, model: &Path) -> PathBuf {
+    let dir = scratch(name);
+    let chat = dir.join("chat.jsonl");
+    let text: String = (0..24)
+        .map(|i| {
+            let user = format!("How many apples are in basket {i} if Tom adds {}?", i % 5);
+            let answer = format!("Basket {i} holds {} apples after Tom adds some.", 3 * i + 1);
+            let rec = serde_json::json!({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]});
+            format!("{rec}\n")
+        })
+        .collect();
+    std::fs::write(&chat, text).unwrap();
+    let shards = dir.join("shards");
+    let (m, s, c) = (model.to_str().unwrap(), shards.to_str().unwrap(), chat.to_str().unwrap());
+    ok(l2d(&["prepare", "--model", m, "--out", s, "--input", c, "--set", "data.valid_fraction=0.25"]));
+    shards
+}
