@@ -9,7 +9,6 @@
 mod corpus;
 mod files;
 mod lexicon;
-mod rng;
 mod task;
 mod templates;
 mod tokenizer;

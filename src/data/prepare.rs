@@ -38,6 +38,7 @@ use super::shards::{
 use super::tokenizer::Tokenizer;
 use crate::config::Config;
 use crate::error::usage;
+use crate::rng::SplitMix64;
 
 /// The date Llama 3 templates print as "Today Date" in prepared data (26 Jul 2024).
 pub const TEMPLATE_DATE: (i32, u32, u32) = (2024, 7, 26);
@@ -1276,8 +1277,8 @@ fn finish(
         );
     }
     let (train_convs, valid_convs) = (count_conversations(&train), count_conversations(&valid));
-    shuffle(&mut train, Rng::new(cfg.data.seed, STREAM_TRAIN));
-    shuffle(&mut valid, Rng::new(cfg.data.seed, STREAM_VALID));
+    shuffle(&mut train, shuffle_rng(cfg.data.seed, STREAM_TRAIN));
+    shuffle(&mut valid, shuffle_rng(cfg.data.seed, STREAM_VALID));
 
     let spill_file =
         File::open(&spill_path).with_context(|| format!("cannot open {}", spill_path.display()))?;
@@ -1349,7 +1350,7 @@ fn split_by_conversation(
         n_valid = n_valid.clamp(1, n - 1);
     }
     let mut order: Vec<u32> = (0..n as u32).collect();
-    shuffle(&mut order, Rng::new(seed, STREAM_SPLIT));
+    shuffle(&mut order, shuffle_rng(seed, STREAM_SPLIT));
     let mut is_valid = vec![false; n];
     for &c in &order[..n_valid.min(n)] {
         is_valid[c as usize] = true;
@@ -1511,32 +1512,15 @@ impl ShardWriter {
 
 // ---------------------------------------------------------------- shuffling
 
-/// SplitMix64: a small, fully specified generator, so the shuffle never changes with a crate update.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, stream: u64) -> Self {
-        let mut r = Rng(seed ^ stream.wrapping_mul(0xD6E8_FEB8_6659_FD93));
-        r.next();
-        r
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (multiply-shift; the bias is below 2^-32 for any realistic `n`).
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next() as u128 * n as u128) >> 64) as usize
-    }
+/// The shuffle's generator: one stream per `stream` id from the same seed.
+fn shuffle_rng(seed: u64, stream: u64) -> SplitMix64 {
+    let mut r = SplitMix64::new(seed ^ stream.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    r.next_u64();
+    r
 }
 
 /// Fisher-Yates.
-fn shuffle<T>(items: &mut [T], mut rng: Rng) {
+fn shuffle<T>(items: &mut [T], mut rng: SplitMix64) {
     for i in (1..items.len()).rev() {
         let j = rng.below(i + 1);
         items.swap(i, j);
@@ -1582,12 +1566,12 @@ mod tests {
     #[test]
     fn shuffle_is_a_fixed_permutation() {
         let mut a: Vec<u32> = (0..10).collect();
-        shuffle(&mut a, Rng::new(0, 1));
+        shuffle(&mut a, shuffle_rng(0, 1));
         let mut sorted = a.clone();
         sorted.sort();
         assert_eq!(sorted, (0..10).collect::<Vec<_>>());
         let mut b: Vec<u32> = (0..10).collect();
-        shuffle(&mut b, Rng::new(0, 1));
+        shuffle(&mut b, shuffle_rng(0, 1));
         assert_eq!(a, b);
     }
 

@@ -5,7 +5,7 @@
 //! text the demo later trains on (arithmetic word problems in chat form).
 
 use super::lexicon::{self, words};
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 use std::fmt::Write;
 
 /// Stop generating once the text is this long: big enough to fill a 4096-token

@@ -16,7 +16,7 @@ use serde_json::json;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// A bundled task `l2d init --task` can generate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Random weights with Hugging Face tensor names, serialised as safetensors.
 
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 use super::{Arch, Shape};
 use anyhow::{Context, Result};
 use std::path::Path;

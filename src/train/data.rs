@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::data::pretokenized;
 use crate::data::shards::Split;
+use crate::rng::SplitMix64;
 
 /// One sequence with its labels (-100 = no loss) and guidance class (-1 = none).
 #[derive(Debug, Clone)]
@@ -132,17 +133,10 @@ impl BatchPlan {
 
 /// A seeded Fisher–Yates permutation of `0..n` (splitmix64), the same on every platform.
 pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = SplitMix64::new(seed);
     let mut v: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         v.swap(i, j);
     }
     v

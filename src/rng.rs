@@ -1,10 +1,13 @@
-//! A tiny seeded generator, so that output bytes depend on the seed alone and
-//! not on the libtorch version, device or thread count.
+//! The one seeded generator of l2d's own randomness (weights of `l2d init`,
+//! task items, data shuffles, batch order, bootstrap resamples): fully
+//! specified, so output bytes depend on the seed alone, not on a crate's or
+//! libtorch's version, the device or the thread count.
 
-/// SplitMix64: one `u64` of state, full period, good enough for initialisation.
+/// SplitMix64: one `u64` of state, full period.
 pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// The generator whose first output mixes `seed`.
     pub(crate) fn new(seed: u64) -> Self {
         Self(seed)
     }
@@ -15,12 +18,18 @@ impl SplitMix64 {
         Self(mixer.next_u64())
     }
 
+    /// The next 64 random bits.
     pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` by multiply-shift (bias below 2^-32 for any realistic `n`).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
 
     /// Uniform in `[0, 1)` with 53 bits of precision.
