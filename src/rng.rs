@@ -37,7 +37,7 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Uniform in `lo..=hi`; the tiny modulo bias is irrelevant for corpus text.
+    /// Uniform in `lo..=hi` by modulo (bias about (hi - lo + 1) / 2^64).
     pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next_u64() % (hi - lo + 1)
     }

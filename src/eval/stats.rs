@@ -62,10 +62,10 @@ fn mean(xs: &[f64]) -> f64 {
 pub fn bootstrap_ci(scores: &[f64], resamples: usize, seed: u64) -> [f64; 2] {
     let mut rng = SplitMix64::new(seed);
     let n = scores.len();
-    // Modulo, not multiply-shift: the intervals in existing reports stay reproducible.
-    let mut draw = || (rng.next_u64() % n as u64) as usize;
-    let mut means: Vec<f64> =
-        (0..resamples).map(|_| (0..n).map(|_| scores[draw()]).sum::<f64>() / n as f64).collect();
+    // `range` (modulo), not `below` (multiply-shift): the intervals in existing reports stay reproducible.
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| (0..n).map(|_| scores[rng.range(0, n as u64 - 1) as usize]).sum::<f64>() / n as f64)
+        .collect();
     means.sort_by(f64::total_cmp);
     let at = |q: f64| means[((q * resamples as f64).floor() as usize).min(resamples - 1)];
     [at(0.025), at(0.975)]

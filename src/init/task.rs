@@ -166,6 +166,6 @@ fn write_jsonl(
     items: &[Item],
     record: fn(&Item) -> serde_json::Value,
 ) -> Result<()> {
-    let text: String = items.iter().map(|i| format!("{}\n", record(i))).collect();
-    super::write(dir, name, text.as_bytes())
+    let records: Vec<serde_json::Value> = items.iter().map(record).collect();
+    super::write(dir, name, &crate::io::json_lines(&records)?)
 }

@@ -34,10 +34,11 @@ struct Spec {
 
 /// Writes the complete `model.safetensors` file for `arch` and `shape` to `path`.
 pub(crate) fn write_safetensors(path: &Path, arch: Arch, shape: &Shape, seed: u64) -> Result<()> {
+    let std = init_std(shape.hidden);
     let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = specs(arch, shape)
         .into_iter()
         .map(|s| {
-            let bytes = values(&s, init_std(shape.hidden), seed)
+            let bytes = values(&s, std, seed)
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect();

@@ -136,7 +136,7 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut rng = SplitMix64::new(seed);
     let mut v: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        let j = rng.range(0, i as u64) as usize;
         v.swap(i, j);
     }
     v
