@@ -9,7 +9,7 @@ use anyhow::Result;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
-use crate::model::llama::{attend, Linear};
+use crate::model::llama::{attend, InputMajorLinear, Linear};
 use crate::model::lora::Lora;
 use crate::model::{KvCache, Llama, Step};
 pub use params::{Shape, Variant};
@@ -36,6 +36,8 @@ pub enum FlowProj {
     Lora(Lora),
     /// A trainable map of its own.
     Full(Linear),
+    /// Either of the above as one dense map, input-major, for sampling.
+    Merged(InputMajorLinear),
 }
 
 impl FlowProj {
@@ -44,23 +46,25 @@ impl FlowProj {
         match self {
             FlowProj::Lora(lora) => lora.add_to(&main.forward(x), x),
             FlowProj::Full(own) => own.forward(x),
+            FlowProj::Merged(merged) => merged.forward(x),
         }
     }
 
-    /// The same map as one dense matrix `W + scale·B·A` (no gradients): one
-    /// matmul per use instead of three, for sampling.
+    /// The same map as one dense matrix (`W + scale·B·A` for LoRA), without
+    /// gradients: one matmul per use instead of three, for sampling.
     fn merged(&self, main: &Linear) -> FlowProj {
-        match self {
-            FlowProj::Lora(lora) => FlowProj::Full(Linear {
-                // contiguous: a transposed-stride weight would be repacked by BLAS on every call.
-                weight: (&main.weight + lora.dense()).contiguous(),
+        let dense = match self {
+            FlowProj::Lora(lora) => Linear {
+                weight: &main.weight + lora.dense(),
                 bias: main.bias.as_ref().map(|b| b.shallow_clone()),
-            }),
-            FlowProj::Full(own) => FlowProj::Full(Linear {
+            },
+            FlowProj::Full(own) => Linear {
                 weight: own.weight.shallow_clone(),
                 bias: own.bias.as_ref().map(|b| b.shallow_clone()),
-            }),
-        }
+            },
+            FlowProj::Merged(m) => return FlowProj::Merged(m.shallow_clone()),
+        };
+        FlowProj::Merged(InputMajorLinear::from_linear(&dense))
     }
 }
 
@@ -119,12 +123,15 @@ pub struct FlowLayer {
     pub down: FlowProj,
 }
 
-/// Per-layer modulations and the final gate for one evaluation.
+/// Everything of one evaluation that depends only on the times (and label):
+/// per-layer modulations, the final gate, the input rescale.
 pub struct Conditioning {
     /// Per layer `[gamma_in + w1, s1, g1, gamma_post + w2, s2, g2]`, each `[.., d]`.
     pub layers: Vec<Vec<Tensor>>,
     /// `wd(t) = head(c(t)) - head(c(0))`, `[.., d]`.
     pub gate: Tensor,
+    /// `std(t)` of `x_t` (f32), `[.., 1]`, which the encoder's input is divided by.
+    pub input_std: Tensor,
 }
 
 /// A trained or fresh diffusion path for one base model.
@@ -151,6 +158,9 @@ pub struct L2d {
     pub layers: Vec<FlowLayer>,
     /// The per-layer modulation heads, stacked.
     pub modulation: ModulationHeads,
+    /// The base model's LM head input-major, in sampling copies (it is the
+    /// largest matrix of every evaluation).
+    sampling_head: Option<InputMajorLinear>,
 }
 
 impl L2d {
@@ -241,6 +251,8 @@ impl L2d {
         let params = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
         let mut copy = Self::assemble(model, self.shape.clone(), self.sigma, params);
         copy.layers = layers;
+        let head = Linear { weight: model.lm_head.shallow_clone(), bias: None };
+        copy.sampling_head = Some(InputMajorLinear::from_linear(&head));
         copy
     }
 
@@ -302,6 +314,7 @@ impl L2d {
             shape,
             sigma,
             params,
+            sampling_head: None,
         }
     }
 
@@ -383,16 +396,15 @@ impl L2d {
         // rows, so the gate is set to its exact value, zero, at t = 0 (spec §4).
         let gate = gate.masked_fill(&t.eq(0.0).unsqueeze(-1), 0.0);
         let layers = self.modulation.forward(&c_t).unbind(0).iter().map(|m| m.chunk(6, -1)).collect();
-        Ok(Conditioning { layers, gate })
+        let t = t.to_kind(Kind::Float).unsqueeze(-1);
+        let std = ((-&t + 1.0).square() * (self.sigma * self.sigma) + t.square()).sqrt();
+        Ok(Conditioning { layers, gate, input_std: std })
     }
 
-    /// The diffusion stream's first hidden state from `x_t` `[.., D]` at `t` `[..]`,
-    /// computed in f32 (`x_t / std(t)`, then the encoder MLP).
-    pub fn encode(&self, x_t: &Tensor, t: &Tensor, kind: Kind) -> Tensor {
-        let t = t.to_kind(Kind::Float).unsqueeze(-1);
-        let s2 = self.sigma * self.sigma;
-        let std = ((-&t + 1.0).square() * s2 + t.square()).sqrt();
-        self.encoder.forward(&(x_t.to_kind(Kind::Float) / std)).to_kind(kind)
+    /// The diffusion stream's first hidden state from `x_t` `[.., D]`, computed
+    /// in f32 (`x_t / std(t)`, then the encoder MLP).
+    pub fn encode(&self, x_t: &Tensor, cond: &Conditioning, kind: Kind) -> Tensor {
+        self.encoder.forward(&(x_t.to_kind(Kind::Float) / &cond.input_std)).to_kind(kind)
     }
 
     /// Runs the diffusion stream `h` `[B, T, d]` through every layer beside the main
@@ -429,25 +441,27 @@ impl L2d {
         cache: &KvCache,
     ) -> Result<Tensor> {
         let cond = self.condition(t, label)?;
-        Ok(self.logits_conditioned(model, main_hidden, x_t, t, &cond, step, cache))
+        Ok(self.logits_conditioned(model, main_hidden, x_t, &cond, step, cache))
     }
 
     /// [`L2d::logits`] with the conditioning of `t` already computed (the sampler
     /// reuses it: every token visits the same grid of times).
-    #[allow(clippy::too_many_arguments)]
     pub fn logits_conditioned(
         &self,
         model: &Llama,
         main_hidden: &Tensor,
         x_t: &Tensor,
-        t: &Tensor,
         cond: &Conditioning,
         step: &Step,
         cache: &KvCache,
     ) -> Tensor {
-        let h0 = self.encode(x_t, t, model.kind());
+        let h0 = self.encode(x_t, cond, model.kind());
         let flow = self.stream(model, h0, cond, step, cache);
-        model.logits(&(main_hidden + &cond.gate * flow))
+        let h = main_hidden + &cond.gate * flow;
+        match &self.sampling_head {
+            Some(head) => head.forward(&model.norm.forward(&h)),
+            None => model.logits(&h),
+        }
     }
 
     /// The dtype the diffusion path computes in.
