@@ -1,5 +1,6 @@
 //! Prefill and decode throughput of the base LM and of L2D (midpoint, 8 levels
-//! = 15 diffusion-path evaluations per token, a randomly perturbed LoRA path):
+//! = 15 diffusion-path evaluations per token, a randomly perturbed LoRA path;
+//! `l2d+g`: with classifier-free guidance, 29 per token):
 //! `cargo bench --bench generate -- MODEL_DIR`.
 //!
 //! 64-token prompts, 32 new tokens (greedy, eos ignored); median of 5 runs (3
@@ -47,20 +48,24 @@ fn main() -> anyhow::Result<()> {
         let (p, d) = measure(&model, &opts, batch, RUNS, &mut || Box::new(BaseLm))?;
         println!("{:>6} {batch:>6} {p:>18.1} {d:>18.1}", "base");
     }
-    let cfg = L2dConfig::default();
-    tch::manual_seed(0);
-    let l2d = L2d::init(&model, Shape::from_config(&cfg)?, cfg.sigma)?;
-    tch::no_grad(|| {
-        for (_, p) in &l2d.params {
-            let mut p = p.shallow_clone();
-            let _ = p.g_add_(&(Tensor::randn_like(&p) * 0.02));
+    let plain = L2dConfig::default();
+    // Classifier-free guidance (weight 2): two evaluations per velocity, 29 per token.
+    let guided = L2dConfig { num_classes: 2, guidance_class: Some(1), guidance_weight: 2.0, ..L2dConfig::default() };
+    for (name, cfg) in [("l2d", plain), ("l2d+g", guided)] {
+        tch::manual_seed(0);
+        let l2d = L2d::init(&model, Shape::from_config(&cfg)?, cfg.sigma)?;
+        tch::no_grad(|| {
+            for (_, p) in &l2d.params {
+                let mut p = p.shallow_clone();
+                let _ = p.g_add_(&(Tensor::randn_like(&p) * 0.02));
+            }
+        });
+        let sampler = SamplerOptions::from_config(&cfg)?;
+        for &batch in &batches {
+            let mut make = || -> Box<dyn NextTokenLogits + '_> { Box::new(L2dHead::new(&model, &l2d, sampler.clone()).unwrap()) };
+            let (p, d) = measure(&model, &opts, batch, 3, &mut make)?;
+            println!("{name:>6} {batch:>6} {p:>18.1} {d:>18.1}");
         }
-    });
-    let sampler = SamplerOptions::from_config(&cfg)?;
-    for &batch in &batches {
-        let mut make = || -> Box<dyn NextTokenLogits + '_> { Box::new(L2dHead::new(&model, &l2d, sampler.clone()).unwrap()) };
-        let (p, d) = measure(&model, &opts, batch, 3, &mut make)?;
-        println!("{:>6} {batch:>6} {p:>18.1} {d:>18.1}", "l2d");
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use l2d::l2d::checkpoint;
 use l2d::l2d::sampler::{L2dHead, SamplerOptions};
-use l2d::l2d::L2d;
+use l2d::l2d::{main_path, L2d, TokenBatch};
 use l2d::model::Llama;
 use l2d::sampling::{generate, GenerateOptions, NextTokenLogits, TokenSampler};
 
@@ -77,7 +77,7 @@ fn l2d_batch_with_padding_equals_one_by_one() {
     let base = tiny_model("llama");
     let model = Llama::load(&base, Device::Cpu, Kind::Float).unwrap();
     tch::manual_seed(3);
-    let l2d = L2d::init(&model, shape(0), 64.0).unwrap();
+    let l2d = L2d::init(&model, shape(3), 64.0).unwrap();
     tch::no_grad(|| {
         for (_, p) in &l2d.params {
             let mut p = p.shallow_clone();
@@ -98,12 +98,72 @@ fn l2d_batch_with_padding_equals_one_by_one() {
     l2d_sigma0.sigma = 0.0; // x0 = 0 makes every row's ODE independent of the noise draw
     let a: Vec<i64> = vec![5, 9, 30, 41, 7, 2, 99];
     let b: Vec<i64> = vec![12, 4];
-    let mut head = L2dHead::new(&model, &l2d_sigma0, SamplerOptions::from_config(&cfg).unwrap()).unwrap();
-    let batch = generate(&model, None, &mut head, &[a.clone(), b.clone()], &opts, &mut |_, _| {}).unwrap();
-    assert_eq!(head.evals_per_token(), 15.0);
-    for (i, p) in [a, b].into_iter().enumerate() {
+    // Without guidance, and with it (the padded rows' mask repeated for the unconditional half).
+    for (guidance, nfe) in [(None, 15.0), (Some(1), 29.0)] {
+        (cfg.guidance_class, cfg.guidance_weight) = (guidance, 2.0);
         let mut head = L2dHead::new(&model, &l2d_sigma0, SamplerOptions::from_config(&cfg).unwrap()).unwrap();
-        let alone = generate(&model, None, &mut head, &[p.clone()], &opts, &mut |_, _| {}).unwrap();
-        assert_eq!(batch[i].token_ids, alone[0].token_ids, "row {i}");
+        let batch = generate(&model, None, &mut head, &[a.clone(), b.clone()], &opts, &mut |_, _| {}).unwrap();
+        assert_eq!(head.evals_per_token(), nfe);
+        for (i, p) in [&a, &b].into_iter().enumerate() {
+            let mut head = L2dHead::new(&model, &l2d_sigma0, SamplerOptions::from_config(&cfg).unwrap()).unwrap();
+            let alone = generate(&model, None, &mut head, &[p.clone()], &opts, &mut |_, _| {}).unwrap();
+            assert_eq!(batch[i].token_ids, alone[0].token_ids, "row {i}, guidance {guidance:?}");
+        }
     }
+}
+
+/// Guidance evaluates its conditional and unconditional rows as one batch.
+/// Algorithm 1 written out here with two separate evaluations per velocity,
+/// through the training-time forward (`L2d::logits`, LoRA not merged), gives
+/// the same next-token logits from the same noise.
+#[test]
+fn batched_guidance_equals_two_separate_evaluations() {
+    let model = Llama::load(&tiny_model("llama"), Device::Cpu, Kind::Float).unwrap();
+    tch::manual_seed(5);
+    let l2d = L2d::init(&model, shape(3), 64.0).unwrap();
+    tch::no_grad(|| {
+        for (name, p) in &l2d.params {
+            // A strong label embedding and final gate, so that swapping the two halves would show.
+            let strong = name.contains("data_label_embedder") || name.starts_with("model.modulation_head");
+            let scale = if strong { 1.0 } else { 0.05 };
+            let _ = p.shallow_clone().g_add_(&(Tensor::randn_like(p) * scale));
+        }
+    });
+    let (class, w) = (1, 2.5);
+    let mut cfg = l2d::config::L2dConfig::default();
+    (cfg.steps, cfg.x1_estimate, cfg.guidance_class, cfg.guidance_weight) = (3, "average".into(), Some(class), w);
+    let rows: Vec<i64> = vec![5, 9, 30, 41, 7, 2, 12, 4, 77, 3, 8, 60];
+    let batch = TokenBatch::from_sequences(&[(&rows[..6], &rows[..6]), (&rows[6..], &rows[6..])], Device::Cpu);
+    let (hidden, step, cache) = main_path(&model, &batch);
+    let last = hidden.narrow(1, 5, 1);
+    let mut head = L2dHead::new(&model, &l2d, SamplerOptions::from_config(&cfg).unwrap()).unwrap();
+    tch::manual_seed(11);
+    let got = tch::no_grad(|| head.logits(&model, &last, &cache, &step)).unwrap();
+    assert_eq!(head.evals_per_token(), 9.0, "2 steps x 2 stages x 2 labels + 1");
+
+    let _guard = tch::no_grad_guard();
+    tch::manual_seed(11);
+    let mut x = Tensor::randn([2, l2d.shape.flow_dim], (Kind::Double, Device::Cpu)) * 64.0;
+    let rep = l2d.rep(&model, &Tensor::arange(model.config.vocab_size, (Kind::Int64, Device::Cpu))).to_kind(Kind::Double);
+    let last_step = step.last();
+    let logits_at = |x: &Tensor, t: f64, label: Option<i64>| {
+        let labels = label.map(|c| Tensor::full([2, 1], c, (Kind::Int64, Device::Cpu)));
+        let t = Tensor::full([2, 1], t, (Kind::Float, Device::Cpu));
+        let x = x.to_kind(Kind::Float).unsqueeze(1);
+        l2d.logits(&model, &last, &x, &t, labels.as_ref(), &last_step, &cache).unwrap().squeeze_dim(1)
+    };
+    let velocity = |x: &Tensor, t: f64| {
+        let v = |label| (logits_at(x, t, label).softmax(-1, Kind::Double).matmul(&rep) - x) / (1.0 - t);
+        v(Some(class)) * w + v(None) * (1.0 - w)
+    };
+    let label_effect = (logits_at(&x, 0.5, Some(class)) - logits_at(&x, 0.5, None)).abs().max().double_value(&[]);
+    assert!(label_effect > 0.1, "the class changes the logits ({label_effect})");
+    for t0 in [0.0, 0.5] {
+        let mid = &x + velocity(&x, t0) * 0.25;
+        x = &x + velocity(&mid, t0 + 0.25) * 0.5;
+    }
+    let want = logits_at(&x, 1.0, Some(class));
+    let diff = (&got - &want).abs().max().double_value(&[]);
+    assert!(diff < 1e-3, "batched guidance differs from two evaluations by {diff}");
+    assert!(want.abs().max().double_value(&[]) > 0.1, "a meaningful comparison");
 }

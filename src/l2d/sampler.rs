@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use super::{Conditioning, L2d};
 use crate::config::{L2dConfig, X1Schedule};
-use crate::model::{KvCache, Llama, Step};
+use crate::model::{repeat_batch, KvCache, Llama, Step};
 use crate::sampling::generate::NextTokenLogits;
 use crate::sampling::logits::draw;
 use crate::sampling::ode::{self, OdeOptions, Solver};
@@ -83,8 +83,18 @@ impl SamplerOptions {
     }
 }
 
-/// Conditionings by (time bits, label).
-type ConditioningCache = HashMap<(u64, Option<i64>), Rc<Conditioning>>;
+/// The guidance labels of an evaluation's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Labels {
+    /// Every row the same label (`None` = no label): one conditioning, broadcast over the batch.
+    All(Option<i64>),
+    /// Classifier-free guidance in one batch: the first `rows` rows `class`,
+    /// the next `rows` no label.
+    Guided { class: i64, rows: i64 },
+}
+
+/// Conditionings by (time bits, labels).
+type ConditioningCache = HashMap<(u64, Labels), Rc<Conditioning>>;
 
 /// Most conditionings kept: a fixed grid needs 2S of them; adaptive solvers
 /// visit new times at every step, so the cache is cleared when full.
@@ -132,14 +142,21 @@ impl L2dHead {
         })
     }
 
-    /// The conditioning at time `t` for `label`, computed once.
-    fn conditioning(&self, t: f64, label: Option<i64>, device: tch::Device) -> Result<Rc<Conditioning>> {
-        let key = (t.to_bits(), label);
+    /// The conditioning at time `t` for `labels`, computed once.
+    fn conditioning(&self, t: f64, labels: Labels, device: tch::Device) -> Result<Rc<Conditioning>> {
+        let key = (t.to_bits(), labels);
         if let Some(c) = self.conditionings.borrow().get(&key) {
             return Ok(Rc::clone(c));
         }
-        let tt = Tensor::full([1, 1], t, (Kind::Float, device));
-        let lt = label.map(|c| Tensor::full([1, 1], c, (Kind::Int64, device)));
+        let (tt, lt) = match labels {
+            Labels::All(label) => {
+                (Tensor::full([1, 1], t, (Kind::Float, device)), label.map(|c| Tensor::full([1, 1], c, (Kind::Int64, device))))
+            }
+            Labels::Guided { class, rows } => {
+                let lt = Tensor::cat(&[Tensor::full([rows, 1], class, (Kind::Int64, device)), Tensor::full([rows, 1], -1, (Kind::Int64, device))], 0);
+                (Tensor::full([2 * rows, 1], t, (Kind::Float, device)), Some(lt))
+            }
+        };
         let cond = Rc::new(self.l2d.condition(&tt, lt.as_ref())?);
         let mut cache = self.conditionings.borrow_mut();
         if cache.len() >= COND_CACHE {
@@ -177,10 +194,9 @@ struct Eval<'s> {
 }
 
 impl Eval<'_> {
-    /// Logits `[B, V]` at state `x` `[B, D]` and time `t` for `label` (`None` = no label).
-    fn logits(&self, head: &L2dHead, x: &Tensor, t: f64, label: Option<i64>) -> Result<Tensor> {
-        // Every row shares t and the label: one conditioning, broadcast over the batch.
-        let cond = head.conditioning(t, label, x.device())?;
+    /// Logits `[B, V]` at state `x` `[B, D]` and time `t` for the rows' `labels`.
+    fn logits(&self, head: &L2dHead, x: &Tensor, t: f64, labels: Labels) -> Result<Tensor> {
+        let cond = head.conditioning(t, labels, x.device())?;
         let x = x.to_kind(Kind::Float).unsqueeze(1);
         let logits = head.l2d.logits_conditioned(self.model, self.hidden, &x, &cond, self.step, self.cache);
         Ok(logits.squeeze_dim(1))
@@ -192,6 +208,12 @@ impl NextTokenLogits for L2dHead {
         let step = step.last();
         let eval = Eval { model, hidden, step: &step, cache };
         let b = hidden.size()[0];
+        // Guidance evaluates the conditional and unconditional rows as one batch
+        // of 2B: every weight matrix is read once per step instead of twice.
+        let guided = match self.opts.guidance {
+            Some((class, w)) if w != 1.0 => Some((class, w, repeat_batch(hidden, 2), step.repeat_rows(2), cache.repeat_rows(2))),
+            _ => None,
+        };
         // Drawn on the CPU, so that a seed gives the same noise on every device.
         let x0 = Tensor::randn([b, self.l2d.shape.flow_dim], (Kind::Double, tch::Device::Cpu)).to_device(hidden.device())
             * self.l2d.sigma;
@@ -204,17 +226,21 @@ impl NextTokenLogits for L2dHead {
                     return Ok(x.zeros_like());
                 }
                 let tau = this.opts.temperature(t + offset);
-                let v = |label: Option<i64>, calls: &mut usize| -> Result<Tensor> {
-                    *calls += 1;
-                    let logits = eval.logits(this, x, t, label)?;
+                let rows_velocity = |eval: &Eval, x: &Tensor, labels: Labels| -> Result<Tensor> {
+                    let logits = eval.logits(this, x, t, labels)?;
                     Ok((this.x1_hat(&logits, tau) - x) / (1.0 - t))
                 };
-                match this.opts.guidance {
-                    Some((class, w)) if w != 1.0 => {
-                        Ok(v(Some(class), &mut calls)? * w + v(None, &mut calls)? * (1.0 - w))
+                match &guided {
+                    Some((class, w, hidden2, step2, cache2)) => {
+                        calls += 2;
+                        let eval2 = Eval { model, hidden: hidden2, step: step2, cache: cache2 };
+                        let v = rows_velocity(&eval2, &repeat_batch(x, 2), Labels::Guided { class: *class, rows: b })?;
+                        Ok(v.narrow(0, 0, b) * *w + v.narrow(0, b, b) * (1.0 - w))
                     }
-                    Some((class, _)) => v(Some(class), &mut calls),
-                    None => v(None, &mut calls),
+                    None => {
+                        calls += 1;
+                        rows_velocity(&eval, x, Labels::All(this.opts.guidance.map(|(c, _)| c)))
+                    }
                 }
             };
             ode::integrate(&self.opts.ode, &x0, &mut velocity).map_err(|e| match self.opts.ode.solver.is_adaptive() {
@@ -227,7 +253,7 @@ impl NextTokenLogits for L2dHead {
             })?
         };
         let label = self.opts.guidance.map(|(c, _)| c);
-        let logits = eval.logits(self, &x1, 1.0, label)?;
+        let logits = eval.logits(self, &x1, 1.0, Labels::All(label))?;
         self.evals += calls + 1;
         self.tokens += 1;
         Ok(logits)

@@ -89,6 +89,14 @@ impl KvCache {
         KvCache { layers, len: self.len, capacity: self.capacity }
     }
 
+    /// A copy holding every row `n` times (`[n·B, ..]`, see [`super::repeat_batch`]),
+    /// with no room to grow: for evaluations that only read the cache.
+    pub fn repeat_rows(&self, n: i64) -> KvCache {
+        let repeat = |x: &Tensor| super::repeat_batch(&x.narrow(2, 0, self.len), n);
+        let layers = self.layers.iter().map(|l| l.as_ref().map(|(k, v)| (repeat(k), repeat(v)))).collect();
+        KvCache { layers, len: self.len, capacity: None }
+    }
+
     /// Keeps only the rows in `index` (e.g. the unfinished sequences of a batch).
     pub fn select_rows(&mut self, index: &Tensor) {
         for (k, v) in self.layers.iter_mut().flatten() {

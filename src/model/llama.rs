@@ -288,6 +288,19 @@ impl Step {
         };
         Step { positions: self.positions.narrow(1, t - 1, 1), mask, rotation: self.rotation.last() }
     }
+
+    /// The same pass for the batch repeated `n` times (`[n·B, ..]`, see
+    /// [`super::repeat_batch`]): classifier-free guidance evaluates its
+    /// conditional and unconditional rows in one batch.
+    pub fn repeat_rows(&self, n: i64) -> Step {
+        let mask = match &self.mask {
+            AttentionMask::Causal => AttentionMask::Causal,
+            AttentionMask::Full => AttentionMask::Full,
+            AttentionMask::Explicit(m) if m.size()[0] == 1 => AttentionMask::Explicit(m.shallow_clone()),
+            AttentionMask::Explicit(m) => AttentionMask::Explicit(super::repeat_batch(m, n)),
+        };
+        Step { positions: super::repeat_batch(&self.positions, n), mask, rotation: self.rotation.repeat_rows(n) }
+    }
 }
 
 /// A Llama-3 / Qwen2.5 causal LM.

@@ -50,6 +50,12 @@ impl Rotation {
         Rotation { cos: self.cos.narrow(2, t - 1, 1), signed_sin: self.signed_sin.narrow(2, t - 1, 1), half: self.half }
     }
 
+    /// The rotation of every row repeated `n` times along the batch (see [`super::repeat_batch`]).
+    pub fn repeat_rows(&self, n: i64) -> Rotation {
+        let repeat = |x: &Tensor| super::repeat_batch(x, n);
+        Rotation { cos: repeat(&self.cos), signed_sin: repeat(&self.signed_sin), half: self.half }
+    }
+
     /// Rotates `x` `[B, heads, T, head_dim]` (transformers' `x*cos + rotate_half(x)*sin`).
     pub fn apply(&self, x: &Tensor) -> Tensor {
         x * &self.cos + x.roll([self.half], [-1]) * &self.signed_sin
