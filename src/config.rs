@@ -209,6 +209,10 @@ pub struct TrainConfig {
     pub epochs: u64,
     /// Stops after this many optimizer steps, before the epochs run out.
     pub max_steps: Option<u64>,
+    /// Ends the run after this step as if it were the last (checkpoint and
+    /// result written), while the learning-rate schedule still spans the whole
+    /// run: the state of a longer run part-way through it.
+    pub stop_at_step: Option<u64>,
     /// Longest tokenised example, in tokens.
     pub max_seq_len: usize,
     /// Seed of initialisation, shuffling, noise and timesteps.
@@ -241,6 +245,7 @@ impl Default for TrainConfig {
             micro_batch_size: 4,
             epochs: 1,
             max_steps: None,
+            stop_at_step: None,
             max_seq_len: 2048,
             seed: 0,
             eval_every: 500,
@@ -672,6 +677,9 @@ impl Config {
         require(t.epochs >= 1, "train.epochs", || "must be >= 1".into())?;
         require(t.max_steps != Some(0), "train.max_steps", || {
             "must be >= 1 (leave it out for no limit)".into()
+        })?;
+        require(t.stop_at_step != Some(0), "train.stop_at_step", || {
+            "must be >= 1 (leave it out to train to the end)".into()
         })?;
         // One prompt token and one target token at least.
         require(t.max_seq_len >= 2, "train.max_seq_len", || {

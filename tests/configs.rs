@@ -400,6 +400,10 @@ fn out_of_range_values_are_rejected() {
         &["generate.top_p"],
     );
     assert_contains(
+        &usage_error(None, &["train.stop_at_step=0"]),
+        &["train.stop_at_step"],
+    );
+    assert_contains(
         &usage_error(None, &["l2d.guidance_weight=0.5"]),
         &["l2d.guidance_weight"],
     );

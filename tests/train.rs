@@ -246,3 +246,43 @@ fn shards_of_another_tokenizer_are_refused() {
     assert_error(&run(&args), 2, &["tokenizer"]);
     assert!(!out.join("checkpoints").exists(), "nothing was trained");
 }
+
+/// `train.stop_at_step` ends a run part-way through its schedule: the result
+/// equals the longer run's checkpoint at that step, the learning rates are the
+/// longer run's, and resuming without it finishes the longer run exactly.
+#[test]
+fn stop_at_step_is_the_longer_run_part_way() {
+    let model = tiny_model("llama");
+    let d = data("train-stop", 40);
+    let (m, dd) = (model.to_str().unwrap().to_string(), d.to_str().unwrap().to_string());
+    let extra = ["--set", "train.max_steps=8", "--set", "train.save_every=3", "--set", "train.keep_last=4"];
+    let long = scratch("train-stop-long").join("run");
+    ok(run(&train_args(&m, &dd, long.to_str().unwrap(), &extra)));
+
+    let short = scratch("train-stop-short").join("run");
+    let mut args = train_args(&m, &dd, short.to_str().unwrap(), &extra);
+    args.extend(["--set".to_string(), "train.stop_at_step=3".to_string()]);
+    ok(run(&args));
+    assert!(short.join("l2d/l2d.safetensors").exists(), "the result is written at the stop");
+    let result = tensors(&short.join("checkpoints/step-00000003/trainable.safetensors"));
+    let part_way = tensors(&long.join("checkpoints/step-00000003/trainable.safetensors"));
+    assert_eq!(result.len(), part_way.len());
+    for ((na, ta), (_, tb)) in result.iter().zip(&part_way) {
+        assert!(ta.equal(tb), "{na} differs from the longer run's step 3");
+    }
+    let lrs = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64())
+            .collect()
+    };
+    assert_eq!(lrs(&short), lrs(&long)[..3].to_vec(), "the 8-step schedule");
+    // Resumed without the stop, it is the longer run.
+    let mut resume = train_args(&m, &dd, short.to_str().unwrap(), &extra);
+    resume.push("--resume".into());
+    ok(run(&resume));
+    let (a, b) = (tensors(&long.join("l2d/l2d.safetensors")), tensors(&short.join("l2d/l2d.safetensors")));
+    for ((na, ta), (_, tb)) in a.iter().zip(&b) {
+        assert!(ta.equal(tb), "{na} differs after resuming");
+    }
+    assert_eq!(loss_log(&long), loss_log(&short));
+}

@@ -52,6 +52,7 @@ pub fn run(args: Args) -> Result<()> {
         "max_tokens_per_step": t.batch_size * t.max_seq_len,
         "epochs": t.epochs,
         "max_steps": t.max_steps,
+        "stop_at_step": t.stop_at_step,
         "lr": t.lr,
         "final_lr": t.final_lr,
         "warmup_steps": t.warmup_steps,

@@ -65,8 +65,8 @@ impl Dist {
 
 /// What is trained.
 pub enum Trainee {
-    /// A diffusion path beside the frozen model.
-    L2d(L2d),
+    /// A diffusion path beside the frozen model (boxed: far larger than the other variants).
+    L2d(Box<L2d>),
     /// Weight-LoRA adapters beside the frozen model.
     Lora(Adapters),
     /// Every weight of the model itself; `masters` are f32 copies when the
@@ -82,7 +82,7 @@ impl Trainee {
     /// adapters, or the model's own weights made trainable.
     pub fn new(mode: Mode, model: &Llama, cfg: &Config) -> Result<Self> {
         Ok(match mode {
-            Mode::L2dLora | Mode::L2dFull => Self::L2d(L2d::init(model, Shape::from_config(&cfg.l2d)?, cfg.l2d.sigma)?),
+            Mode::L2dLora | Mode::L2dFull => Self::L2d(Box::new(L2d::init(model, Shape::from_config(&cfg.l2d)?, cfg.l2d.sigma)?)),
             Mode::Lora => Self::Lora(Adapters::init(model, lora::Settings::from_config(&cfg.lora)?)?),
             Mode::Full => {
                 let named = model.named_tensors();
@@ -226,6 +226,8 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
     let valid_data = Source::open_valid(&data_path, model.config.vocab_size)?;
     let plan = BatchPlan::new(train_data.lengths(), t.batch_size, t.seed);
     let total = (t.epochs * plan.steps_per_epoch).min(t.max_steps.unwrap_or(u64::MAX));
+    // The schedule spans `total` steps; the run may end earlier.
+    let end = t.stop_at_step.map_or(total, |s| s.min(total));
 
     tch::manual_seed(t.seed as i64);
     let mut trainee = Trainee::new(mode, &model, cfg)?;
@@ -253,10 +255,10 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
     }
 
     let mut log = if dist.is_main() { Some(MetricsLog::open(out, start + 1)?) } else { None };
-    let progress = progress_bar(start, total);
+    let progress = progress_bar(start, end);
     let started = Instant::now();
     let mut step = start;
-    while step < total {
+    while step < end {
         if stop.load(Ordering::SeqCst) {
             save_checkpoint(&ckpt_dir, step, total, cfg, &trainee.params(&model), &opt, dist)?;
             progress.abandon();
@@ -285,14 +287,14 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
         progress.set_position(step);
         progress.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
         if let Some(valid) = &valid_data {
-            if step == total || (t.eval_every > 0 && step % t.eval_every == 0) {
+            if step == end || (t.eval_every > 0 && step % t.eval_every == 0) {
                 let rec = validate(&trainee, &model, valid, cfg, device, step)?;
                 if let Some(log) = &mut log {
                     log.write(&rec)?;
                 }
             }
         }
-        if step == total || (t.save_every > 0 && step % t.save_every == 0) {
+        if step == end || (t.save_every > 0 && step % t.save_every == 0) {
             save_checkpoint(&ckpt_dir, step, total, cfg, &trainee.params(&model), &opt, dist)?;
         }
     }
