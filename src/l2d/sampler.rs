@@ -184,7 +184,6 @@ impl L2dHead {
     }
 }
 
-
 /// One evaluation of the diffusion path for the newest token of each row.
 struct Eval<'s> {
     model: &'s Llama,
@@ -210,10 +209,11 @@ impl NextTokenLogits for L2dHead {
         let b = hidden.size()[0];
         // Guidance evaluates the conditional and unconditional rows as one batch
         // of 2B: every weight matrix is read once per step instead of twice.
-        let guided = match self.opts.guidance {
+        let doubled = match self.opts.guidance {
             Some((class, w)) if w != 1.0 => Some((class, w, repeat_batch(hidden, 2), step.repeat_rows(2), cache.repeat_rows(2))),
             _ => None,
         };
+        let guided = doubled.as_ref().map(|(class, w, hidden, step, cache)| (*class, *w, Eval { model, hidden, step, cache }));
         // Drawn on the CPU, so that a seed gives the same noise on every device.
         let x0 = Tensor::randn([b, self.l2d.shape.flow_dim], (Kind::Double, tch::Device::Cpu)).to_device(hidden.device())
             * self.l2d.sigma;
@@ -231,11 +231,10 @@ impl NextTokenLogits for L2dHead {
                     Ok((this.x1_hat(&logits, tau) - x) / (1.0 - t))
                 };
                 match &guided {
-                    Some((class, w, hidden2, step2, cache2)) => {
+                    Some((class, w, eval2)) => {
                         calls += 2;
-                        let eval2 = Eval { model, hidden: hidden2, step: step2, cache: cache2 };
-                        let v = rows_velocity(&eval2, &repeat_batch(x, 2), Labels::Guided { class: *class, rows: b })?;
-                        Ok(v.narrow(0, 0, b) * *w + v.narrow(0, b, b) * (1.0 - w))
+                        let v = rows_velocity(eval2, &repeat_batch(x, 2), Labels::Guided { class: *class, rows: b })?;
+                        Ok(v.narrow(0, 0, b) * *w + v.narrow(0, b, b) * (1.0 - *w))
                     }
                     None => {
                         calls += 1;
