@@ -2,6 +2,8 @@
 
 use tch::{Device, Kind, Tensor};
 
+use l2d::data::tokenizer::{TextStream, Tokenizer};
+use l2d::init::{init_model_dir, Arch, InitOptions, Preset};
 use l2d::model::Llama;
 use l2d::sampling::{generate, BaseLm, Finish, GenerateOptions, TokenSampler};
 
@@ -100,4 +102,39 @@ fn finished_rows_leave_the_batch_without_changing_the_others() {
     assert_eq!(batch[0].finish, Finish::Eos);
     assert!(batch[0].token_ids.len() <= 2);
     assert_eq!(batch[1].token_ids, alone_b[0].token_ids);
+}
+
+/// The tokenizer of a fresh tiny model (byte-level BPE, as Llama 3 and Qwen 2.5 use).
+fn byte_level_tokenizer() -> (tempfile::TempDir, Tokenizer) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    let opts = InitOptions { arch: Arch::Llama, preset: Preset::Tiny, out: dir.clone(), seed: 0, corpus: None };
+    init_model_dir(&opts).unwrap();
+    let tok = Tokenizer::load(&dir).unwrap();
+    (tmp, tok)
+}
+
+/// Streaming decodes each new token in time independent of the completion's
+/// length; what it has emitted is always a prefix of the decode of every token
+/// so far, and the whole of it once the last character is complete, for real
+/// text with multi-byte characters and for random ids (bytes split across tokens,
+/// invalid sequences, special tokens).
+#[test]
+fn streamed_text_adds_up_to_the_full_decode() {
+    let (_tmp, tok) = byte_level_tokenizer();
+    let text = "Grüße, 世界! Ο λόγος — ∑ 2·3 = 6 🎉\n\tdone";
+    let mut random = tok.encode(text, false).unwrap();
+    tch::manual_seed(1);
+    let noise = Tensor::randint(tok.vocab_size() as i64, [400], (Kind::Int64, Device::Cpu));
+    random.extend(Vec::<i64>::try_from(&noise).unwrap());
+    random.extend(tok.encode(" end", false).unwrap());
+    for ids in [tok.encode(text, false).unwrap(), random] {
+        let (mut stream, mut emitted) = (TextStream::default(), String::new());
+        for n in 1..=ids.len() {
+            emitted += &tok.decode_next(&mut stream, &ids[..n]).unwrap();
+            let full = tok.decode(&ids[..n]).unwrap();
+            assert!(full.starts_with(&emitted), "after {n} tokens: {emitted:?} is not a prefix of {full:?}");
+        }
+        assert_eq!(emitted, tok.decode(&ids).unwrap());
+    }
 }

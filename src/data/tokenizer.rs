@@ -72,6 +72,22 @@ impl Tokenizer {
         self.inner.decode(&ids, true).map_err(|e| anyhow::anyhow!("cannot decode: {e}"))
     }
 
+    /// The text that the newest token of `tokens` adds to a completion, decoded
+    /// in time independent of the completion's length (see [`TextStream`]).
+    pub fn decode_next(&self, stream: &mut TextStream, tokens: &[i64]) -> Result<String> {
+        let before = self.decode(&tokens[stream.prefix..stream.read])?;
+        let after = self.decode(&tokens[stream.prefix..])?;
+        // A trailing U+FFFD is a character whose bytes are still coming.
+        match after.get(before.len()..) {
+            Some(delta) if !delta.is_empty() && after.starts_with(&before) && !after.ends_with('\u{FFFD}') => {
+                stream.prefix = stream.read;
+                stream.read = tokens.len();
+                Ok(delta.to_string())
+            }
+            _ => Ok(String::new()),
+        }
+    }
+
     /// Token ids of a chat prompt rendered with the model's own template and the
     /// generation prompt, tokenized without extra special tokens as transformers does.
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<i64>> {
@@ -129,4 +145,17 @@ fn read_eos_field(path: &Path) -> Result<Vec<i64>> {
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| usage(format!("{}: malformed JSON: {e}", path.display())))?;
     Ok(token_ids(value.get("eos_token_id")))
+}
+
+/// Where [`Tokenizer::decode_next`] is in a growing completion. Each new
+/// token is decoded together with the tokens since the last emitted text and
+/// the difference taken: the leading-space and byte-merging rules of the
+/// decoder see the same neighbours as in a decode of the whole text, which
+/// would cost time linear in its length at every step.
+#[derive(Debug, Default, Clone)]
+pub struct TextStream {
+    /// Start of the tokens decoded for context.
+    prefix: usize,
+    /// Tokens before this are in the emitted text.
+    read: usize,
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use super::logits::TokenSampler;
-use crate::data::tokenizer::Tokenizer;
+use crate::data::tokenizer::{TextStream, Tokenizer};
 use crate::model::{AttentionMask, KvCache, Llama, Step};
 
 /// How the logits of the next token are produced from the main path's last
@@ -81,6 +81,7 @@ pub struct Generation {
 struct Row {
     tokens: Vec<i64>,
     text: String,
+    decoded: TextStream,
     streamed: usize,
     finish: Option<Finish>,
     decode_s: f64,
@@ -199,7 +200,7 @@ pub fn decode(
     let prefill_s = seconds + start.elapsed().as_secs_f64();
 
     let mut rows: Vec<Row> = (0..prompt_lens.len())
-        .map(|_| Row { tokens: Vec::new(), text: String::new(), streamed: 0, finish: None, decode_s: 0.0 })
+        .map(|_| Row { tokens: Vec::new(), text: String::new(), decoded: TextStream::default(), streamed: 0, finish: None, decode_s: 0.0 })
         .collect();
     let mut active: Vec<usize> = (0..rows.len()).collect();
     let eos = Tensor::from_slice(&opts.eos_ids).to_device(device);
@@ -213,8 +214,9 @@ pub fn decode(
         for (slot, &row_idx) in active.iter().enumerate() {
             let row = &mut rows[row_idx];
             row.tokens.push(next_host[slot]);
-            row.finish = check_finish(row, tokenizer, opts)?;
-            if row.finish.is_some() || n + 1 == budget as usize {
+            let last_step = n + 1 == budget as usize;
+            row.finish = check_finish(row, tokenizer, opts, last_step)?;
+            if row.finish.is_some() || last_step {
                 row.decode_s = decode_start.elapsed().as_secs_f64();
             }
             stream(row_idx, row, opts, on_text);
@@ -269,28 +271,45 @@ fn left_pad(prompts: &[Vec<i64>], pad: i64, device: Device) -> (Tensor, Tensor) 
     )
 }
 
-/// Decodes the row and decides whether it has ended.
-fn check_finish(row: &mut Row, tokenizer: Option<&Tokenizer>, opts: &GenerateOptions) -> Result<Option<Finish>> {
+/// Extends the row's text by its newest token and decides whether the row has
+/// ended. An ended row's text is the decode of all its tokens, cut at the first
+/// stop string: exactly what a decode of the whole completion gives.
+fn check_finish(row: &mut Row, tokenizer: Option<&Tokenizer>, opts: &GenerateOptions, last_step: bool) -> Result<Option<Finish>> {
     let last = *row.tokens.last().expect("a token was just pushed");
+    let eos = opts.eos_ids.contains(&last);
     let Some(tokenizer) = tokenizer else {
-        return Ok(opts.eos_ids.contains(&last).then_some(Finish::Eos));
+        return Ok(eos.then_some(Finish::Eos));
     };
+    let searched = row.text.len();
+    row.text += &tokenizer.decode_next(&mut row.decoded, &row.tokens)?;
+    let stop = first_stop(&row.text, searched, opts).is_some();
+    if !(stop || eos || last_step) {
+        return Ok(None);
+    }
     row.text = tokenizer.decode(&row.tokens)?;
-    if let Some(cut) = opts.stop_strings.iter().filter_map(|s| row.text.find(s.as_str())).min() {
+    if let Some(cut) = first_stop(&row.text, 0, opts) {
         row.text.truncate(cut);
         return Ok(Some(Finish::Stop));
     }
-    Ok(opts.eos_ids.contains(&last).then_some(Finish::Eos))
+    Ok(eos.then_some(Finish::Eos))
 }
 
-/// Emits the part of the row's text that can no longer change: not a possibly
-/// incomplete UTF-8 character, not a possible prefix of a stop string.
+/// Byte offset of the first stop string in `text` that ends after byte `from`
+/// (the text before it was searched already).
+fn first_stop(text: &str, from: usize, opts: &GenerateOptions) -> Option<usize> {
+    let longest = opts.stop_strings.iter().map(String::len).max()?;
+    let mut start = from.saturating_sub(longest.saturating_sub(1));
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    opts.stop_strings.iter().filter_map(|s| text[start..].find(s.as_str())).min().map(|i| start + i)
+}
+
+/// Emits the part of the row's text that can no longer change: not a possible
+/// prefix of a stop string (incomplete characters never enter the text).
 fn stream(row_idx: usize, row: &mut Row, opts: &GenerateOptions, on_text: &mut dyn FnMut(usize, &str)) {
     let mut end = row.text.len();
     if row.finish.is_none() {
-        if row.text.ends_with('\u{FFFD}') {
-            end -= '\u{FFFD}'.len_utf8();
-        }
         let hold = opts.stop_strings.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
         end = end.saturating_sub(hold);
         while !row.text.is_char_boundary(end) {
