@@ -8,7 +8,9 @@
 //! printed beside it). Without MODEL_DIR, a `small` Llama is
 //! built in a temporary directory. Environment: `L2D_BENCH_THREADS` intra-op
 //! threads (default 2), `L2D_BENCH_DEVICE` (default cpu), `L2D_BENCH_DTYPE`
-//! (default f32), `L2D_BENCH_MODES` (default l2d-lora,full).
+//! (default f32), `L2D_BENCH_MODES` (default l2d-lora,full), `L2D_BENCH_PROMPT`
+//! (default 0): the first this many tokens of each sequence are a prompt
+//! without loss, as in chat data (tokens/s still counts every token).
 //!
 //! Peak memory is the process's peak resident set (`VmHWM`), reset before each
 //! mode, and its growth over the resident set before the model was loaded. The
@@ -40,6 +42,8 @@ fn main() -> Result<()> {
     let threads: i32 = env("L2D_BENCH_THREADS", "2").parse()?;
     let (device_name, dtype) = (env("L2D_BENCH_DEVICE", "cpu"), env("L2D_BENCH_DTYPE", "f32"));
     let modes = env("L2D_BENCH_MODES", "l2d-lora,full");
+    let prompt: usize = env("L2D_BENCH_PROMPT", "0").parse()?;
+    anyhow::ensure!(prompt < SEQ_LEN as usize, "L2D_BENCH_PROMPT must be below {SEQ_LEN}");
     tch::set_num_threads(threads);
     keep_freed_memory();
     let device = runtime::parse_device(&device_name)?;
@@ -55,7 +59,7 @@ fn main() -> Result<()> {
         }
     };
     println!(
-        "model {} | {device_name}, {threads} threads, {dtype} | {BATCH} x {SEQ_LEN} tokens per step, AdamW, clip 1.0",
+        "model {} | {device_name}, {threads} threads, {dtype} | {BATCH} x {SEQ_LEN} tokens per step ({prompt} of them prompt), AdamW, clip 1.0",
         dir.display()
     );
     println!("load average before: {}", load_average());
@@ -70,7 +74,7 @@ fn main() -> Result<()> {
         cfg.train.mode = mode.to_string();
         cfg.train.batch_size = BATCH;
         cfg.train.micro_batch_size = BATCH;
-        let (best, median) = measure(&model, &cfg)?;
+        let (best, median) = measure(&model, &cfg, prompt)?;
         let (_, peak) = resident_memory().ok_or_else(|| anyhow::anyhow!("no /proc/self/status"))?;
         let tokens = BATCH as f64 * SEQ_LEN as f64;
         println!(
@@ -86,12 +90,12 @@ fn main() -> Result<()> {
 }
 
 /// Seconds per optimizer step, fastest and median over `RUNS` runs of `TIMED_STEPS`, after warm-up.
-fn measure(model: &Llama, cfg: &Config) -> Result<(f64, f64)> {
+fn measure(model: &Llama, cfg: &Config, prompt: usize) -> Result<(f64, f64)> {
     tch::manual_seed(0);
     let mut trainee = Trainee::new(Mode::parse(&cfg.train.mode)?, model, cfg)?;
     let t = &cfg.train;
     let mut opt = AdamW::new(&trainee.params(model), (t.betas[0], t.betas[1]), t.eps, t.weight_decay);
-    let batches: Vec<Vec<TrainExample>> = (0..4).map(|_| random_batch(model.config.vocab_size)).collect();
+    let batches: Vec<Vec<TrainExample>> = (0..4).map(|_| random_batch(model.config.vocab_size, prompt)).collect();
     let mut step = 0u64;
     let mut run_steps = |n: u64| -> Result<f64> {
         let start = Instant::now();
@@ -109,13 +113,14 @@ fn measure(model: &Llama, cfg: &Config) -> Result<(f64, f64)> {
     Ok((times[0], times[RUNS / 2]))
 }
 
-/// `BATCH` sequences of `SEQ_LEN` random tokens, every one loss-bearing.
-fn random_batch(vocab: i64) -> Vec<TrainExample> {
+/// `BATCH` sequences of `SEQ_LEN` random tokens, loss-bearing after the first `prompt`.
+fn random_batch(vocab: i64, prompt: usize) -> Vec<TrainExample> {
     let ids = Tensor::randint_low(3, vocab, [BATCH as i64, SEQ_LEN], (Kind::Int64, tch::Device::Cpu));
     (0..BATCH as i64)
         .map(|i| {
             let input_ids = Vec::<i64>::try_from(ids.get(i)).expect("int64 row");
-            TrainExample { labels: input_ids.clone(), input_ids, class_id: -1 }
+            let labels = input_ids.iter().enumerate().map(|(i, &id)| if i < prompt { -100 } else { id }).collect();
+            TrainExample { labels, input_ids, class_id: -1 }
         })
         .collect()
 }

@@ -18,6 +18,8 @@ echo "== l2d (base LM, then L2D at 15 evaluations per token)"
 cargo bench --locked --bench generate -- "$model"
 echo "== l2d training (optimizer steps of 4 x 256 tokens)"
 cargo bench --locked --bench train -- "$model"
+echo "== l2d training, chat-like: the first 112 of the 256 tokens a prompt without loss"
+L2D_BENCH_MODES=l2d-lora L2D_BENCH_PROMPT=112 cargo bench --locked --bench train -- "$model"
 if .venv/bin/python -c 'import transformers' 2>/dev/null; then
   echo "== reference: transformers (eager)"
   .venv/bin/python scripts/bench_transformers.py "$model" "${L2D_BENCH_THREADS:-2}"

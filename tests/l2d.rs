@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use l2d::l2d::checkpoint::{self, BaseIdentity, Metadata};
-use l2d::l2d::{main_path, next_token_loss, params, L2d, Shape, TokenBatch, Variant};
+use l2d::l2d::{main_path, next_token_nll, params, L2d, Shape, TokenBatch, Variant};
 use l2d::model::{KvCache, Llama, ModelConfig};
 
 fn fixture(name: &str) -> PathBuf {
@@ -40,6 +40,12 @@ fn batch(model: &Llama) -> TokenBatch {
 fn l2d_logits(model: &Llama, l2d: &L2d, b: &TokenBatch, x: &Tensor, t: &Tensor) -> Tensor {
     let (hidden, step, cache) = main_path(model, b);
     tch::no_grad(|| l2d.logits(model, &hidden, x, t, None, &step, &cache).unwrap())
+}
+
+/// Mean cross-entropy of `logits[:, i]` against `labels[:, i + 1]` over unmasked labels.
+fn next_token_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let (sum, count) = next_token_nll(logits, labels);
+    sum / count.to_kind(Kind::Float)
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -109,6 +115,59 @@ fn stream_over_cached_main_path_equals_full_forward() {
         });
         let diff = max_diff(&cached.squeeze_dim(1), &full.select(1, 9));
         assert!(diff < 1e-4, "{arch}: max |Δ| = {diff}");
+    }
+}
+
+/// The training loss at times `t` and noise `x0`, written out over every position
+/// as spec §7 states it (the diffusion stream at prompt and padding positions too).
+fn loss_over_every_position(model: &Llama, l2d: &L2d, b: &TokenBatch, t: &Tensor, x0: &Tensor) -> Tensor {
+    let (hidden, step, cache) = main_path(model, b);
+    let (rows, len) = b.input_ids.size2().unwrap();
+    let targets = b.labels.narrow(1, 1, len - 1);
+    let x1 = l2d.rep(model, &targets.where_scalarother(&targets.ge(0), 0));
+    let t_in = t.narrow(1, 0, len - 1).unsqueeze(-1);
+    let x_t = (-&t_in + 1.0) * x0 + &t_in * x1;
+    let x_t = Tensor::cat(&[x_t, Tensor::zeros([rows, 1, 32], (Kind::Float, Device::Cpu))], 1);
+    let logits = l2d.logits(model, &hidden, &x_t, t, b.class_labels.as_ref(), &step, &cache).unwrap();
+    next_token_loss(&logits, &b.labels)
+}
+
+/// Training runs the diffusion stream only where the next token bears a loss;
+/// loss and gradients equal the stream run everywhere, for a batch whose loss
+/// positions are a prefix of every row (plain causal mask) and for one with
+/// masked prompts of different lengths and right padding (gathered positions).
+#[test]
+fn loss_over_loss_positions_equals_the_stream_run_everywhere() {
+    for arch in ["llama", "qwen2"] {
+        let model = load(arch);
+        tch::manual_seed(5);
+        let l2d = L2d::init(&model, shape(Variant::Lora, 2), 64.0).unwrap();
+        perturb(&l2d);
+        let params: Vec<Tensor> = l2d.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        let ids = Tensor::randint_low(2, model.config.vocab_size, [2, 10], (Kind::Int64, Device::Cpu));
+        let prefix_labels = ids.copy();
+        let gathered_labels = ids.copy();
+        let _ = gathered_labels.get(0).narrow(0, 0, 3).fill_(-100);
+        let _ = gathered_labels.get(1).narrow(0, 0, 5).fill_(-100);
+        let _ = gathered_labels.get(1).narrow(0, 8, 2).fill_(-100);
+        let t = Tensor::rand([2, 10], (Kind::Float, Device::Cpu));
+        let x0 = Tensor::randn([2, 9, 32], (Kind::Float, Device::Cpu)) * l2d.sigma;
+        let classes = Tensor::from_slice(&[1i64, -1]).unsqueeze(1).expand([2, 10], false).contiguous();
+        for (case, labels) in [("prefix", prefix_labels), ("gathered", gathered_labels)] {
+            let b = TokenBatch { input_ids: ids.shallow_clone(), labels, class_labels: Some(classes.shallow_clone()) };
+            let expected = loss_over_every_position(&model, &l2d, &b, &t, &x0);
+            let (sum, count) = l2d.nll_with_noise(&model, &b, &t, &x0).unwrap();
+            let got = sum / count.to_kind(Kind::Float);
+            let (e, g) = (expected.double_value(&[]), got.double_value(&[]));
+            assert!((e - g).abs() < 1e-6 * e.abs(), "{arch} {case}: loss {g} vs {e}");
+            let grads_e = Tensor::run_backward(&[&expected], &params, false, false);
+            let grads_g = Tensor::run_backward(&[&got], &params, false, false);
+            for ((name, _), (ge, gg)) in l2d.params.iter().zip(grads_e.iter().zip(&grads_g)) {
+                let scale = ge.abs().max().double_value(&[]);
+                let diff = max_diff(ge, gg);
+                assert!(diff <= 1e-5 * scale + 1e-8, "{arch} {case}: gradient of {name} differs by {diff} (max {scale})");
+            }
+        }
     }
 }
 
@@ -275,4 +334,5 @@ fn checkpoint_refuses_another_base_model() {
     let err = checkpoint::load(&dir, &qwen, &fixture("qwen2"), &Default::default()).err().unwrap();
     assert!(err.to_string().contains("another config"), "{err}");
 }
+
 

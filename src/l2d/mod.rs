@@ -2,6 +2,7 @@
 //! layers, conditioned on the diffusion time, reading the main path's keys and values.
 
 pub mod checkpoint;
+pub mod loss;
 pub mod params;
 pub mod sampler;
 
@@ -12,7 +13,10 @@ use tch::{Kind, Tensor};
 use crate::model::llama::{attend, InputMajorLinear, Linear};
 use crate::model::lora::Lora;
 use crate::model::{KvCache, Llama, Step};
+pub use loss::{main_path, next_token_nll, TokenBatch};
 pub use params::{Shape, Variant};
+
+use loss::{summed_cross_entropy, LossPositions};
 
 /// `Linear -> SiLU -> Linear`.
 pub struct Mlp2 {
@@ -484,18 +488,27 @@ impl L2d {
 
     /// Summed loss and label count with given times `t` `[B, T]`.
     pub fn nll_at(&self, model: &Llama, batch: &TokenBatch, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (main_hidden, step, cache) = main_path(model, batch);
         let (b, t_len) = batch.input_ids.size2()?;
-        let targets = batch.labels.narrow(1, 1, t_len - 1);
-        let next = targets.where_scalarother(&targets.ge(0), 0);
-        let x1 = self.rep(model, &next);
+        // Drawn for every position, so that a position's noise does not depend on the others' labels.
         let x0 = Tensor::randn([b, t_len - 1, self.shape.flow_dim], (Kind::Float, model.device())) * self.sigma;
-        let t_in = t.narrow(1, 0, t_len - 1).unsqueeze(-1);
-        let x_t = (-&t_in + 1.0) * x0 + &t_in * x1;
-        // The last position has no target: its diffusion input is zeros.
-        let x_t = Tensor::cat(&[x_t, Tensor::zeros([b, 1, self.shape.flow_dim], (Kind::Float, model.device()))], 1);
-        let logits = self.logits(model, &main_hidden, &x_t, t, batch.class_labels.as_ref(), &step, &cache)?;
-        Ok(next_token_nll(&logits, &batch.labels))
+        self.nll_with_noise(model, batch, t, &x0)
+    }
+
+    /// Summed loss and label count with given times `t` `[B, T]` and noise
+    /// `x0` `[B, T - 1, D]` (position i's, for its next token).
+    pub fn nll_with_noise(&self, model: &Llama, batch: &TokenBatch, t: &Tensor, x0: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (main_hidden, step, cache) = main_path(model, batch);
+        let t_len = batch.input_ids.size2()?.1;
+        let at = LossPositions::of(&batch.labels.narrow(1, 1, t_len - 1));
+        let targets = at.gather(&batch.labels.narrow(1, 1, t_len - 1));
+        let x1 = self.rep(model, &targets.where_scalarother(&targets.ge(0), 0));
+        let t = at.gather(&t.narrow(1, 0, t_len - 1));
+        let t_in = t.unsqueeze(-1);
+        let x_t = (-&t_in + 1.0) * at.gather(x0) + &t_in * x1;
+        let labels = batch.class_labels.as_ref().map(|c| at.gather(c));
+        let step = at.step(model, &step, t_len);
+        let logits = self.logits(model, &at.gather(&main_hidden), &x_t, &t, labels.as_ref(), &step, &cache)?;
+        Ok(summed_cross_entropy(&logits, &targets))
     }
 }
 
@@ -547,63 +560,6 @@ fn gamma_slots(model: &Llama) -> Tensor {
         })
         .collect();
     Tensor::stack(&rows, 0)
-}
-
-/// A batch of token sequences for training or loss evaluation.
-pub struct TokenBatch {
-    /// `[B, T]` token ids (right-padded).
-    pub input_ids: Tensor,
-    /// `[B, T]` labels: the token itself, or -100 where no loss is taken (padding, prompts).
-    pub labels: Tensor,
-    /// `[B, T]` guidance class per token, -1 for none.
-    pub class_labels: Option<Tensor>,
-}
-
-/// The frozen main path over a right-padded batch: last hidden state, the step
-/// (positions, causal mask, rotation) and the cache of keys and values.
-pub fn main_path(model: &Llama, batch: &TokenBatch) -> (Tensor, Step, KvCache) {
-    let (b, t) = batch.input_ids.size2().expect("[B, T]");
-    let positions = Tensor::arange(t, (Kind::Int64, model.device())).unsqueeze(0).expand([b, t], false);
-    // Right padding only ever follows the real tokens, so the plain causal mask is exact for them.
-    let step = model.step(positions, crate::model::AttentionMask::Causal);
-    let mut cache = KvCache::growing(model.layers.len());
-    let hidden = tch::no_grad(|| model.forward_hidden(&batch.input_ids, &step, &mut cache));
-    (hidden, step, cache)
-}
-
-/// Mean cross-entropy of `logits[:, i]` against `labels[:, i + 1]` over unmasked labels.
-pub fn next_token_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
-    let (sum, count) = next_token_nll(logits, labels);
-    sum / count.to_kind(Kind::Float)
-}
-
-/// Summed cross-entropy and the number of unmasked labels, for token-weighted means over batches.
-pub fn next_token_nll(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
-    let (_, t, v) = logits.size3().expect("[B, T, V]");
-    let pred = logits.narrow(1, 0, t - 1).reshape([-1, v]).to_kind(Kind::Float);
-    let target = labels.narrow(1, 1, t - 1).reshape([-1]);
-    let sum = pred.cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Sum, -100, 0.0);
-    (sum, target.ne(-100).sum(Kind::Int64))
-}
-
-impl TokenBatch {
-    /// Right-pads `(input_ids, labels)` pairs into one batch on `device` (padding labels are -100).
-    pub fn from_sequences(seqs: &[(&[i64], &[i64])], device: tch::Device) -> Self {
-        let t = seqs.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(seqs.len() * t);
-        let mut labels = Vec::with_capacity(seqs.len() * t);
-        for (seq_ids, seq_labels) in seqs {
-            let pad = t - seq_ids.len();
-            ids.extend(seq_ids.iter().copied().chain(std::iter::repeat_n(0, pad)));
-            labels.extend(seq_labels.iter().copied().chain(std::iter::repeat_n(-100, pad)));
-        }
-        let shape = [seqs.len() as i64, t as i64];
-        Self {
-            input_ids: Tensor::from_slice(&ids).view(shape).to_device(device),
-            labels: Tensor::from_slice(&labels).view(shape).to_device(device),
-            class_labels: None,
-        }
-    }
 }
 
 /// The frozen main-path tensor a full-variant copy starts from.
