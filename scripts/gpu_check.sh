@@ -36,7 +36,9 @@ random.seed(0)
 with open(f"{sys.argv[1]}/tokens.jsonl", "w") as f:
     for _ in range(48):
         ids = [random.randrange(3, 400) for _ in range(random.randrange(24, 64))]
-        f.write(json.dumps({"input_ids": ids}) + "\n")
+        # A masked "prompt" of its own length per row: the diffusion stream's gathered positions.
+        prompt = random.randrange(4, 16)
+        f.write(json.dumps({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]}) + "\n")
 EOF
 "$bin" prepare --config configs/tiny-l2d-lora.toml --set model.path="$work/tiny" \
   --set data.train="$work/tokens.jsonl" --out "$work/data" >/dev/null
