@@ -101,13 +101,13 @@ impl LossPositions {
         x.gather(1, &self.index.view(shape.as_slice()).expand(full.as_slice(), false), false)
     }
 
-    /// The main path's `step` (over `t_len` keys) for queries at the loss positions.
-    pub fn step(&self, model: &Llama, step: &Step, t_len: i64) -> Step {
+    /// The main path's `step` (one key per position) for queries at the loss positions.
+    pub fn step(&self, model: &Llama, step: &Step) -> Step {
         let mask = if self.prefix {
             // Causal masks align queries with the first keys: query j sees keys 0..=j.
             AttentionMask::Causal
         } else {
-            let keys = Tensor::arange(t_len, (Kind::Int64, self.index.device())).view([1, 1, -1]);
+            let keys = Tensor::arange(step.positions.size()[1], (Kind::Int64, self.index.device())).view([1, 1, -1]);
             AttentionMask::Explicit(keys.le_tensor(&self.index.unsqueeze(-1)).unsqueeze(1))
         };
         model.step(self.gather(&step.positions), mask)

@@ -500,14 +500,15 @@ impl L2d {
     pub fn nll_with_noise(&self, model: &Llama, batch: &TokenBatch, t: &Tensor, x0: &Tensor) -> Result<(Tensor, Tensor)> {
         let (main_hidden, step, cache) = main_path(model, batch);
         let t_len = batch.input_ids.size2()?.1;
-        let at = LossPositions::of(&batch.labels.narrow(1, 1, t_len - 1));
-        let targets = at.gather(&batch.labels.narrow(1, 1, t_len - 1));
+        let next_labels = batch.labels.narrow(1, 1, t_len - 1);
+        let at = LossPositions::of(&next_labels);
+        let targets = at.gather(&next_labels);
         let x1 = self.rep(model, &targets.where_scalarother(&targets.ge(0), 0));
         let t = at.gather(&t.narrow(1, 0, t_len - 1));
         let t_in = t.unsqueeze(-1);
         let x_t = (-&t_in + 1.0) * at.gather(x0) + &t_in * x1;
         let labels = batch.class_labels.as_ref().map(|c| at.gather(c));
-        let step = at.step(model, &step, t_len);
+        let step = at.step(model, &step);
         let logits = self.logits(model, &at.gather(&main_hidden), &x_t, &t, labels.as_ref(), &step, &cache)?;
         Ok(summed_cross_entropy(&logits, &targets))
     }

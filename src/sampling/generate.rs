@@ -297,25 +297,28 @@ fn check_finish(row: &mut Row, tokenizer: Option<&Tokenizer>, opts: &GenerateOpt
 /// Byte offset of the first stop string in `text` that ends after byte `from`
 /// (the text before it was searched already).
 fn first_stop(text: &str, from: usize, opts: &GenerateOptions) -> Option<usize> {
-    let longest = opts.stop_strings.iter().map(String::len).max()?;
-    let mut start = from.saturating_sub(longest.saturating_sub(1));
+    let start = before_stop_prefix(text, from, opts);
+    opts.stop_strings.iter().filter_map(|s| text[start..].find(s.as_str())).min().map(|i| start + i)
+}
+
+/// `end` moved back by the longest stop string's length less one byte, to a
+/// char boundary: the earliest a stop string not yet complete at `end` can start.
+fn before_stop_prefix(text: &str, end: usize, opts: &GenerateOptions) -> usize {
+    let hold = opts.stop_strings.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+    let mut start = end.saturating_sub(hold);
     while !text.is_char_boundary(start) {
         start -= 1;
     }
-    opts.stop_strings.iter().filter_map(|s| text[start..].find(s.as_str())).min().map(|i| start + i)
+    start
 }
 
 /// Emits the part of the row's text that can no longer change: not a possible
 /// prefix of a stop string (incomplete characters never enter the text).
 fn stream(row_idx: usize, row: &mut Row, opts: &GenerateOptions, on_text: &mut dyn FnMut(usize, &str)) {
-    let mut end = row.text.len();
-    if row.finish.is_none() {
-        let hold = opts.stop_strings.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
-        end = end.saturating_sub(hold);
-        while !row.text.is_char_boundary(end) {
-            end -= 1;
-        }
-    }
+    let end = match row.finish {
+        Some(_) => row.text.len(),
+        None => before_stop_prefix(&row.text, row.text.len(), opts),
+    };
     if end > row.streamed {
         on_text(row_idx, &row.text[row.streamed..end]);
         row.streamed = end;
