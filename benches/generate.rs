@@ -6,7 +6,7 @@
 //! 64-token prompts, 32 new tokens (greedy, eos ignored); median of 5 runs (3
 //! for L2D). Environment: `L2D_BENCH_THREADS` intra-op threads (default 2),
 //! `L2D_BENCH_DEVICE` (default cpu), `L2D_BENCH_DTYPE` (default f32),
-//! `L2D_BENCH_BATCHES` (default 1,8).
+//! `L2D_BENCH_BATCHES` (default 1,8), `L2D_BENCH_HEADS` (default base,l2d,l2d+g).
 
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
@@ -31,6 +31,8 @@ fn main() -> anyhow::Result<()> {
     let threads: i32 = env("L2D_BENCH_THREADS", "2").parse()?;
     let (device_name, dtype) = (env("L2D_BENCH_DEVICE", "cpu"), env("L2D_BENCH_DTYPE", "f32"));
     let batches: Vec<usize> = env("L2D_BENCH_BATCHES", "1,8").split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let heads = env("L2D_BENCH_HEADS", "base,l2d,l2d+g");
+    let heads: Vec<&str> = heads.split(',').collect();
     tch::set_num_threads(threads);
     let device = runtime::parse_device(&device_name)?;
     let model = Llama::load(&dir, device, runtime::parse_dtype(&dtype, device)?)?;
@@ -44,14 +46,14 @@ fn main() -> anyhow::Result<()> {
     };
     println!("model {} | {device_name}, {threads} threads, {dtype} | prompt {PROMPT_LEN}, new {NEW_TOKENS}", dir.display());
     println!("{:>6} {:>6} {:>18} {:>18}", "head", "batch", "prefill tok/s", "decode tok/s");
-    for &batch in &batches {
+    for &batch in batches.iter().filter(|_| heads.contains(&"base")) {
         let (p, d) = measure(&model, &opts, batch, RUNS, &mut || Box::new(BaseLm))?;
         println!("{:>6} {batch:>6} {p:>18.1} {d:>18.1}", "base");
     }
     let plain = L2dConfig::default();
     // Classifier-free guidance (weight 2): two evaluations per velocity, 29 per token.
     let guided = L2dConfig { num_classes: 2, guidance_class: Some(1), guidance_weight: 2.0, ..L2dConfig::default() };
-    for (name, cfg) in [("l2d", plain), ("l2d+g", guided)] {
+    for (name, cfg) in [("l2d", plain), ("l2d+g", guided)].into_iter().filter(|(name, _)| heads.contains(name)) {
         tch::manual_seed(0);
         let l2d = L2d::init(&model, Shape::from_config(&cfg)?, cfg.sigma)?;
         tch::no_grad(|| {

@@ -10,7 +10,8 @@ use anyhow::Result;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
-use crate::model::llama::{attend, InputMajorLinear, Linear};
+use crate::model::decode_linear::DecodeLinear;
+use crate::model::llama::{attend, Linear};
 use crate::model::lora::Lora;
 use crate::model::{KvCache, Llama, Step};
 pub use loss::{main_path, next_token_nll, TokenBatch};
@@ -40,8 +41,8 @@ pub enum FlowProj {
     Lora(Lora),
     /// A trainable map of its own.
     Full(Linear),
-    /// Either of the above as one dense map, input-major, for sampling.
-    Merged(InputMajorLinear),
+    /// Either of the above as one dense map laid out for decoding, for sampling.
+    Merged(DecodeLinear),
 }
 
 impl FlowProj {
@@ -68,7 +69,7 @@ impl FlowProj {
             },
             FlowProj::Merged(m) => return FlowProj::Merged(m.shallow_clone()),
         };
-        FlowProj::Merged(InputMajorLinear::from_linear(&dense))
+        FlowProj::Merged(DecodeLinear::from_linear(&dense))
     }
 }
 
@@ -162,9 +163,9 @@ pub struct L2d {
     pub layers: Vec<FlowLayer>,
     /// The per-layer modulation heads, stacked.
     pub modulation: ModulationHeads,
-    /// The base model's LM head input-major, in sampling copies (it is the
+    /// The base model's LM head laid out for decoding, in sampling copies (it is the
     /// largest matrix of every evaluation).
-    sampling_head: Option<InputMajorLinear>,
+    sampling_head: Option<DecodeLinear>,
 }
 
 impl L2d {
@@ -256,7 +257,7 @@ impl L2d {
         let mut copy = Self::assemble(model, self.shape.clone(), self.sigma, params);
         copy.layers = layers;
         let head = Linear { weight: model.lm_head.shallow_clone(), bias: None };
-        copy.sampling_head = Some(InputMajorLinear::from_linear(&head));
+        copy.sampling_head = Some(DecodeLinear::from_linear(&head));
         copy
     }
 

@@ -47,49 +47,6 @@ impl Linear {
     }
 }
 
-/// The same kind of map multiplied as `x·M` with `M = W^T` `[in, out]`, for
-/// small-batch decoding. On CPU `M` is a contiguous copy: MKL's matrix-vector
-/// kernel for `x·W^T` with a row-major `[out, in]` weight is its generic one
-/// on AMD CPUs, while `x·M` runs a tuned one (the 21 matrices of one
-/// diffusion-path evaluation of the `small` preset, interleaved runs on one
-/// core: 0.6–1.1 ms instead of 1.2–1.7 at batch 1, 1.9–2.6 instead of 3.0–3.6
-/// at batch 8). Elsewhere `M`
-/// is a transposed view: cuBLAS takes either layout at the same speed, and the
-/// copy would cost device memory.
-pub struct InputMajorLinear {
-    /// `[in, out]`.
-    weight_t: Tensor,
-    /// `[out]`, if any.
-    bias: Option<Tensor>,
-}
-
-impl InputMajorLinear {
-    /// The map of `linear` (its weight copied on CPU, viewed elsewhere).
-    pub fn from_linear(linear: &Linear) -> Self {
-        let view = linear.weight.tr();
-        let weight_t = if view.device() == Device::Cpu { view.contiguous() } else { view };
-        Self { weight_t, bias: linear.bias.as_ref().map(Tensor::shallow_clone) }
-    }
-
-    /// Another handle on the same tensors.
-    pub fn shallow_clone(&self) -> Self {
-        Self { weight_t: self.weight_t.shallow_clone(), bias: self.bias.as_ref().map(Tensor::shallow_clone) }
-    }
-
-    /// Applies the map to the last dimension of `x`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let (d_in, d_out) = self.weight_t.size2().expect("[in, out]");
-        let mut shape = x.size();
-        *shape.last_mut().expect("x has a last dimension") = d_out;
-        let x = x.reshape([-1, d_in]);
-        let y = match &self.bias {
-            Some(b) => b.addmm(&x, &self.weight_t),
-            None => x.mm(&self.weight_t),
-        };
-        y.view(shape.as_slice())
-    }
-}
-
 /// RMSNorm computed in f32 and cast back, as transformers does.
 pub struct RmsNorm {
     /// The learned scale `gamma`.
@@ -511,24 +468,4 @@ fn load_layer(c: &ModelConfig, w: &Weights, i: usize) -> Result<DecoderLayer> {
         post_attention_layernorm: RmsNorm::load(w, &format!("{p}.post_attention_layernorm"), d, c.rms_norm_eps)?,
         mlp,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn input_major_linear_equals_linear() {
-        tch::manual_seed(0);
-        let opts = (Kind::Float, Device::Cpu);
-        for bias in [None, Some(Tensor::randn([5], opts))] {
-            let linear = Linear { weight: Tensor::randn([5, 3], opts), bias };
-            let input_major = InputMajorLinear::from_linear(&linear);
-            for x in [Tensor::randn([3], opts), Tensor::randn([2, 3], opts), Tensor::randn([4, 1, 3], opts)] {
-                let (a, b) = (linear.forward(&x), input_major.forward(&x));
-                assert_eq!(a.size(), b.size());
-                assert!(a.allclose(&b, 1e-5, 1e-6, false), "{a} vs {b}");
-            }
-        }
-    }
 }
