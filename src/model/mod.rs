@@ -2,6 +2,7 @@
 //! and low-rank adapters beside its frozen maps.
 
 pub mod config;
+pub mod cpu;
 pub mod decode_linear;
 pub mod kv_cache;
 pub mod llama;
