@@ -163,9 +163,17 @@ pub struct L2d {
     pub layers: Vec<FlowLayer>,
     /// The per-layer modulation heads, stacked.
     pub modulation: ModulationHeads,
-    /// The base model's LM head laid out for decoding, in sampling copies (it is the
-    /// largest matrix of every evaluation).
-    sampling_head: Option<DecodeLinear>,
+    /// Sampling copies' maps laid out for decoding.
+    sampling: Option<SamplingMaps>,
+}
+
+/// The maps of an evaluation that are not per-layer projections, laid out for
+/// decoding (the flow projections are [`FlowProj::Merged`]).
+struct SamplingMaps {
+    /// The base model's LM head: the largest matrix of every evaluation.
+    head: DecodeLinear,
+    /// The input encoder's two layers (f32).
+    encoder: [DecodeLinear; 2],
 }
 
 impl L2d {
@@ -257,7 +265,10 @@ impl L2d {
         let mut copy = Self::assemble(model, self.shape.clone(), self.sigma, params);
         copy.layers = layers;
         let head = Linear { weight: model.lm_head.shallow_clone(), bias: None };
-        copy.sampling_head = Some(DecodeLinear::from_linear(&head));
+        copy.sampling = Some(SamplingMaps {
+            head: DecodeLinear::from_linear(&head),
+            encoder: [DecodeLinear::from_linear(&copy.encoder.l0), DecodeLinear::from_linear(&copy.encoder.l2)],
+        });
         copy
     }
 
@@ -319,7 +330,7 @@ impl L2d {
             shape,
             sigma,
             params,
-            sampling_head: None,
+            sampling: None,
         }
     }
 
@@ -409,7 +420,12 @@ impl L2d {
     /// The diffusion stream's first hidden state from `x_t` `[.., D]`, computed
     /// in f32 (`x_t / std(t)`, then the encoder MLP).
     pub fn encode(&self, x_t: &Tensor, cond: &Conditioning, kind: Kind) -> Tensor {
-        self.encoder.forward(&(x_t.to_kind(Kind::Float) / &cond.input_std)).to_kind(kind)
+        let x = x_t.to_kind(Kind::Float) / &cond.input_std;
+        let h = match &self.sampling {
+            Some(SamplingMaps { encoder: [l0, l2], .. }) => l2.forward(&l0.forward(&x).silu()),
+            None => self.encoder.forward(&x),
+        };
+        h.to_kind(kind)
     }
 
     /// Runs the diffusion stream `h` `[B, T, d]` through every layer beside the main
@@ -464,8 +480,8 @@ impl L2d {
         let h0 = self.encode(x_t, cond, model.kind());
         let flow = self.stream(model, h0, cond, step, cache);
         let h = main_hidden.addcmul(&cond.gate, &flow);
-        match &self.sampling_head {
-            Some(head) => head.forward(&model.norm.forward(&h)),
+        match &self.sampling {
+            Some(maps) => maps.head.forward(&model.norm.forward(&h)),
             None => model.logits(&h),
         }
     }
