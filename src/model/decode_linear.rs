@@ -108,7 +108,8 @@ mod tests {
 
     /// Every row count up to past the kernel's limit, output widths with and
     /// without a partial panel, with and without bias, on one and two threads,
-    /// against libtorch's `x·W^T + b`.
+    /// against libtorch's `x·W^T + b`; and the kernel's results bit-identical
+    /// on one and two threads.
     #[test]
     fn decode_linear_equals_linear() {
         let opts = (Kind::Float, Device::Cpu);
@@ -118,14 +119,25 @@ mod tests {
                 let linear = Linear { weight: Tensor::randn([out_dim, in_dim], opts), bias };
                 let decode = DecodeLinear::from_linear(&linear);
                 assert_eq!(decode.packed, cpu::available());
-                for t in [1, 2] {
-                    tch::set_num_threads(t);
-                    for rows in [1, 2, 3, 4, 5, 8, 13, 64, 65] {
-                        let x = Tensor::randn([rows, 1, in_dim], opts);
-                        let (want, got) = (linear.forward(&x), tch::no_grad(|| decode.forward(&x)));
+                for rows in [1, 2, 3, 4, 5, 8, 13, 64, 65] {
+                    let x = Tensor::randn([rows, 1, in_dim], opts);
+                    let want = linear.forward(&x);
+                    let per_threads: Vec<Tensor> = [1, 2]
+                        .into_iter()
+                        .map(|t| {
+                            tch::set_num_threads(t);
+                            tch::no_grad(|| decode.forward(&x))
+                        })
+                        .collect();
+                    for (got, t) in per_threads.iter().zip([1, 2]) {
                         assert_eq!(want.size(), got.size());
-                        let err = (&want - &got).abs().max().double_value(&[]);
+                        let err = (&want - got).abs().max().double_value(&[]);
                         assert!(err < 1e-4, "{out_dim}x{in_dim}, {rows} rows, {t} threads: max error {err}");
+                    }
+                    // Each output column is one thread's, summed in the same order:
+                    // results do not depend on the thread count.
+                    if decode.packed && rows <= MAX_ROWS {
+                        assert!(per_threads[0].equal(&per_threads[1]), "{out_dim}x{in_dim}, {rows} rows: 1 vs 2 threads");
                     }
                 }
             }
