@@ -66,6 +66,7 @@ pub fn rms_normalize(x: &Tensor, eps: f64) -> Option<Tensor> {
         && x.kind() == Kind::Float
         && !x.requires_grad()
         && width > 0
+        && numel > 0
         && numel as i64 / width <= MAX_ROWS
         && x.is_contiguous();
     if !usable {
@@ -253,6 +254,8 @@ mod tests {
                 }
             }
         }
+        let empty = Tensor::zeros([0, 8], (Kind::Float, Device::Cpu));
+        assert!(rms_normalize(&empty, eps).is_none(), "no rows: libtorch's empty result");
         let strided = Tensor::randn([4, 8], (Kind::Float, Device::Cpu)).tr();
         assert!(rms_normalize(&strided, eps).is_none(), "a transposed view is not contiguous rows");
         let tracked = Tensor::randn([2, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
