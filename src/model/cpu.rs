@@ -114,11 +114,16 @@ mod x86 {
 
     use super::PanelProduct as Job;
 
+    /// `GOMP_parallel(fn, data, num_threads, flags)`: libgomp's `#pragma omp parallel`.
+    type Parallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, u32, u32);
+    /// `omp_get_thread_num()` / `omp_get_num_threads()`.
+    type ThreadQuery = unsafe extern "C" fn() -> c_int;
+
     /// libgomp's entry for `#pragma omp parallel`, and the thread queries.
     struct OpenMp {
-        parallel: unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, u32, u32),
-        thread_num: unsafe extern "C" fn() -> c_int,
-        num_threads: unsafe extern "C" fn() -> c_int,
+        parallel: Parallel,
+        thread_num: ThreadQuery,
+        num_threads: ThreadQuery,
     }
 
     /// libtorch's own OpenMP runtime, found among the loaded libraries: the
@@ -138,9 +143,9 @@ mod x86 {
                 // SAFETY: these are libgomp's exported functions of these signatures.
                 unsafe {
                     Some(OpenMp {
-                        parallel: std::mem::transmute::<*mut c_void, _>(parallel),
-                        thread_num: std::mem::transmute::<*mut c_void, _>(thread_num),
-                        num_threads: std::mem::transmute::<*mut c_void, _>(num_threads),
+                        parallel: std::mem::transmute::<*mut c_void, Parallel>(parallel),
+                        thread_num: std::mem::transmute::<*mut c_void, ThreadQuery>(thread_num),
+                        num_threads: std::mem::transmute::<*mut c_void, ThreadQuery>(num_threads),
                     })
                 }
             })

@@ -31,17 +31,17 @@ pub struct DecodeLinear {
 impl DecodeLinear {
     /// The map of `linear`, packed where the kernel runs.
     pub fn from_linear(linear: &Linear) -> Self {
-        let _guard = tch::no_grad_guard();
         let (out_dim, in_dim) = linear.weight.size2().expect("[out, in]");
         let bias = linear.bias.as_ref().map(Tensor::detach);
-        let w = &linear.weight;
+        // Detached: a copy for decoding never carries gradients.
+        let w = linear.weight.detach();
         if !(w.device() == Device::Cpu && w.kind() == Kind::Float && cpu::available()) {
-            return Self { weight: w.detach().tr(), bias, out_dim, packed: false };
+            return Self { weight: w.tr(), bias, out_dim, packed: false };
         }
         let panel = PANEL as i64;
         let panels = (out_dim + panel - 1) / panel;
         let pad = panels * panel - out_dim;
-        let weight = w.detach().tr().constant_pad_nd([0, pad]).view([in_dim, panels, panel]).transpose(0, 1).contiguous();
+        let weight = w.tr().constant_pad_nd([0, pad]).view([in_dim, panels, panel]).transpose(0, 1).contiguous();
         let bias = bias.map(|b| b.constant_pad_nd([0, pad]).contiguous());
         Self { weight, bias, out_dim, packed: true }
     }

@@ -62,12 +62,12 @@ impl RmsNorm {
 
     /// `x / rms(x)` without the scale; L2D modulates the scale itself.
     pub fn normalize(&self, x: &Tensor) -> Tensor {
+        // A few f32 rows without gradients on the CPU (decoding): one pass.
         if let Some(y) = super::cpu::rms_normalize(x, self.eps) {
             return y;
         }
-        // transformers' own four operations: libtorch's `rms_norm` computes the
-        // same but costs ~6 µs more per call at decode sizes, nine calls per
-        // diffusion-path evaluation.
+        // Elsewhere transformers' own four operations: libtorch's `rms_norm`
+        // computes the same but cost ~6 µs more per call at decode sizes.
         let x32 = x.to_kind(Kind::Float);
         let variance = x32.square().mean_dim(-1, true, Kind::Float);
         (x32 * (variance + self.eps).rsqrt()).to_kind(x.kind())
