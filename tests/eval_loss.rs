@@ -50,7 +50,9 @@ fn loss_bad_input() {
     let dir = data.parent().unwrap();
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"input_ids\": [1, 2, 3]}\n{\"tokens\": [1]}\n").unwrap();
-    assert_error(&run(None, &bad, &[]), 2, &["bad.jsonl:2", "input_ids"]);
+    assert_error(&run(None, &bad, &[]), 2, &["--data", "bad.jsonl:2", "input_ids"]);
+    std::fs::write(&bad, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n").unwrap();
+    assert_error(&run(None, &bad, &[]), 2, &["--data", "bad.jsonl:1", "chat data", "l2d prepare"]);
     std::fs::write(&bad, "{\"input_ids\": [1, 2, 99999]}\n").unwrap();
     assert_error(&run(None, &bad, &[]), 2, &["bad.jsonl:1", "99999"]);
     std::fs::write(&bad, "{\"input_ids\": [1, 2, 3], \"labels\": [1, 2]}\n").unwrap();
@@ -58,7 +60,7 @@ fn loss_bad_input() {
     std::fs::write(&bad, "{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, -100]}\n").unwrap();
     assert_error(&run(None, &bad, &[]), 2, &["masked"]);
     assert_error(&run(None, &data, &["--t", "1.5"]), 2, &["--t", "1.5"]);
-    assert_error(&run(None, std::path::Path::new("/nonexistent.jsonl"), &[]), 2, &["/nonexistent.jsonl"]);
+    assert_error(&run(None, std::path::Path::new("/nonexistent.jsonl"), &[]), 2, &["--data", "/nonexistent.jsonl"]);
 }
 
 /// `--data` also takes a directory written by `l2d prepare` (its valid split).

@@ -247,6 +247,27 @@ fn shards_of_another_tokenizer_are_refused() {
     assert!(!out.join("checkpoints").exists(), "nothing was trained");
 }
 
+/// `data.out` unset, missing, or chat data that was never prepared: one line
+/// naming `data.out` (and what to do), before anything is written.
+#[test]
+fn unusable_training_data_names_data_out() {
+    let model = tiny_model("llama");
+    let dir = scratch("train-bad-data");
+    let m = model.to_str().unwrap();
+    let out = dir.join("run");
+    let o = out.to_str().unwrap();
+    let unset = dir.join("unset.toml");
+    std::fs::write(&unset, "[train]\nmode = \"l2d-lora\"\n").unwrap();
+    let res = l2d(&["train", "--config", unset.to_str().unwrap(), "--set", &format!("model.path={m}"), "--out", o]);
+    assert_error(&res, 2, &["data.out", "not set", "l2d prepare"]);
+    let missing = dir.join("no-shards");
+    assert_error(&run(&train_args(m, missing.to_str().unwrap(), o, &[])), 2, &["data.out", "no-shards", "does not exist"]);
+    let chat = dir.join("chat.jsonl");
+    std::fs::write(&chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n").unwrap();
+    assert_error(&run(&train_args(m, chat.to_str().unwrap(), o, &[])), 2, &["data.out", "chat.jsonl:1", "chat data", "l2d prepare"]);
+    assert!(!out.exists(), "nothing was written");
+}
+
 /// `train.stop_at_step` ends a run part-way through its schedule: the result
 /// equals the longer run's checkpoint at that step, the learning rates are the
 /// longer run's, and resuming without it finishes the longer run exactly.

@@ -4,7 +4,7 @@
 //! completions without a model; `eval loss` is the diagnostic cross-entropy at
 //! fixed diffusion times.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
@@ -224,9 +224,9 @@ fn print_scores(result: &ResultEntry, json: bool, out: Option<&Path>) {
 /// validation split of a prepared directory (its training split if it has none).
 fn loss_examples(data: &Path, model: &Llama) -> Result<Vec<TrainExample>> {
     let vocab = model.config.vocab_size;
-    let source = match Source::open_valid(data, vocab)? {
+    let source = match Source::open_valid(data, vocab).context("--data")? {
         Some(valid) => valid,
-        None => Source::open(data, "train", vocab)?,
+        None => Source::open(data, "train", vocab).context("--data")?,
     };
     let max_len = model.config.max_position_embeddings as usize;
     Ok((0..source.len()).map(|i| source.get(i, max_len)).collect())

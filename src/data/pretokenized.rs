@@ -26,15 +26,20 @@ struct Line {
 
 /// Reads and checks a pretokenized JSONL file against a vocabulary of `vocab_size`.
 pub fn read_jsonl(path: &Path, vocab_size: i64) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).or_usage(|| format!("--data: cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).or_usage(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = || format!("{}:{}", path.display(), n + 1);
-        let rec: Line = serde_json::from_str(line)
-            .or_usage(|| format!("{}: expected {{\"input_ids\": [..], \"labels\": [..] (optional)}}", at()))?;
+        let rec: Line = match serde_json::from_str(line) {
+            Ok(rec) => rec,
+            Err(_) if serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.get("messages").is_some()) => {
+                crate::bail_usage!("{}: chat data (`messages`), not token ids: `l2d prepare` turns it into shards", at())
+            }
+            Err(e) => crate::bail_usage!("{}: expected {{\"input_ids\": [..], \"labels\": [..] (optional)}}: {e}", at()),
+        };
         if rec.input_ids.len() < 2 {
             crate::bail_usage!("{}: input_ids needs at least 2 tokens", at());
         }
@@ -51,7 +56,7 @@ pub fn read_jsonl(path: &Path, vocab_size: i64) -> Result<Vec<Example>> {
         out.push(Example { input_ids: rec.input_ids, labels });
     }
     if out.is_empty() {
-        crate::bail_usage!("--data: {} holds no examples", path.display());
+        crate::bail_usage!("{} holds no examples", path.display());
     }
     Ok(out)
 }

@@ -213,17 +213,28 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
         .out
         .as_ref()
         .map(PathBuf::from)
-        .ok_or_else(|| crate::error::usage("data.out: no prepared data (run `l2d prepare`, or point it at a pretokenized JSONL file)"))?;
+        .ok_or_else(|| {
+            crate::error::usage(
+                "data.out: not set; point it at the directory `l2d prepare` wrote (--set data.out=DIR) or at a pretokenized JSONL file",
+            )
+        })?;
+    if !data_path.exists() {
+        crate::bail_usage!(
+            "data.out: {} does not exist (`l2d prepare --out {}` writes shards there; a pretokenized JSONL file also works)",
+            data_path.display(),
+            data_path.display()
+        );
+    }
     // Refuse shards of another tokenizer before loading anything heavy.
     if data_path.is_dir() {
         crate::data::shards::check_tokenizer(&data_path, &base_dir)?;
     }
     let model = Llama::load(&base_dir, device, kind)?;
-    let train_data = Source::open(&data_path, "train", model.config.vocab_size)?;
+    let train_data = Source::open(&data_path, "train", model.config.vocab_size).context("data.out")?;
     if train_data.is_empty() {
         crate::bail_usage!("{}: the training split holds no examples", data_path.display());
     }
-    let valid_data = Source::open_valid(&data_path, model.config.vocab_size)?;
+    let valid_data = Source::open_valid(&data_path, model.config.vocab_size).context("data.out")?;
     let plan = BatchPlan::new(train_data.lengths(), t.batch_size, t.seed);
     let total = (t.epochs * plan.steps_per_epoch).min(t.max_steps.unwrap_or(u64::MAX));
     // The schedule spans `total` steps; the run may end earlier.
