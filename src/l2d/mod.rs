@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
 use crate::model::decode_linear::DecodeLinear;
-use crate::model::llama::{attend, Linear};
+use crate::model::llama::{attend, Affine, Linear};
 use crate::model::lora::Lora;
 use crate::model::{KvCache, Llama, Step};
 pub use loss::{main_path, next_token_nll, TokenBatch};
@@ -19,18 +19,18 @@ pub use params::{Shape, Variant};
 
 use loss::{summed_cross_entropy, LossPositions};
 
-/// `Linear -> SiLU -> Linear`.
-pub struct Mlp2 {
+/// `Linear -> SiLU -> Linear` (or the same maps laid out for decoding).
+pub struct Mlp2<M = Linear> {
     /// First layer.
-    pub l0: Linear,
+    pub l0: M,
     /// Second layer.
-    pub l2: Linear,
+    pub l2: M,
 }
 
-impl Mlp2 {
+impl<M: Affine> Mlp2<M> {
     /// `l2(silu(l0(x)))`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.l2.forward(&self.l0.forward(x).silu())
+        self.l2.apply(&self.l0.apply(x).silu())
     }
 }
 
@@ -172,8 +172,8 @@ pub struct L2d {
 struct SamplingMaps {
     /// The base model's LM head: the largest matrix of every evaluation.
     head: DecodeLinear,
-    /// The input encoder's two layers (f32).
-    encoder: [DecodeLinear; 2],
+    /// The input encoder (f32).
+    encoder: Mlp2<DecodeLinear>,
 }
 
 impl L2d {
@@ -267,7 +267,7 @@ impl L2d {
         let head = Linear { weight: model.lm_head.shallow_clone(), bias: None };
         copy.sampling = Some(SamplingMaps {
             head: DecodeLinear::from_linear(&head),
-            encoder: [DecodeLinear::from_linear(&copy.encoder.l0), DecodeLinear::from_linear(&copy.encoder.l2)],
+            encoder: Mlp2 { l0: DecodeLinear::from_linear(&copy.encoder.l0), l2: DecodeLinear::from_linear(&copy.encoder.l2) },
         });
         copy
     }
@@ -422,7 +422,7 @@ impl L2d {
     pub fn encode(&self, x_t: &Tensor, cond: &Conditioning, kind: Kind) -> Tensor {
         let x = x_t.to_kind(Kind::Float) / &cond.input_std;
         let h = match &self.sampling {
-            Some(SamplingMaps { encoder: [l0, l2], .. }) => l2.forward(&l0.forward(&x).silu()),
+            Some(maps) => maps.encoder.forward(&x),
             None => self.encoder.forward(&x),
         };
         h.to_kind(kind)

@@ -14,7 +14,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::cpu::{self, PanelProduct, MAX_ROWS, PANEL};
-use super::llama::Linear;
+use super::llama::{Affine, Linear};
 
 /// A frozen affine map for decoding, without gradients.
 pub struct DecodeLinear {
@@ -143,5 +143,11 @@ mod tests {
             }
         }
         tch::set_num_threads(threads);
+    }
+}
+
+impl Affine for DecodeLinear {
+    fn apply(&self, x: &Tensor) -> Tensor {
+        self.forward(x)
     }
 }

@@ -47,6 +47,19 @@ impl Linear {
     }
 }
 
+/// An affine map of the last dimension: a [`Linear`] for training, or the same
+/// map laid out for decoding.
+pub trait Affine {
+    /// Applies the map to the last dimension of `x`.
+    fn apply(&self, x: &Tensor) -> Tensor;
+}
+
+impl Affine for Linear {
+    fn apply(&self, x: &Tensor) -> Tensor {
+        self.forward(x)
+    }
+}
+
 /// RMSNorm computed in f32 and cast back, as transformers does.
 pub struct RmsNorm {
     /// The learned scale `gamma`.
