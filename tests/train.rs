@@ -247,6 +247,36 @@ fn shards_of_another_tokenizer_are_refused() {
     assert!(!out.join("checkpoints").exists(), "nothing was trained");
 }
 
+/// `--dry-run` with data plans the steps and tokens the real run then takes:
+/// across an epoch boundary, with `max_steps` capping the schedule.
+#[test]
+fn dry_run_budget_is_what_the_run_takes() {
+    let model = tiny_model("llama");
+    let d = data("train-budget", 40);
+    let out = scratch("train-budget-out").join("run");
+    let (m, dd, o) = (model.to_str().unwrap(), d.to_str().unwrap(), out.to_str().unwrap());
+    // 40 examples in batches of 2: 20 steps an epoch, batches sorted by length
+    // within groups of 32 examples; 2 epochs capped at 27 steps.
+    let extra = [
+        "--set", "train.batch_size=2", "--set", "train.micro_batch_size=2",
+        "--set", "train.epochs=2", "--set", "train.max_steps=27", "--set", "train.max_seq_len=23",
+    ];
+    let mut plan_args = train_args(m, dd, o, &extra);
+    plan_args.extend(["--dry-run".to_string(), "--json".to_string()]);
+    let plan: serde_json::Value = serde_json::from_str(&ok(run(&plan_args))).unwrap();
+    assert_eq!((plan["train_examples"].as_u64(), plan["steps_per_epoch"].as_u64()), (Some(40), Some(20)));
+    assert_eq!((plan["schedule_steps"].as_u64(), plan["planned_steps"].as_u64()), (Some(27), Some(27)));
+    assert!(!out.exists(), "a dry run writes nothing");
+    ok(run(&train_args(m, dd, o, &extra)));
+    let log = loss_log(&out);
+    assert_eq!(log.len(), 27);
+    let tokens: u64 = log.iter().map(|r| r["tokens"].as_u64().unwrap()).sum();
+    assert_eq!(plan["planned_tokens"].as_u64(), Some(tokens));
+    // Sequences of 8-24 tokens cut at 23: micro-batches of 2 pad a little.
+    let padded = plan["planned_padded_tokens"].as_u64().unwrap();
+    assert!(padded > tokens && padded <= 27 * 2 * 23, "padded {padded}, tokens {tokens}");
+}
+
 /// `data.out` unset, missing, or chat data that was never prepared: one line
 /// naming `data.out` (and what to do), before anything is written.
 #[test]

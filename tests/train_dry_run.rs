@@ -1,4 +1,5 @@
-//! `l2d train --dry-run`: parameter counts from `config.json` alone.
+//! `l2d train --dry-run`: parameter counts from `config.json` alone (the data
+//! budget against a real run is in tests/train.rs).
 
 mod common;
 use common::*;
@@ -26,6 +27,8 @@ fn llama_3_2_1b_l2d_lora_has_the_papers_trainable_count() {
     assert_eq!(plan["batch_size"], 32);
     assert_eq!(plan["micro_batch_size"], 4);
     assert_eq!(plan["grad_accumulation_steps"], 8);
+    // No data.out in the config: the data budget is left open.
+    assert!(plan["data"].is_null() && plan["planned_steps"].is_null() && plan["planned_tokens"].is_null());
 }
 
 #[test]
@@ -52,4 +55,6 @@ fn dry_run_bad_input() {
     let model = format!("model.path={root}/tests/fixtures/model-configs/Llama-3.2-1B-Instruct");
     let out = l2d(&["train", "--config", &cfg, "--set", &model, "--set", "train.mode=lora", "--set", "lora.target_modules=[\"qq_proj\"]", "--dry-run"]);
     assert_error(&out, 2, &["qq_proj"]);
+    let out = l2d(&["train", "--config", &cfg, "--set", &model, "--set", "data.out=/nonexistent/shards", "--dry-run"]);
+    assert_error(&out, 2, &["data.out", "/nonexistent/shards", "does not exist"]);
 }

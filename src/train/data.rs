@@ -5,6 +5,7 @@
 use anyhow::Result;
 use std::path::Path;
 
+use crate::config::TrainConfig;
 use crate::data::pretokenized;
 use crate::data::shards::Split;
 use crate::rng::SplitMix64;
@@ -119,9 +120,43 @@ impl BatchPlan {
     /// Example indices of global step `step`: the epoch's seeded permutation,
     /// sorted by length within groups of batches (padding-aware batching).
     pub fn batch(&self, step: u64) -> Vec<usize> {
-        let epoch = step / self.steps_per_epoch;
-        let within = (step % self.steps_per_epoch) as usize;
-        let order = permutation(self.lengths.len(), self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let order = self.epoch_order(step / self.steps_per_epoch);
+        self.batch_within(&order, step % self.steps_per_epoch)
+    }
+
+    /// The run a config asks for: the steps its schedule spans (epochs, capped by
+    /// `max_steps`) and the step it ends at (`stop_at_step` may end it earlier).
+    pub fn steps(&self, t: &TrainConfig) -> (u64, u64) {
+        let total = (t.epochs * self.steps_per_epoch).min(t.max_steps.unwrap_or(u64::MAX));
+        (total, t.stop_at_step.map_or(total, |s| s.min(total)))
+    }
+
+    /// Tokens of the first `steps` batches, each example cut to `max_len`: the
+    /// examples' own, and as padded into micro-batches of `micro` (what the steps compute on).
+    pub fn tokens(&self, steps: u64, max_len: usize, micro: usize) -> (u64, u64) {
+        let (mut real, mut padded) = (0, 0);
+        for epoch in 0..steps.div_ceil(self.steps_per_epoch) {
+            let order = self.epoch_order(epoch);
+            let in_epoch = (steps - epoch * self.steps_per_epoch).min(self.steps_per_epoch);
+            for within in 0..in_epoch {
+                for chunk in self.batch_within(&order, within).chunks(micro) {
+                    let lens = chunk.iter().map(|&i| self.lengths[i].min(max_len) as u64);
+                    real += lens.clone().sum::<u64>();
+                    padded += lens.max().unwrap_or(0) * chunk.len() as u64;
+                }
+            }
+        }
+        (real, padded)
+    }
+
+    /// Epoch `epoch`'s seeded permutation of the examples.
+    fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        permutation(self.lengths.len(), self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// Batch `within` of an epoch whose permutation is `order`.
+    fn batch_within(&self, order: &[usize], within: u64) -> Vec<usize> {
+        let within = within as usize;
         let group = self.batch_size * GROUP_BATCHES;
         let start = (within * self.batch_size / group) * group;
         let mut chunk: Vec<usize> = order[start..(start + group).min(order.len())].to_vec();

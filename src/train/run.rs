@@ -195,6 +195,22 @@ const CHECKPOINTS: &str = "checkpoints";
 const METRICS: &str = "metrics.jsonl";
 const TENSORBOARD: &str = "tb";
 
+/// The training data `data.out` names (prepared shards or a pretokenized JSONL
+/// file), checked to exist; `None` when unset.
+pub fn data_path(cfg: &Config) -> Result<Option<PathBuf>> {
+    let Some(path) = cfg.data.out.as_ref().map(PathBuf::from) else {
+        return Ok(None);
+    };
+    if !path.exists() {
+        crate::bail_usage!(
+            "data.out: {} does not exist (`l2d prepare --out {}` writes shards there; a pretokenized JSONL file also works)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(Some(path))
+}
+
 /// Trains as `cfg` says, writing into `out`; `resume` continues from the newest checkpoint there.
 pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> Result<Outcome> {
     super::keep_freed_memory();
@@ -208,23 +224,11 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
     let device = runtime::parse_device(&cfg.model.device)?;
     let kind = runtime::parse_dtype(&cfg.model.dtype, device)?;
     let base_dir = PathBuf::from(&cfg.model.path);
-    let data_path = cfg
-        .data
-        .out
-        .as_ref()
-        .map(PathBuf::from)
-        .ok_or_else(|| {
-            crate::error::usage(
-                "data.out: not set; point it at the directory `l2d prepare` wrote (--set data.out=DIR) or at a pretokenized JSONL file",
-            )
-        })?;
-    if !data_path.exists() {
-        crate::bail_usage!(
-            "data.out: {} does not exist (`l2d prepare --out {}` writes shards there; a pretokenized JSONL file also works)",
-            data_path.display(),
-            data_path.display()
-        );
-    }
+    let data_path = data_path(cfg)?.ok_or_else(|| {
+        crate::error::usage(
+            "data.out: not set; point it at the directory `l2d prepare` wrote (--set data.out=DIR) or at a pretokenized JSONL file",
+        )
+    })?;
     // Refuse shards of another tokenizer before loading anything heavy.
     if data_path.is_dir() {
         crate::data::shards::check_tokenizer(&data_path, &base_dir)?;
@@ -236,9 +240,8 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
     }
     let valid_data = Source::open_valid(&data_path, model.config.vocab_size).context("data.out")?;
     let plan = BatchPlan::new(train_data.lengths(), t.batch_size, t.seed);
-    let total = (t.epochs * plan.steps_per_epoch).min(t.max_steps.unwrap_or(u64::MAX));
     // The schedule spans `total` steps; the run may end earlier.
-    let end = t.stop_at_step.map_or(total, |s| s.min(total));
+    let (total, end) = plan.steps(t);
 
     tch::manual_seed(t.seed as i64);
     let mut trainee = Trainee::new(mode, &model, cfg)?;
