@@ -452,6 +452,7 @@ impl L2d {
 
     /// Logits `[B, T, V]` of the whole model at diffusion inputs `x_t` `[B, T, D]` and
     /// times `t` `[B, T]`, given the main path's last hidden state and cache.
+    #[allow(clippy::too_many_arguments)] // the main path's three values, the diffusion inputs and the times: no natural grouping
     pub fn logits(
         &self,
         model: &Llama,

@@ -102,6 +102,12 @@ impl DecodeLinear {
     }
 }
 
+impl Affine for DecodeLinear {
+    fn apply(&self, x: &Tensor) -> Tensor {
+        self.forward(x)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,11 +149,5 @@ mod tests {
             }
         }
         tch::set_num_threads(threads);
-    }
-}
-
-impl Affine for DecodeLinear {
-    fn apply(&self, x: &Tensor) -> Tensor {
-        self.forward(x)
     }
 }

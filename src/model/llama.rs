@@ -354,7 +354,7 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             let lora = adapters.map(|(a, train)| a.layer(i, train));
             let attn_in = layer.input_layernorm.forward(&h);
-            h = h + self.self_attention(i, &attn_in, step, cache, lora);
+            h = &h + self.self_attention(i, &attn_in, step, cache, lora);
             h = &h + layer.mlp.forward(&layer.post_attention_layernorm.forward(&h), lora);
         }
         cache.advance(input_ids.size()[1]);

@@ -234,7 +234,7 @@ pub fn decode(
             key_valid = key_valid.map(|k| k.index_select(0, &index));
             active = keep.iter().map(|&s| active[s as usize]).collect();
         }
-        positions = positions + 1;
+        positions = &positions + 1;
         key_valid = key_valid.map(|k| Tensor::cat(&[k, Tensor::ones([active.len() as i64, 1], (Kind::Bool, device))], 1));
         let step = model.step(positions.shallow_clone(), AttentionMask::new(key_valid.as_ref(), 1, cache.len() + 1, device));
         let hidden = model.forward_hidden(&next, &step, &mut cache);
