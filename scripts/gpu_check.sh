@@ -98,22 +98,29 @@ with open(f"{sys.argv[1]}/long.jsonl", "w") as f:
 EOF
 common=(--config configs/llama-3.2-1b-instruct-l2d-lora.toml --set model.path="$work/m1b")
 "$bin" prepare "${common[@]}" --set data.train="$work/long.jsonl" --set 'data.valid=[]' --set train.max_seq_len=2048 --out "$work/long" >/dev/null
-"$bin" train "${common[@]}" --set 'data.valid=[]' --set data.out="$work/long" --set model.device="$dev" --set model.dtype=bf16 \
-  --set train.max_seq_len=2048 --set train.micro_batch_size=4 --set train.batch_size=4 --set train.max_steps=14 \
-  --set train.warmup_steps=2 --set train.log_every=1 --set train.eval_every=0 --set train.save_every=0 \
-  --out "$work/train1b" 2>&1 | tail -3
+run1b=("${common[@]}" --set 'data.valid=[]' --set data.out="$work/long" --set model.device="$dev" --set model.dtype=bf16
+  --set train.max_seq_len=2048 --set train.micro_batch_size=4 --set train.batch_size=4 --set train.max_steps=14
+  --set train.warmup_steps=2 --set train.log_every=1 --set train.eval_every=0 --set train.save_every=0)
+"$bin" train "${run1b[@]}" --dry-run --json > "$work/plan1b.json"
+"$bin" train "${run1b[@]}" --out "$work/train1b" 2>&1 | tail -3
 python3 - "$work" <<'EOF'
 import json, sys
-recs = [json.loads(l) for l in open(f"{sys.argv[1]}/train1b/metrics.jsonl") if '"tokens_per_s"' in l]
+w = sys.argv[1]
+recs = [json.loads(l) for l in open(f"{w}/train1b/metrics.jsonl") if '"tokens_per_s"' in l]
+trainable = json.load(open(f"{w}/plan1b.json"))["trainable_params"]
 steady = recs[4:]
 tps = sum(r["tokens_per_s"] for r in steady) / len(steady)
-# Llama-3.2-1B: 16 layers, d 2048, ffn 8192, 32 q heads and 8 kv heads of 64, vocab 128256, T 2048.
+# The FLOPs a step needs, per token. Llama-3.2-1B: 16 layers, d 2048, ffn 8192,
+# 32 q heads and 8 kv heads of 64, vocab 128256, T 2048.
 L, d, ffn, kv, V, T = 16, 2048, 8192, 512, 128256, 2048
 body = L * (d * d * 2 + 2 * d * kv + 3 * d * ffn)        # q,o + k,v + gate,up,down weights
 attn = L * 2 * 2 * T * d / 2                              # QK^T and AV per token, causal half
 main_fwd = 2 * body + attn                                 # frozen main path, no LM head
 flow_fwd = 2 * (body - L * 2 * d * kv) + attn + 2 * V * d  # flow stream reuses the main k,v; one LM head
-flops = main_fwd + 3 * flow_fwd                            # backward ~ 2x forward through the flow stream
+# Backward through the flow stream: input gradients only through the frozen maps
+# (the same matmuls again), weight gradients only for the trainable tensors
+# (2 FLOPs each forward, 2 for their input and 2 for their weight gradient).
+flops = main_fwd + 2 * flow_fwd + 6 * trainable
 peak = 989e12                                              # H100 and H200 SXM, dense bf16
 print(f"steps {len(recs)}, steady tokens/s {tps:,.0f}, model FLOPs/token {flops/1e9:.2f} G, "
       f"achieved {tps*flops/1e12:.1f} TFLOP/s, MFU {tps*flops/peak:.1%} of {peak/1e12:.0f} TFLOP/s dense bf16")
