@@ -113,7 +113,7 @@ impl DataBudget {
 
 /// Runs the training; SIGINT/SIGTERM finish the current step, save and exit 0,
 /// a second signal aborts.
-fn train(cfg: &crate::config::Config, args: &Args) -> Result<()> {
+fn train(cfg: &Config, args: &Args) -> Result<()> {
     let out = match (&args.out, &cfg.train.out) {
         (Some(o), _) => o.clone(),
         (None, Some(o)) => PathBuf::from(o),
