@@ -7,6 +7,9 @@ use l2d::l2d::checkpoint::{self, BaseIdentity, Metadata};
 use l2d::l2d::{main_path, next_token_nll, params, L2d, Shape, TokenBatch, Variant};
 use l2d::model::{KvCache, Llama, ModelConfig};
 
+mod common;
+use common::rng_lock;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(name)
 }
@@ -54,6 +57,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn fresh_l2d_reproduces_the_base_lm_at_every_t() {
+    let _rng = rng_lock();
     for arch in ["llama", "qwen2"] {
         for variant in [Variant::Lora, Variant::Full] {
             let model = load(arch);
@@ -73,6 +77,7 @@ fn fresh_l2d_reproduces_the_base_lm_at_every_t() {
 
 #[test]
 fn trained_l2d_reproduces_the_base_lm_at_t0_only() {
+    let _rng = rng_lock();
     for arch in ["llama", "qwen2"] {
         let model = load(arch);
         tch::manual_seed(1);
@@ -92,6 +97,7 @@ fn trained_l2d_reproduces_the_base_lm_at_t0_only() {
 /// main path gives the logits of the full forward at that position.
 #[test]
 fn stream_over_cached_main_path_equals_full_forward() {
+    let _rng = rng_lock();
     for arch in ["llama", "qwen2"] {
         let model = load(arch);
         tch::manual_seed(2);
@@ -138,6 +144,7 @@ fn loss_over_every_position(model: &Llama, l2d: &L2d, b: &TokenBatch, t: &Tensor
 /// masked prompts of different lengths and right padding (gathered positions).
 #[test]
 fn loss_over_loss_positions_equals_the_stream_run_everywhere() {
+    let _rng = rng_lock();
     for arch in ["llama", "qwen2"] {
         let model = load(arch);
         tch::manual_seed(5);
@@ -173,6 +180,7 @@ fn loss_over_loss_positions_equals_the_stream_run_everywhere() {
 
 #[test]
 fn only_l2d_tensors_get_gradients_and_base_stays_bit_identical() {
+    let _rng = rng_lock();
     let model = load("qwen2");
     tch::manual_seed(3);
     let l2d = L2d::init(&model, shape(Variant::Lora, 2), 64.0).unwrap();
@@ -220,6 +228,7 @@ fn base_tensors(model: &Llama) -> Vec<Tensor> {
 
 #[test]
 fn loss_at_t0_equals_the_base_lm_loss() {
+    let _rng = rng_lock();
     let model = load("llama");
     tch::manual_seed(4);
     let l2d = L2d::init(&model, shape(Variant::Lora, 0), 64.0).unwrap();
@@ -278,6 +287,7 @@ fn meta(model: &Llama, base: &Path, l2d: &L2d) -> Metadata {
 
 #[test]
 fn checkpoint_round_trip_and_reference_export() {
+    let _rng = rng_lock();
     let model = load("llama");
     tch::manual_seed(5);
     let l2d = L2d::init(&model, shape(Variant::Lora, 0), 64.0).unwrap();
@@ -313,6 +323,7 @@ fn checkpoint_round_trip_and_reference_export() {
 
 #[test]
 fn checkpoint_refuses_another_base_model() {
+    let _rng = rng_lock();
     let model = load("llama");
     let l2d = L2d::init(&model, shape(Variant::Lora, 0), 64.0).unwrap();
     let dir = scratch("other-base").join("ckpt");

@@ -74,6 +74,7 @@ fn l2d_bad_input() {
 /// The sampler on a padded batch equals each prompt alone (argmax x1, greedy tokens).
 #[test]
 fn l2d_batch_with_padding_equals_one_by_one() {
+    let _rng = common::rng_lock();
     let base = tiny_model("llama");
     let model = Llama::load(&base, Device::Cpu, Kind::Float).unwrap();
     tch::manual_seed(3);
@@ -118,6 +119,7 @@ fn l2d_batch_with_padding_equals_one_by_one() {
 /// the same next-token logits from the same noise.
 #[test]
 fn batched_guidance_equals_two_separate_evaluations() {
+    let _rng = common::rng_lock();
     let model = Llama::load(&tiny_model("llama"), Device::Cpu, Kind::Float).unwrap();
     tch::manual_seed(5);
     let l2d = L2d::init(&model, shape(3), 64.0).unwrap();

@@ -7,12 +7,15 @@ use l2d::init::{init_model_dir, Arch, InitOptions, Preset};
 use l2d::model::Llama;
 use l2d::sampling::{generate, BaseLm, Finish, GenerateOptions, TokenSampler};
 
+mod common;
+
 fn sampler(temperature: f64, top_k: i64, top_p: f64) -> TokenSampler {
     TokenSampler { temperature, top_k, top_p }
 }
 
 /// Draws `n` tokens from the same logits row and counts each id.
 fn histogram(s: &TokenSampler, logits: &[f32], n: usize) -> Vec<usize> {
+    let _rng = common::rng_lock();
     tch::manual_seed(0);
     let row = Tensor::from_slice(logits).unsqueeze(0).repeat([n as i64, 1]);
     let ids: Vec<i64> = Vec::try_from(s.sample(&row).unwrap()).unwrap();
@@ -121,6 +124,7 @@ fn byte_level_tokenizer() -> (tempfile::TempDir, Tokenizer) {
 /// invalid sequences, special tokens).
 #[test]
 fn streamed_text_adds_up_to_the_full_decode() {
+    let _rng = common::rng_lock();
     let (_tmp, tok) = byte_level_tokenizer();
     let text = "Grüße, 世界! Ο λόγος — ∑ 2·3 = 6 🎉\n\tdone";
     let mut random = tok.encode(text, false).unwrap();

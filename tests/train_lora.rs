@@ -192,6 +192,7 @@ fn lora_resume_is_bit_identical() {
 /// (B = 0, A within PEFT's Kaiming bound) leave the base model's logits as they are.
 #[test]
 fn adapter_dropout_is_active_in_training_only() {
+    let _rng = common::rng_lock();
     let model = Llama::load(&tiny_model("qwen2"), Device::Cpu, Kind::Float).unwrap();
     tch::manual_seed(5);
     let mut adapters = Adapters::init(&model, Settings::from_config(&lora_config(0.5)).unwrap()).unwrap();

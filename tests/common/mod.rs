@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use tch::{Device, Kind, Tensor};
 
 use l2d::l2d::checkpoint::{self, BaseIdentity, Metadata};
@@ -113,11 +113,20 @@ pub fn shape(num_classes: i64) -> l2d::l2d::Shape {
     l2d::l2d::Shape { variant: l2d::l2d::Variant::Lora, flow_dim: 32, timestep_dim: 16, lora_rank: 4, lora_alpha: 4.0, num_classes }
 }
 
+/// libtorch draws from one global generator and a test binary runs its tests on
+/// parallel threads: a test that draws in-process holds this guard from before its
+/// first `tch::manual_seed` to after its last draw, so that its draws are its own.
+pub fn rng_lock() -> MutexGuard<'static, ()> {
+    static RNG: Mutex<()> = Mutex::new(());
+    RNG.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A checkpoint for the tiny llama; `perturbed` moves it off its initialisation,
 /// `poison` puts NaN into `map`.
 pub fn checkpoint_for(name: &str, num_classes: i64, perturbed: bool, poison: bool) -> PathBuf {
     let base = tiny_model("llama");
     let model = Llama::load(&base, Device::Cpu, Kind::Float).unwrap();
+    let rng = rng_lock();
     tch::manual_seed(9);
     let l2d = L2d::init(&model, shape(num_classes), 64.0).unwrap();
     tch::no_grad(|| {
@@ -131,6 +140,7 @@ pub fn checkpoint_for(name: &str, num_classes: i64, perturbed: bool, poison: boo
             }
         }
     });
+    drop(rng);
     let mut cfg = l2d::config::L2dConfig::default();
     cfg.flow_dim = 32;
     cfg.timestep_dim = 16;
