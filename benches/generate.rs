@@ -73,6 +73,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Median prefill and decode tokens/s over `runs` generations after a warm-up.
+// The heads borrow the model; clippy's elided form does not compile (a `'_` in
+// an `FnMut`'s return names no input lifetime).
+#[allow(clippy::needless_lifetimes)]
 fn measure<'m>(
     model: &'m Llama,
     opts: &GenerateOptions,

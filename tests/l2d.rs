@@ -273,8 +273,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn meta(model: &Llama, base: &Path, l2d: &L2d) -> Metadata {
-    let mut cfg = l2d::config::L2dConfig::default();
-    cfg.sigma = l2d.sigma;
+    let cfg = l2d::config::L2dConfig { sigma: l2d.sigma, ..Default::default() };
     Metadata {
         format: "l2d".into(),
         version: 1,

@@ -85,8 +85,8 @@ fn l2d_batch_with_padding_equals_one_by_one() {
             let _ = p.g_add_(&(Tensor::randn_like(&p) * 0.05));
         }
     });
-    let mut cfg = l2d::config::L2dConfig::default();
-    cfg.x1_temperature = 0.0; // argmax x1: the ODE is deterministic given x0
+    // argmax x1: the ODE is deterministic given x0
+    let mut cfg = l2d::config::L2dConfig { x1_temperature: 0.0, ..Default::default() };
     let opts = GenerateOptions {
         sampler: TokenSampler { temperature: 0.0, top_k: 0, top_p: 1.0 },
         max_new_tokens: 5,
@@ -107,7 +107,7 @@ fn l2d_batch_with_padding_equals_one_by_one() {
         assert_eq!(head.evals_per_token(), nfe);
         for (i, p) in [&a, &b].into_iter().enumerate() {
             let mut head = L2dHead::new(&model, &l2d_sigma0, SamplerOptions::from_config(&cfg).unwrap()).unwrap();
-            let alone = generate(&model, None, &mut head, &[p.clone()], &opts, &mut |_, _| {}).unwrap();
+            let alone = generate(&model, None, &mut head, std::slice::from_ref(p), &opts, &mut |_, _| {}).unwrap();
             assert_eq!(batch[i].token_ids, alone[0].token_ids, "row {i}, guidance {guidance:?}");
         }
     }

@@ -91,7 +91,7 @@ fn cached_decode_equals_full_recompute() {
         let exp = expected(name);
         let model = load(name);
         let prompt = row(&get(&exp, "prompt_a"));
-        let out = generate(&model, None, &mut BaseLm, &[prompt.clone()], &greedy_opts(12), &mut |_, _| {}).unwrap();
+        let out = generate(&model, None, &mut BaseLm, std::slice::from_ref(&prompt), &greedy_opts(12), &mut |_, _| {}).unwrap();
         let mut seq = prompt.clone();
         for &tok in &out[0].token_ids {
             let logits = tch::no_grad(|| model.forward(&Tensor::from_slice(&seq).unsqueeze(0)));
@@ -101,7 +101,7 @@ fn cached_decode_equals_full_recompute() {
         }
         let mut recorded = Vec::new();
         let mut head = Recorder(&mut recorded);
-        generate(&model, None, &mut head, &[prompt.clone()], &greedy_opts(6), &mut |_, _| {}).unwrap();
+        generate(&model, None, &mut head, std::slice::from_ref(&prompt), &greedy_opts(6), &mut |_, _| {}).unwrap();
         let full = tch::no_grad(|| model.forward(&Tensor::from_slice(&seq).unsqueeze(0))).get(0);
         for (i, step_logits) in recorded.iter().enumerate() {
             let pos = prompt.len() as i64 - 1 + i as i64;

@@ -78,13 +78,13 @@ fn opts(max: usize, min: usize, eos: Vec<i64>) -> GenerateOptions {
 fn eos_ends_generation_unless_min_new_tokens() {
     let model = parity_model();
     let prompt = vec![5i64, 17, 42, 99];
-    let free = generate(&model, None, &mut BaseLm, &[prompt.clone()], &opts(10, 0, vec![]), &mut |_, _| {}).unwrap();
+    let free = generate(&model, None, &mut BaseLm, std::slice::from_ref(&prompt), &opts(10, 0, vec![]), &mut |_, _| {}).unwrap();
     assert_eq!(free[0].finish, Finish::Length);
     assert_eq!(free[0].token_ids.len(), 10);
     // Declare the third greedy token an eos id: generation ends right there.
     let eos = free[0].token_ids[2];
     let first_eos = free[0].token_ids.iter().position(|&t| t == eos).unwrap();
-    let stopped = generate(&model, None, &mut BaseLm, &[prompt.clone()], &opts(10, 0, vec![eos]), &mut |_, _| {}).unwrap();
+    let stopped = generate(&model, None, &mut BaseLm, std::slice::from_ref(&prompt), &opts(10, 0, vec![eos]), &mut |_, _| {}).unwrap();
     assert_eq!(stopped[0].finish, Finish::Eos);
     assert_eq!(stopped[0].token_ids, free[0].token_ids[..=first_eos].to_vec());
     // With min_new_tokens the eos id cannot appear before that many tokens.
@@ -98,8 +98,8 @@ fn finished_rows_leave_the_batch_without_changing_the_others() {
     let model = parity_model();
     let a = vec![5i64, 17, 42, 99, 7, 8];
     let b = vec![11i64, 3];
-    let alone_b = generate(&model, None, &mut BaseLm, &[b.clone()], &opts(12, 0, vec![]), &mut |_, _| {}).unwrap();
-    let eos = generate(&model, None, &mut BaseLm, &[a.clone()], &opts(12, 0, vec![]), &mut |_, _| {}).unwrap()[0].token_ids[1];
+    let alone_b = generate(&model, None, &mut BaseLm, std::slice::from_ref(&b), &opts(12, 0, vec![]), &mut |_, _| {}).unwrap();
+    let eos = generate(&model, None, &mut BaseLm, std::slice::from_ref(&a), &opts(12, 0, vec![]), &mut |_, _| {}).unwrap()[0].token_ids[1];
     assert!(!alone_b[0].token_ids.contains(&eos), "fixture: the chosen eos id must not occur in row b");
     let batch = generate(&model, None, &mut BaseLm, &[a, b], &opts(12, 0, vec![eos]), &mut |_, _| {}).unwrap();
     assert_eq!(batch[0].finish, Finish::Eos);

@@ -193,7 +193,7 @@ fn failed_save_keeps_the_previous_checkpoint_and_says_why() {
     assert_ne!(res.status.code(), Some(0));
     assert!(err.contains("checkpoint at step 4 not saved"), "{err}");
     assert!(out.join("checkpoints/step-00000002/state.json").is_file());
-    assert_eq!(tensors(&out.join("checkpoints/step-00000002/trainable.safetensors")).len() > 0, true);
+    assert!(!tensors(&out.join("checkpoints/step-00000002/trainable.safetensors")).is_empty());
 }
 
 /// `full` finetuning writes a Hugging Face directory that transformers loads
@@ -219,10 +219,8 @@ fn full_finetuning_writes_a_transformers_model() {
     let tuned = l2d::model::Llama::load(&trained, Device::Cpu, Kind::Float).unwrap();
     let (lb, lt) = tch::no_grad(|| (base.forward(&ours), tuned.forward(&ours)));
     assert!((&lb - &lt).abs().max().double_value(&[]) > 1e-4, "weights changed");
-    let script = format!(
-        "import json,sys,torch\nfrom transformers import AutoModelForCausalLM\nm=AutoModelForCausalLM.from_pretrained(sys.argv[1],torch_dtype=torch.float32).eval()\nwith torch.no_grad(): print(json.dumps(m(torch.tensor([[3,17,42,99,7,250]])).logits[0].tolist()))"
-    );
-    let py = Command::new(python()).args(["-c", &script, trained.to_str().unwrap()]).output().unwrap();
+    let script = "import json,sys,torch\nfrom transformers import AutoModelForCausalLM\nm=AutoModelForCausalLM.from_pretrained(sys.argv[1],torch_dtype=torch.float32).eval()\nwith torch.no_grad(): print(json.dumps(m(torch.tensor([[3,17,42,99,7,250]])).logits[0].tolist()))";
+    let py = Command::new(python()).args(["-c", script, trained.to_str().unwrap()]).output().unwrap();
     assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
     let theirs: Vec<Vec<f32>> = serde_json::from_slice(&py.stdout).unwrap();
     let theirs = Tensor::from_slice(&theirs.concat()).view([1, 6, -1]);

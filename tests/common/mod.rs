@@ -141,12 +141,14 @@ pub fn checkpoint_for(name: &str, num_classes: i64, perturbed: bool, poison: boo
         }
     });
     drop(rng);
-    let mut cfg = l2d::config::L2dConfig::default();
-    cfg.flow_dim = 32;
-    cfg.timestep_dim = 16;
-    cfg.lora_rank = 4;
-    cfg.lora_alpha = 4.0;
-    cfg.num_classes = num_classes;
+    let cfg = l2d::config::L2dConfig {
+        flow_dim: 32,
+        timestep_dim: 16,
+        lora_rank: 4,
+        lora_alpha: 4.0,
+        num_classes,
+        ..Default::default()
+    };
     let meta = Metadata {
         format: "l2d".into(),
         version: 1,
