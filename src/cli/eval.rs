@@ -224,10 +224,11 @@ fn print_scores(result: &ResultEntry, json: bool, out: Option<&Path>) {
 /// validation split of a prepared directory (its training split if it has none).
 fn loss_examples(data: &Path, model: &Llama) -> Result<Vec<TrainExample>> {
     let vocab = model.config.vocab_size;
-    let source = match Source::open_valid(data, vocab).context("--data")? {
-        Some(valid) => valid,
-        None => Source::open(data, "train", vocab).context("--data")?,
+    let open = || match Source::open_valid(data, vocab)? {
+        Some(valid) => Ok(valid),
+        None => Source::open(data, "train", vocab),
     };
+    let source = open().context("--data")?;
     let max_len = model.config.max_position_embeddings as usize;
     Ok((0..source.len()).map(|i| source.get(i, max_len)).collect())
 }
