@@ -8,8 +8,8 @@ use tch::{Device, Kind, Tensor};
 /// Output columns per weight panel of [`panel_product`]: two AVX2 registers.
 pub const PANEL: usize = 16;
 
-/// Most rows the hand-written paths take; libtorch's own kernels amortise
-/// their overhead beyond.
+/// Most rows [`rms_normalize`] takes; libtorch's five operations amortise
+/// their overhead beyond. ([`panel_product`] takes any number.)
 pub const MAX_ROWS: i64 = 64;
 
 /// Whether this CPU runs [`panel_product`] (x86-64 with AVX2 and FMA).
