@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use l2d::eval::score::{judge_answer, program};
 use l2d::eval::tasks::{build_messages, select_shots, Check, Dataset, Item, Task};
 
+mod common;
+
 fn shared(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
 }
@@ -194,8 +196,7 @@ fn mbpp_shots_prompts_and_programs() {
 
 #[test]
 fn json_arrays_load_and_name_the_bad_element_line() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("eval-json-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("eval-json");
     let path = dir.join("gsm8k.json");
     std::fs::write(&path, "[\n  {\"question\": \"q0\", \"answer\": \"#### 1,000\"},\n  {\"question\": \"q1\", \"answer\": \"#### -3\"}\n]\n")
         .unwrap();

@@ -8,7 +8,7 @@ use l2d::l2d::{main_path, next_token_nll, params, L2d, Shape, TokenBatch, Varian
 use l2d::model::{KvCache, Llama, ModelConfig};
 
 mod common;
-use common::rng_lock;
+use common::{rng_lock, scratch};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(name)
@@ -264,13 +264,6 @@ const LLAMA_3_2_1B: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_typ
  "head_dim": 64, "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-05,
  "rope_theta": 500000.0, "tie_word_embeddings": true, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0,
  "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}}"#;
-
-fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("l2d-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn meta(model: &Llama, base: &Path, l2d: &L2d) -> Metadata {
     let cfg = l2d::config::L2dConfig { sigma: l2d.sigma, ..Default::default() };

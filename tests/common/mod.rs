@@ -63,13 +63,39 @@ pub fn assert_error(out: &Output, code: i32, needles: &[&str]) {
     assert!(out.stdout.is_empty(), "stdout not empty: {}", stdout(out));
 }
 
-/// A scratch directory removed at process exit is not needed: tests use
-/// unique subdirectories of the target dir's tmp folder.
+/// A fresh, empty directory `name` in this test process's scratch folder.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let dir = scratch_root().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// This test process's folder, `target/tmp/<test binary>-<pid>`, made once per
+/// process after removing the folders of earlier runs of the same binary whose
+/// processes have ended: a failed run's files stay for inspection until the next
+/// run, and repeated runs do not fill the disk.
+fn scratch_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let prefix = concat!(env!("CARGO_CRATE_NAME"), "-");
+        for entry in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|p| p.parse::<i32>().ok());
+            if pid.is_some_and(|pid| !process_exists(pid)) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        tmp.join(format!("{prefix}{}", std::process::id()))
+    })
+}
+
+/// Whether process `pid` exists (signal 0 checks without sending anything).
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 sends nothing.
+    let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    !gone
 }
 
 /// A `tiny` model directory made by `l2d init` once per test process.
