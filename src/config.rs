@@ -179,7 +179,29 @@ impl Default for LoraConfig {
     }
 }
 
-/// `[train]` section: AdamW with linear warmup and decay (Table 3).
+/// `train.warmup_type`: how the learning rate rises during warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WarmupType {
+    /// DeepSpeed's `WarmupDecayLR` with `warmup_type = "log"` as the reference's
+    /// engine drives it: `final_lr` for the first two steps, then
+    /// `final_lr + (lr - final_lr) * ln(k + 1) / ln(warmup)` at scheduler index `k = step - 1`.
+    Log,
+    /// transformers' linear warmup from 0: `lr * step / warmup` at 0-based `step`.
+    Linear,
+}
+
+impl WarmupType {
+    /// The name used in configs and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::Linear => "linear",
+        }
+    }
+}
+
+/// `[train]` section: AdamW with warmup and linear decay (Table 3).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -189,8 +211,10 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Learning rate at the last step.
     pub final_lr: f64,
-    /// Optimizer steps of linear warmup from 0 to `lr`.
+    /// Optimizer steps of warmup up to `lr`.
     pub warmup_steps: u64,
+    /// The warmup's shape (DeepSpeed's option of the same name).
+    pub warmup_type: WarmupType,
     /// One of [`DECAYS`]: the shape from `lr` to `final_lr`.
     pub decay: String,
     /// AdamW `(beta1, beta2)`.
@@ -236,6 +260,7 @@ impl Default for TrainConfig {
             lr: 1e-4,
             final_lr: 1e-6,
             warmup_steps: 100,
+            warmup_type: WarmupType::Log,
             decay: "linear".into(),
             betas: [0.9, 0.95],
             eps: 1e-8,

@@ -59,6 +59,8 @@ pub fn run(args: Args) -> Result<()> {
         "lr": t.lr,
         "final_lr": t.final_lr,
         "warmup_steps": t.warmup_steps,
+        "warmup_type": t.warmup_type.as_str(),
+        "decay": t.decay,
     });
     let budget = serde_json::to_value(DataBudget::of(&cfg, &model_cfg)?)?;
     plan.as_object_mut().expect("an object").extend(budget.as_object().expect("a struct").clone());

@@ -12,7 +12,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use super::data::{micro_seed, BatchPlan, Source, TrainExample};
-use super::optim::{clip_grad_norm, learning_rate, AdamW};
+use super::optim::{clip_grad_norm, AdamW, Schedule};
 use super::tensorboard::EventWriter;
 use super::Mode;
 use crate::config::Config;
@@ -242,6 +242,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
     let plan = BatchPlan::new(train_data.lengths(), t.batch_size, t.seed);
     // The schedule spans `total` steps; the run may end earlier.
     let (total, end) = plan.steps(t);
+    let schedule = Schedule::new(t, total);
 
     tch::manual_seed(t.seed as i64);
     let mut trainee = Trainee::new(mode, &model, cfg)?;
@@ -279,7 +280,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
             return Ok(Outcome { steps: step, interrupted: true, result: None });
         }
         let step_start = Instant::now();
-        let lr = learning_rate(step, total, t.warmup_steps, t.lr, t.final_lr);
+        let lr = schedule.at(step);
         let examples: Vec<TrainExample> =
             plan.batch(step).into_iter().map(|i| train_data.get(i, t.max_seq_len)).collect();
         let StepStats { loss, grad_norm } = optimizer_step(&mut trainee, &model, &mut opt, &examples, cfg, step, lr, dist)
@@ -292,7 +293,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
         let tokens: usize = examples.iter().map(|e| e.input_ids.len()).sum();
         if let Some(log) = &mut log {
             log.write(&serde_json::json!({
-                "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "step": step, "loss": loss, "lr": lr, "warmup_type": t.warmup_type.as_str(), "grad_norm": grad_norm,
                 "tokens": tokens, "tokens_per_s": tokens as f64 / elapsed,
                 "elapsed_s": started.elapsed().as_secs_f64(),
                 "peak_rss_bytes": super::resident_memory().map(|(_, peak)| peak),
