@@ -139,6 +139,55 @@ fn unknown_config_key_and_bad_flags() {
     assert_eq!(l2d(&["generate", "--no-such-flag"]).status.code(), Some(2));
 }
 
+/// clap's usage errors in full: what is missing, what was meant, the usage line.
+#[test]
+fn usage_errors_are_claps_whole_message() {
+    let alone = l2d(&[]);
+    assert_eq!(alone.status.code(), Some(2));
+    let text = format!("{}{}", stdout(&alone), stderr(&alone));
+    for part in ["Usage: l2d", "Commands:", "prepare", "train", "generate", "eval", "report"] {
+        assert!(text.contains(part), "`l2d` alone lacks {part:?}: {text}");
+    }
+
+    let model = tiny_model("llama");
+    let m = model.to_str().unwrap();
+    let out = l2d(&["generate", "--model", m, "--prompt", "hi", "--guidance-weight", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("required arguments were not provided") && err.contains("--guidance-class"), "{err}");
+    assert!(err.contains("Usage: l2d generate"), "{err}");
+
+    let out = l2d(&["generate", "--model", m, "--prompt", "hi", "--max-new-token", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("'--max-new-token'") && err.contains("a similar argument exists: '--max-new-tokens'"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `--help` shows the built-in default of each flag that overrides a config key.
+#[test]
+fn help_shows_the_defaults() {
+    let help = stdout(&l2d(&["generate", "--help"]));
+    let defaults = l2d::config::Config::default();
+    let g = &defaults.generate;
+    for (flag, value) in [
+        ("--max-new-tokens", g.max_new_tokens.to_string()),
+        ("--temperature", format!("{:?}", g.temperature)),
+        ("--top-p", format!("{:?}", g.top_p)),
+        ("--seed", g.seed.to_string()),
+        ("--steps", defaults.l2d.steps.to_string()),
+        ("--solver", defaults.l2d.solver.clone()),
+    ] {
+        let start = help.find(&format!("{flag} <")).unwrap_or_else(|| panic!("{flag} missing: {help}"));
+        let entry = &help[start..];
+        let entry = &entry[..entry[2..].find("\n      --").map_or(entry.len(), |e| e + 2)];
+        assert!(entry.contains(&format!("[default: {value}]")), "{flag}: {entry}");
+    }
+    let help = stdout(&l2d(&["eval", "--help"]));
+    assert!(help.contains("[default: 0, and l2d.steps with a checkpoint]"), "{help}");
+    assert!(help.contains("[default: l2d.solver]"), "{help}");
+}
+
 #[test]
 fn chat_without_template() {
     let dir = damaged("no-template", |d| {

@@ -42,10 +42,10 @@ pub struct SweepArgs {
     /// L2D checkpoint (eval.l2d); without one only the base LM is evaluated.
     #[arg(long, value_name = "CKPT")]
     pub l2d: Option<PathBuf>,
-    /// Discretisation levels to sweep, comma-separated; 0 is the base LM (eval.steps).
+    /// Discretisation levels to sweep, comma-separated; 0 is the base LM (eval.steps) [default: 0, and l2d.steps with a checkpoint].
     #[arg(long, value_delimiter = ',', value_name = "S,..")]
     pub steps: Option<Vec<usize>>,
-    /// Solvers to sweep, comma-separated: fixed-grid ones at every level, adaptive ones once (eval.solvers).
+    /// Solvers to sweep, comma-separated: fixed-grid ones at every level, adaptive ones once (eval.solvers) [default: l2d.solver].
     #[arg(long, value_delimiter = ',', value_name = "NAME,..")]
     pub solvers: Option<Vec<String>>,
     /// First N items of each task only (eval.limit).
@@ -53,8 +53,8 @@ pub struct SweepArgs {
     pub limit: Option<usize>,
 }
 
-/// The flags of `eval --config` and the config keys they set, for error messages.
-const SWEEP_FLAG_KEYS: &[(&str, &str)] =
+/// The flags of `eval --config` and the config keys they set, for error messages and `--help`'s defaults.
+pub(crate) const SWEEP_FLAG_KEYS: &[(&str, &str)] =
     &[("eval.steps", "--steps"), ("eval.solvers", "--solvers"), ("eval.limit", "--limit"), ("eval.workers", "--workers")];
 
 impl SweepArgs {

@@ -2,7 +2,7 @@
 //! config into calls of the library.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 pub mod eval;
@@ -16,7 +16,7 @@ pub mod train;
 /// l2d: give a pretrained chat LM a diffusion path (L2D, ICML 2025) and spend
 /// more compute per token for more accuracy, without changing its weights.
 #[derive(Debug, Parser)]
-#[command(name = "l2d", version, about, long_about = None)]
+#[command(name = "l2d", version, about, long_about = None, arg_required_else_help = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -113,6 +113,48 @@ impl ModelArgs {
             crate::bail_usage!("--model: no model directory given (flag or model.path in the config)");
         }
         Ok(())
+    }
+}
+
+/// Parses the process's arguments; `--help` shows each config-backed flag's
+/// built-in default.
+pub fn parse_args() -> Result<Cli, clap::Error> {
+    let mut cmd = Cli::command();
+    for (sub, flag_keys) in [("generate", generate::FLAG_KEYS), ("eval", eval::SWEEP_FLAG_KEYS)] {
+        cmd = cmd.mut_subcommand(sub, |c| show_config_defaults(c, flag_keys));
+    }
+    Cli::from_arg_matches(&cmd.try_get_matches()?)
+}
+
+/// Appends `[default: V]` to the help of every flag in `flag_keys` whose config
+/// key has a built-in default: the flags are `Option`s (unset means "the
+/// config's value"), so clap cannot show a default of its own.
+fn show_config_defaults(mut cmd: clap::Command, flag_keys: &[(&str, &str)]) -> clap::Command {
+    let defaults = toml::Value::try_from(crate::config::Config::default()).expect("the defaults serialise");
+    for (key, flag) in flag_keys {
+        // An empty list's meaning is the flag's own doc ("empty: ..."), not a value.
+        let Some(value) = key.split('.').try_fold(&defaults, |v, part| v.get(part)).filter(|v| v.as_array().is_none_or(|a| !a.is_empty())) else {
+            continue;
+        };
+        let long = flag.trim_start_matches("--");
+        let Some(id) = cmd.get_arguments().find(|a| a.get_long() == Some(long)).map(|a| a.get_id().clone()) else {
+            continue;
+        };
+        let shown = display_toml(value);
+        cmd = cmd.mut_arg(id, |a| {
+            let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+            a.help(format!("{help} [default: {shown}]"))
+        });
+    }
+    cmd
+}
+
+/// A config value as a user would type it on the command line.
+fn display_toml(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items.iter().map(display_toml).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
     }
 }
 
