@@ -304,7 +304,8 @@ fn stop_at_step_is_the_longer_run_part_way() {
     let model = tiny_model("llama");
     let d = data("train-stop", 40);
     let (m, dd) = (model.to_str().unwrap().to_string(), d.to_str().unwrap().to_string());
-    let extra = ["--set", "train.max_steps=8", "--set", "train.save_every=3", "--set", "train.keep_last=4"];
+    // The reference's log warmup, so that resuming is checked on it too.
+    let extra = ["--set", "train.max_steps=8", "--set", "train.save_every=3", "--set", "train.keep_last=4", "--set", "train.warmup_type=log"];
     let long = scratch("train-stop-long").join("run");
     ok(run(&train_args(&m, &dd, long.to_str().unwrap(), &extra)));
 
@@ -325,6 +326,19 @@ fn stop_at_step_is_the_longer_run_part_way() {
             .collect()
     };
     assert_eq!(lrs(&short), lrs(&long)[..3].to_vec(), "the 8-step schedule");
+    let cfg = l2d::config::load(Some(&long.join("config.toml")), &[]).unwrap();
+    // One epoch of 40 examples in batches of 8 caps the schedule at 5 steps.
+    let total = lrs(&long).len() as u64;
+    assert_eq!(total, 5);
+    let schedule = l2d::train::optim::Schedule::new(&cfg.train, total);
+    assert_eq!(lrs(&long), (0..total).map(|s| schedule.at(s)).collect::<Vec<_>>(), "the log schedule, step by step");
+    assert_eq!(lrs(&long)[0], cfg.train.final_lr, "the reference's first step runs at the final LR");
+    for line in std::fs::read_to_string(long.join("metrics.jsonl")).unwrap().lines() {
+        let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+        if rec.get("lr").is_some() {
+            assert_eq!(rec["warmup_type"], "log", "{line}");
+        }
+    }
     // Resumed without the stop, it is the longer run.
     let mut resume = train_args(&m, &dd, short.to_str().unwrap(), &extra);
     resume.push("--resume".into());
