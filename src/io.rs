@@ -24,6 +24,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Creates `dir` and its parents. A location that cannot hold output (a
+/// missing or read-only filesystem, a file in the way, no permission) is the
+/// user's to fix, so it is a usage error (exit code 2) in every subcommand;
+/// other failures (a full disk) are runtime failures.
+pub fn create_output_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| output_location_error(e, &format!("cannot create {}", dir.display())))
+}
+
+fn output_location_error(e: std::io::Error, what: &str) -> anyhow::Error {
+    use std::io::ErrorKind::*;
+    let msg = format!("{what}: {e}");
+    match e.kind() {
+        NotFound | PermissionDenied | NotADirectory | ReadOnlyFilesystem | AlreadyExists => crate::error::usage(msg),
+        _ => anyhow::anyhow!(msg),
+    }
+}
+
 /// `items` as JSON lines (one object per line, each ending in a newline).
 pub fn json_lines<T: serde::Serialize>(items: &[T]) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
@@ -57,13 +74,12 @@ impl StagedDir {
             crate::bail_usage!("output directory {} already exists", dest.display());
         }
         let parent = parent_dir(dest);
-        fs::create_dir_all(&parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
+        create_output_dir(&parent)?;
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}.tmp-"))
             .tempdir_in(&parent)
-            .with_context(|| format!("cannot create a temporary directory in {}", parent.display()))?;
+            .map_err(|e| output_location_error(e, &format!("cannot create a temporary directory in {}", parent.display())))?;
         Ok(Self { tmp: Some(tmp), dest: dest.to_path_buf() })
     }
 

@@ -9,6 +9,10 @@ fn main() {
     let cli = cli::parse_args().unwrap_or_else(|err| err.exit());
     cli::init_logging(cli.log_format);
     if let Err(err) = cli::run(cli) {
+        // A reader that stopped early (`| head`) is not a failure of ours.
+        if l2d::error::is_broken_pipe(&err) {
+            std::process::exit(0);
+        }
         eprintln!("error: {}", one_line(&err));
         std::process::exit(exit_code(&err));
     }

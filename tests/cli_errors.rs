@@ -204,3 +204,37 @@ fn init_refuses_existing_output() {
     let out = l2d(&["init", "--arch", "llama", "--out", dir.to_str().unwrap()]);
     assert_error(&out, 2, &[dir.to_str().unwrap(), "exists"]);
 }
+
+/// An `--out` that cannot hold output (here a path through a regular file) is
+/// a usage error, exit 2, naming the path, in every subcommand that writes one.
+#[test]
+fn unwritable_out_is_exit_2_in_every_subcommand() {
+    let dir = scratch("unwritable-out");
+    let blocker = dir.join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let out = blocker.join("out");
+    let o = out.to_str().unwrap();
+    let model = tiny_model("llama");
+    let m = model.to_str().unwrap();
+    let chat = dir.join("chat.jsonl");
+    std::fs::write(&chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n").unwrap();
+    let shards = prepared("unwritable-out-shards", &model);
+    let samples = dir.join("samples.jsonl");
+    let gsm8k = format!("{}/../shared/data/gsm8k/test.jsonl", env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(&samples, "{\"task_id\": 0, \"completion\": \"#### 3\"}\n").unwrap();
+    let tiny_cfg = format!("{}/configs/tiny-l2d-lora.toml", env!("CARGO_MANIFEST_DIR"));
+    let data_out = format!("data.out={}", shards.display());
+    let model_set = format!("model.path={m}");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["init", "--arch", "llama", "--preset", "tiny", "--out", o],
+        vec!["init", "--task", "modsum", "--out", o],
+        vec!["prepare", "--model", m, "--input", chat.to_str().unwrap(), "--out", o],
+        vec!["train", "--config", &tiny_cfg, "--set", &model_set, "--set", &data_out, "--out", o],
+        vec!["eval", "--task", "gsm8k", "--data", &gsm8k, "--samples", samples.to_str().unwrap(), "--out", o],
+    ];
+    for args in cases {
+        let res = l2d(&args);
+        assert_error(&res, 2, &[blocker.to_str().unwrap()]);
+        assert!(!out.exists());
+    }
+}

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -358,7 +358,7 @@ impl Report {
 /// Writes `report.json` and `examples.jsonl` (one line per item of `examples`) into `dir`
 /// (created if needed), each file atomically.
 pub fn write_outputs<E: Serialize>(dir: &Path, report: &Report, examples: &[E]) -> Result<()> {
-    std::fs::create_dir_all(dir).or_usage(|| format!("--out: cannot create {}", dir.display()))?;
+    crate::io::create_output_dir(dir).context("--out")?;
     crate::io::write_json_atomic(&dir.join("report.json"), report)?;
     crate::io::write_atomic(&dir.join("examples.jsonl"), &crate::io::json_lines(examples)?)
 }

@@ -289,8 +289,7 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
     for data in &tasks {
         data.check_class(engine.l2d.as_ref())?;
     }
-    std::fs::create_dir_all(&out.dir)
-        .map_err(|e| crate::error::usage(format!("--out: cannot create {}: {e}", out.dir.display())))?;
+    crate::io::create_output_dir(&out.dir).context("--out")?;
     let journal_path = out.dir.join(EXAMPLES);
     let mut done: BTreeMap<Key, Line> = read_journal(&journal_path)?.into_iter().map(|l| (key(&l), l)).collect();
     let mut journal = Journal::open(&journal_path, &done.values().cloned().collect::<Vec<_>>())?;

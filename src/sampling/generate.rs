@@ -140,6 +140,12 @@ pub fn prefill(model: &Llama, prompts: &[Vec<i64>], opts: &GenerateOptions) -> R
         }
     }
     let budget = (opts.max_new_tokens as i64).min(max_pos - t);
+    if budget < opts.max_new_tokens as i64 {
+        tracing::warn!(
+            "max_new_tokens {} is more than the model's {max_pos} positions (max_position_embeddings) leave after a {t}-token prompt; capped at {budget} new tokens",
+            opts.max_new_tokens
+        );
+    }
     let (ids, valid) = left_pad(prompts, opts.pad_id, device);
     let padded = prompts.iter().any(|p| p.len() as i64 != t);
     let key_valid = padded.then(|| valid.shallow_clone());

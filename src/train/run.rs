@@ -248,7 +248,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
     let mut trainee = Trainee::new(mode, &model, cfg)?;
     let mut opt = AdamW::new(&trainee.params(&model), (t.betas[0], t.betas[1]), t.eps, t.weight_decay);
 
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    crate::io::create_output_dir(out).context("--out")?;
     let ckpt_dir = out.join(CHECKPOINTS);
     let mut start = 0;
     match (resume, latest_checkpoint(&ckpt_dir)?) {
