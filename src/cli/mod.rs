@@ -21,9 +21,19 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-    /// Log format on stderr (`RUST_LOG` sets the level, default `warn`).
+    /// Log format on stderr (`RUST_LOG` sets the level, default `warn` plus progress lines).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Seconds between progress lines when stderr is not a terminal (no bar); 0 prints none.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30)]
+    pub progress_every: u64,
+}
+
+impl Cli {
+    /// How long loops show their progress: a bar on a terminal, else log lines.
+    pub fn progress(&self) -> crate::progress::ProgressMode {
+        crate::progress::ProgressMode { terminal: stderr_is_terminal(), every: std::time::Duration::from_secs(self.progress_every) }
+    }
 }
 
 /// Log formats.
@@ -174,7 +184,9 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Logs to stderr through tracing; `RUST_LOG` sets the filter.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Progress lines are info, shown by default (for runs under nohup or Slurm).
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,{}=info", crate::progress::TARGET)));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
