@@ -440,6 +440,10 @@ fn resume_refuses_another_identity_and_records_allowed_changes() {
     assert_eq!(log.iter().filter(|r| r.get("loss").is_some()).count(), 5);
     assert!(std::fs::read_to_string(out.join("config.toml")).unwrap().contains("max_steps = 5"));
 
+    // A damaged config.toml of the run is named, never a panic.
+    std::fs::write(out.join("config.toml"), "[train\nlr = ").unwrap();
+    assert_error(&l2d(&["train", "--resume", "--out", o]), 2, &["config.toml:1", "invalid TOML"]);
+
     let missing = scratch("train-identity-missing").join("typo");
     assert_error(&l2d(&["train", "--resume", "--out", missing.to_str().unwrap()]), 2, &["--resume", "typo", "no run to resume"]);
     assert_error(&run(&train_args(m, dd, missing.to_str().unwrap(), &["--resume"])), 2, &["--resume", "no run to resume"]);

@@ -25,7 +25,7 @@ pub struct Args {
     /// Print the dry-run report as JSON.
     #[arg(long, requires = "dry_run")]
     pub json: bool,
-    /// Continue from the newest checkpoint in the output directory.
+    /// Continue the run in --out from its newest valid checkpoint, with its own config.toml unless --config is given; only length, cadence and the learning-rate schedule may change.
     #[arg(long)]
     pub resume: bool,
 }

@@ -136,8 +136,8 @@ fn check_base(ckpt: &Path, want: &BaseIdentity, model: &Llama, base_dir: &Path) 
         crate::bail_usage!(
             "--l2d {}: the checkpoint was trained on another base model (tensor checksum {} != {} of {})",
             ckpt.display(),
-            &want.tensors_sha256[..12],
-            &have.tensors_sha256[..12],
+            crate::data::shards::short(&want.tensors_sha256),
+            crate::data::shards::short(&have.tensors_sha256),
             base_dir.display()
         );
     }

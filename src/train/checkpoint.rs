@@ -15,7 +15,7 @@ use tch::{Kind, Tensor};
 
 use super::identity::Identity;
 use super::optim::AdamW;
-use crate::data::shards::{sha256_file, sha256_hex};
+use crate::data::shards::{sha256_file, sha256_hex, short};
 use crate::model::weights::Weights;
 
 /// The run's metrics log, beside the checkpoints and copied into each.
@@ -158,7 +158,7 @@ fn check_file(dir: &Path, file: &FileEntry) -> std::result::Result<(), String> {
     }
     let sha = sha256_file(&path).map_err(|e| format!("{e:#}"))?;
     if sha != file.sha256 {
-        return Err(format!("{}: SHA-256 {} differs from the {} in {STATE}", file.name, &sha[..12], &file.sha256[..file.sha256.len().min(12)]));
+        return Err(format!("{}: SHA-256 {} differs from the {} in {STATE}", file.name, short(&sha), short(&file.sha256)));
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::config::Config;
-use crate::data::shards::sha256_file;
+use crate::data::shards::{sha256_file, short};
 use crate::l2d::checkpoint::BaseIdentity;
 
 /// Keys a resumed run may change: its length, its cadence and its learning-rate schedule.
@@ -67,8 +67,9 @@ impl Identity {
 
     /// Each fingerprint that differs, as `what: old → new`.
     fn differences(&self, new: &Self, cfg: &Config) -> Vec<String> {
-        let short = |s: &str| s[..s.len().min(12)].to_string();
-        let opt = |s: &Option<String>| s.as_deref().map_or("none".to_string(), short);
+        fn opt(s: &Option<String>) -> &str {
+            s.as_deref().map_or("none", short)
+        }
         let mut out = Vec::new();
         let model = format!("base model (model.path = {})", cfg.model.path);
         if self.base.config_sha256 != new.base.config_sha256 {
