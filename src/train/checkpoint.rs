@@ -203,12 +203,20 @@ fn write_files(dir: &Path, step: u64, params: &[(String, Tensor)], opt: &AdamW, 
     let detached: Vec<(String, Tensor)> = params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
     let mut files = Vec::new();
     let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
-        files.push(FileEntry { name: name.to_string(), bytes: bytes.len() as u64, sha256: sha256_hex(bytes) });
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        crate::io::write_atomic(&path, bytes)
+        // Hashed on another thread while the bytes go to disk, so a large
+        // checkpoint takes about as long to save as to write.
+        let (sha256, written) = std::thread::scope(|s| {
+            let hashing = s.spawn(|| sha256_hex(bytes));
+            let written = crate::io::write_atomic(&path, bytes);
+            (hashing.join().expect("hashing does not panic"), written)
+        });
+        written?;
+        files.push(FileEntry { name: name.to_string(), bytes: bytes.len() as u64, sha256 });
+        Ok(())
     };
     put(TRAINABLE, &crate::model::weights::serialize(&detached)?)?;
     put(OPTIMIZER, &crate::model::weights::serialize(&opt.state_tensors())?)?;
