@@ -146,13 +146,12 @@ fn remove_debris_where(dir: &Path, debris: impl Fn(&str) -> bool) -> Result<usiz
     Ok(removed)
 }
 
-/// The paths of `dir`'s entries, in no particular order; none when `dir` does not exist.
+/// The paths of `dir`'s entries, in no particular order; none when `dir` is no directory.
 pub fn dir_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
-    };
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let entries = fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     entries.map(|e| Ok(e.with_context(|| format!("cannot read {}", dir.display()))?.path())).collect()
 }
 

@@ -320,11 +320,10 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
 /// A new run in `out`: refused where a run with checkpoints already is;
 /// what killed writers left there is removed.
 fn start_run(out: &Path) -> Result<Option<Checkpoint>> {
-    let ckpt_dir = out.join(CHECKPOINTS);
-    if let Some((step, _)) = checkpoint::step_dirs(&ckpt_dir)?.last() {
+    crate::io::create_output_dir(out).context("--out")?;
+    if let Some((step, _)) = checkpoint::step_dirs(&out.join(CHECKPOINTS))?.last() {
         crate::bail_usage!("--out {}: already holds a run (checkpoint at step {step}); pass --resume to continue it", out.display());
     }
-    crate::io::create_output_dir(out).context("--out")?;
     remove_debris(out)?;
     Ok(None)
 }
