@@ -148,8 +148,12 @@ fn killed_sweep_resumes_without_redoing_finished_items() {
     assert!(kept < 36, "the journal was complete ({kept} lines)");
     // A kill in the middle of a write leaves half a line; it is dropped and redone.
     std::fs::write(&journal, format!("{before}{{\"task\": \"gsm8k\", \"sett")).unwrap();
+    // A kill in the middle of an atomic write leaves its temporary file; the next run removes it.
+    let debris = cut.join(".report.json.tmp-killed");
+    std::fs::write(&debris, b"{\"half").unwrap();
 
     run(sweep(&cfg, Some(&ckpt), steps, &cut));
+    assert!(!debris.exists(), "a killed write's temporary file was left");
     assert_eq!(completions(&cut), completions(&whole));
     let strip = |r: Value| r["results"].as_array().unwrap().iter().map(|x| (x["metrics"].clone(), x["per_item"].clone())).collect::<Vec<_>>();
     assert_eq!(strip(report(&cut)), strip(report(&whole)));

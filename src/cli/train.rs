@@ -1,7 +1,7 @@
 //! `l2d train`: finetuning runs from a config (`--dry-run` plans one without weights).
 
 use anyhow::{Context, Result};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
@@ -25,14 +25,14 @@ pub struct Args {
     /// Print the dry-run report as JSON.
     #[arg(long, requires = "dry_run")]
     pub json: bool,
-    /// Continue from the newest checkpoint in the output directory.
+    /// Continue the run in --out from its newest valid checkpoint, with its own config.toml unless --config is given; only length, cadence and the learning-rate schedule may change.
     #[arg(long)]
     pub resume: bool,
 }
 
 /// Runs (or plans) the configured training.
 pub fn run(args: Args) -> Result<()> {
-    let cfg = args.config.load()?;
+    let cfg = load_config(&args)?;
     if cfg.model.path.is_empty() {
         crate::bail_usage!("model.path: no base model directory in the config");
     }
@@ -74,6 +74,22 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The config to train with: `--config` and `--set`, or on `--resume`
+/// without `--config` the run's own `config.toml` with the `--set` overrides.
+fn load_config(args: &Args) -> Result<Config> {
+    if !args.resume || args.dry_run || args.config.config.is_some() {
+        return args.config.load();
+    }
+    let Some(out) = &args.out else {
+        crate::bail_usage!("--resume: name the run with --out RUN (its config.toml is read from there) or pass --config");
+    };
+    let saved = out.join(crate::train::checkpoint::CONFIG);
+    if !saved.is_file() {
+        crate::bail_usage!("--resume: {} holds no run to resume (no {}); drop --resume to start a new run", out.display(), crate::train::checkpoint::CONFIG);
+    }
+    crate::config::load(Some(&saved), &args.config.set)
+}
+
 /// What the run would go through of `data.out` (all `None` while it is unset,
 /// so a run can be planned before its data is prepared).
 #[derive(Default, serde::Serialize)]
@@ -113,8 +129,8 @@ impl DataBudget {
     }
 }
 
-/// Runs the training; SIGINT/SIGTERM finish the current step, save and exit 0,
-/// a second signal aborts.
+/// Runs the training; SIGINT/SIGTERM finish the current step, save and exit
+/// with 128 + the signal's number (130, 143), a second signal aborts.
 fn train(cfg: &Config, args: &Args) -> Result<()> {
     let out = match (&args.out, &cfg.train.out) {
         (Some(o), _) => o.clone(),
@@ -122,13 +138,18 @@ fn train(cfg: &Config, args: &Args) -> Result<()> {
         (None, None) => crate::bail_usage!("--out: no output directory (flag or train.out in the config)"),
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicUsize::new(0));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))?;
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
+        signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
     }
     let outcome = crate::train::run::train(cfg, &out, args.resume, stop)?;
     match (&outcome.result, outcome.interrupted) {
-        (_, true) => eprintln!("interrupted at step {}; checkpoint saved, continue with --resume", outcome.steps),
+        (_, true) => {
+            eprintln!("interrupted at step {}; checkpoint saved, continue with --resume", outcome.steps);
+            std::process::exit(128 + signal.load(Ordering::SeqCst) as i32);
+        }
         (Some(r), false) => eprintln!("trained {} steps; result in {}", outcome.steps, r.display()),
         (None, false) => {}
     }

@@ -290,6 +290,7 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
         data.check_class(engine.l2d.as_ref())?;
     }
     crate::io::create_output_dir(&out.dir).context("--out")?;
+    crate::io::remove_staging_debris(&out.dir)?; // temporary files of a killed run
     let journal_path = out.dir.join(EXAMPLES);
     let mut done: BTreeMap<Key, Line> = read_journal(&journal_path)?.into_iter().map(|l| (key(&l), l)).collect();
     let mut journal = Journal::open(&journal_path, &done.values().cloned().collect::<Vec<_>>())?;
