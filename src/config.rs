@@ -243,6 +243,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Optimizer steps between validation passes; 0 validates only at the end.
     pub eval_every: u64,
+    /// Validation micro-batches per pass at most; none reads the whole valid split.
+    pub eval_max_batches: Option<usize>,
     /// Optimizer steps between checkpoints; 0 saves only at the end.
     pub save_every: u64,
     /// Periodic checkpoints kept on disk; 0 keeps all.
@@ -274,6 +276,7 @@ impl Default for TrainConfig {
             max_seq_len: 2048,
             seed: 0,
             eval_every: 500,
+            eval_max_batches: None,
             save_every: 1000,
             keep_last: 2,
             log_every: 10,
@@ -684,6 +687,9 @@ impl Config {
         })?;
         require(t.micro_batch_size >= 1, "train.micro_batch_size", || {
             "must be >= 1".into()
+        })?;
+        require(t.eval_max_batches != Some(0), "train.eval_max_batches", || {
+            "must be >= 1 (leave it unset to validate on the whole valid split)".into()
         })?;
         require(
             t.batch_size.is_multiple_of(t.micro_batch_size),

@@ -88,10 +88,11 @@ impl Progress {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Clears the bar; without one, logs the last state once more if any line was logged.
+    /// Clears the bar; without one, logs the final state (so a log always
+    /// says how a loop ended, however short it was).
     pub fn finish(mut self) {
         self.bar.finish_and_clear();
-        if !self.mode.terminal && !self.mode.every.is_zero() && self.last_line != self.started {
+        if !self.mode.terminal && !self.mode.every.is_zero() {
             self.log_line();
         }
     }

@@ -268,9 +268,9 @@ fn bad_input_is_one_clear_line() {
     let no_completion = write_samples(&dir, "nc.jsonl", &[json!({"task_id": 0, "text": "x"})]);
     assert_error(&eval("gsm8k", &gsm, &no_completion, &[]), 2, &["nc.jsonl:1", "completion"]);
 
-    assert_error(&eval("gsm9k", &gsm, &good, &[]), 2, &["gsm9k", "gsm8k, math, mmlu, mmlu_pro, humaneval, mbpp"]);
+    assert_clap_error(&eval("gsm9k", &gsm, &good, &[]), &["gsm9k", "gsm8k, math, mmlu, mmlu_pro, humaneval, mbpp"]);
     assert_error(&l2d(&["eval", "--task", "gsm8k", "--data", s(&gsm)]), 2, &["--samples"]);
     assert_error(&l2d(&["eval"]), 2, &["--task NAME", "eval loss"]);
     // A subcommand and the scoring flags do not mix.
-    assert_error(&l2d(&["eval", "--task", "gsm8k", "loss"]), 2, &[]);
+    assert_clap_error(&l2d(&["eval", "--task", "gsm8k", "loss"]), &["loss", "--task"]);
 }

@@ -565,3 +565,47 @@ fn examples_longer_than_max_seq_len_are_counted_in_one_warning() {
     let expected = format!("{cut} of {} training examples are longer than train.max_seq_len ({max_seq_len}) and will be cut", lengths.len());
     assert!(warnings[0].contains(&expected), "{err}");
 }
+
+/// Without a terminal, progress comes as log lines at the default level: the
+/// loop's closing line (steps, loss, lr, tokens/s) and each validation pass
+/// (its batches, capped by `train.eval_max_batches`, and its losses); the
+/// final validation loss is printed. `--model`, `--device` and `--dtype` work
+/// as in the other subcommands; `--progress-every 0` prints no progress.
+#[test]
+fn progress_lines_without_a_terminal() {
+    let model = tiny_model("llama");
+    let d = prepared("train-progress", &model); // with a valid split
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = scratch("train-progress-out");
+    let args = |run: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["train", "--config", &format!("{root}/configs/tiny-l2d-lora.toml"), "--model", model.to_str().unwrap(),
+            "--device", "cpu", "--dtype", "f32", "--set", &format!("data.out={}", d.display()), "--set", "l2d.flow_dim=32",
+            "--set", "l2d.lora_rank=4", "--set", "train.epochs=5", "--set", "train.max_steps=3", "--set", "train.eval_every=2", "--set", "train.eval_max_batches=1",
+            "--out", out.join(run).to_str().unwrap()]
+            .iter().map(|s| s.to_string()).collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let res = run(&args("a", &[]));
+    let err = stderr(&res);
+    assert!(res.status.success(), "{err}");
+    let step_line = err.lines().find(|l| l.contains("train: 3/3 steps (100%)")).unwrap_or_else(|| panic!("no closing progress line: {err}"));
+    for part in ["steps/s", "eta", "loss ", "lr ", "tokens/s", "valid loss"] {
+        assert!(step_line.contains(part), "{part:?} missing: {step_line}");
+    }
+    // One micro-batch per pass at the t = U(0,1) loss and each of the four t bins.
+    for step in [2, 3] {
+        let line = err.lines().find(|l| l.contains(&format!("validation at step {step}: 5/5 batches"))).unwrap_or_else(|| panic!("step {step}: {err}"));
+        assert!(line.contains("valid loss") && line.contains("t=0.125"), "{line}");
+    }
+    assert!(err.contains("final validation loss"), "{err}");
+    let cfg = l2d::config::load(Some(&out.join("a/config.toml")), &[]).unwrap();
+    assert_eq!((cfg.model.path.as_str(), cfg.model.device.as_str()), (model.to_str().unwrap(), "cpu"));
+
+    let quiet = run(&args("b", &["--progress-every", "0"]));
+    assert!(quiet.status.success());
+    assert!(!stderr(&quiet).contains("steps/s"), "{}", stderr(&quiet));
+    assert_error(&run(&args("c", &["--set", "train.eval_max_batches=0"])), 2, &["train.eval_max_batches"]);
+    let bad_dtype: Vec<String> = args("d", &[]).into_iter().map(|a| if a == "f32" { "f8".into() } else { a }).collect();
+    assert_error(&run(&bad_dtype), 2, &["--dtype", "f8"]);
+}

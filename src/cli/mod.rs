@@ -170,11 +170,12 @@ fn display_toml(value: &toml::Value) -> String {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    let progress = cli.progress();
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Init(args) => init::run(args),
         Command::Prepare(args) => prepare::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(args, progress),
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Report(args) => report::run(args),
@@ -187,7 +188,8 @@ pub fn init_logging(format: LogFormat) {
     // Progress lines are info, shown by default (for runs under nohup or Slurm).
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,{}=info", crate::progress::TARGET)));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // No colour codes in log files.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(stderr_is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
+use crate::progress::ProgressMode;
 use crate::model::ModelConfig;
 use crate::train::data::{BatchPlan, Source};
 use crate::train::run::data_path;
@@ -16,6 +17,8 @@ use crate::train::{param_counts, Mode};
 pub struct Args {
     #[command(flatten)]
     pub config: super::ConfigArgs,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// Output directory (checkpoints, metrics, the trained result).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -31,14 +34,13 @@ pub struct Args {
 }
 
 /// Runs (or plans) the configured training.
-pub fn run(args: Args) -> Result<()> {
-    let cfg = load_config(&args)?;
-    if cfg.model.path.is_empty() {
-        crate::bail_usage!("model.path: no base model directory in the config");
-    }
+pub fn run(args: Args, progress: ProgressMode) -> Result<()> {
+    let mut cfg = load_config(&args)?;
+    args.model.apply(&mut cfg.model)?;
+    cfg.validate().map_err(|e| super::name_flags(e, &[("model.device", "--device"), ("model.dtype", "--dtype")]))?;
     let model_cfg = ModelConfig::load(&Path::new(&cfg.model.path).join("config.json"))?;
     if !args.dry_run {
-        return train(&cfg, &args);
+        return train(&cfg, &args, progress);
     }
     let counts = param_counts(&model_cfg, &cfg)?;
     let t = &cfg.train;
@@ -131,7 +133,7 @@ impl DataBudget {
 
 /// Runs the training; SIGINT/SIGTERM finish the current step, save and exit
 /// with 128 + the signal's number (130, 143), a second signal aborts.
-fn train(cfg: &Config, args: &Args) -> Result<()> {
+fn train(cfg: &Config, args: &Args, progress: ProgressMode) -> Result<()> {
     let out = match (&args.out, &cfg.train.out) {
         (Some(o), _) => o.clone(),
         (None, Some(o)) => PathBuf::from(o),
@@ -144,13 +146,16 @@ fn train(cfg: &Config, args: &Args) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
         signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
     }
-    let outcome = crate::train::run::train(cfg, &out, args.resume, stop)?;
+    let outcome = crate::train::run::train(cfg, &out, args.resume, stop, progress)?;
     match (&outcome.result, outcome.interrupted) {
         (_, true) => {
             eprintln!("interrupted at step {}; checkpoint saved, continue with --resume", outcome.steps);
             std::process::exit(128 + signal.load(Ordering::SeqCst) as i32);
         }
-        (Some(r), false) => eprintln!("trained {} steps; result in {}", outcome.steps, r.display()),
+        (Some(r), false) => {
+            let valid = outcome.valid_loss.map(|v| format!("; final validation loss {v:.4}")).unwrap_or_default();
+            eprintln!("trained {} steps{valid}; result in {}", outcome.steps, r.display())
+        }
         (None, false) => {}
     }
     Ok(())

@@ -24,6 +24,7 @@ const RESUMABLE: &[&str] = &[
     "train.stop_at_step",
     "train.epochs",
     "train.eval_every",
+    "train.eval_max_batches",
     "train.save_every",
     "train.log_every",
     "train.keep_last",

@@ -13,6 +13,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::data::{micro_seed, BatchPlan, Source, TrainExample};
 use super::identity::{self, Identity};
 use super::optim::{clip_grad_norm, AdamW, Schedule};
+use crate::progress::{Progress, ProgressMode};
 use super::tensorboard::EventWriter;
 use super::Mode;
 use crate::config::Config;
@@ -30,6 +31,8 @@ pub struct Outcome {
     pub steps: u64,
     /// Whether a signal stopped the run early (a checkpoint was saved).
     pub interrupted: bool,
+    /// The last validation loss (at t ~ U(0,1) for L2D), when a valid split exists.
+    pub valid_loss: Option<f64>,
     /// The trained result (L2D checkpoint or model directory), when the run completed.
     /// A `lora` run's adapter directory is `adapter` beside its merged model.
     pub result: Option<PathBuf>,
@@ -202,7 +205,7 @@ pub fn data_path(cfg: &Config) -> Result<Option<PathBuf>> {
 
 /// Trains as `cfg` says, writing into `out`; `resume` continues from the
 /// newest valid checkpoint there (see [`identity`] for what it may change).
-pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> Result<Outcome> {
+pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, shown: ProgressMode) -> Result<Outcome> {
     super::keep_freed_memory();
     let dist = Dist::single();
     let mode = Mode::parse(&cfg.train.mode)?;
@@ -269,14 +272,15 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
         }
         checkpoint::save(&ckpt_dir, step, params, opt, &saved, t.keep_last)
     };
-    let progress = progress_bar(start, end);
+    let mut progress = Progress::new(shown, "train", "steps", end, start);
     let started = Instant::now();
     let mut step = start;
+    let mut valid_loss = None;
     while step < end {
         if stop.load(Ordering::SeqCst) {
             save(step, &trainee.params(&model), &opt)?;
-            progress.abandon();
-            return Ok(Outcome { steps: step, interrupted: true, result: None });
+            progress.finish();
+            return Ok(Outcome { steps: step, interrupted: true, valid_loss, result: None });
         }
         let step_start = Instant::now();
         let lr = schedule.at(step);
@@ -298,23 +302,24 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
                 "peak_rss_bytes": super::resident_memory().map(|(_, peak)| peak),
             }))?;
         }
-        progress.set_position(step);
-        progress.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
         if let Some(valid) = &valid_data {
             if step == end || (t.eval_every > 0 && step % t.eval_every == 0) {
-                let rec = validate(&trainee, &model, valid, cfg, device, step)?;
+                let rec = validate(&trainee, &model, valid, cfg, device, step, shown)?;
+                valid_loss = rec["valid_loss"].as_f64();
                 if let Some(log) = &mut log {
                     log.write(&rec)?;
                 }
             }
         }
+        let valid_text = valid_loss.map(|v: f64| format!(", valid loss {v:.4}")).unwrap_or_default();
+        progress.update(step, format!("loss {loss:.4}, lr {lr:.2e}, {:.0} tokens/s{valid_text}", tokens as f64 / elapsed));
         if step == end || (t.save_every > 0 && step % t.save_every == 0) {
             save(step, &trainee.params(&model), &opt)?;
         }
     }
-    progress.finish_and_clear();
+    progress.finish();
     let result = if dist.is_main() { Some(write_result(&trainee, &model, cfg, &base_dir, out, step)?) } else { None };
-    Ok(Outcome { steps: step, interrupted: false, result })
+    Ok(Outcome { steps: step, interrupted: false, valid_loss, result })
 }
 
 /// A new run in `out`: refused where a run with checkpoints already is;
@@ -439,12 +444,18 @@ fn zero_grad(params: &[(String, Tensor)]) {
     }
 }
 
-/// Validation loss; for L2D also at the centres of four t bins.
-fn validate(trainee: &Trainee, model: &Llama, valid: &Source, cfg: &Config, device: tch::Device, step: u64) -> Result<serde_json::Value> {
+/// Validation loss over at most `train.eval_max_batches` micro-batches of the
+/// valid split; for L2D also at the centres of four t bins.
+fn validate(trainee: &Trainee, model: &Llama, valid: &Source, cfg: &Config, device: tch::Device, step: u64, shown: ProgressMode) -> Result<serde_json::Value> {
     let _guard = tch::no_grad_guard();
     let t_cfg = &cfg.train;
-    let examples: Vec<TrainExample> = (0..valid.len()).map(|i| valid.get(i, t_cfg.max_seq_len)).collect();
-    let eval_at = |t: Option<f64>| -> Result<f64> {
+    let n = valid.len().min(t_cfg.eval_max_batches.map_or(usize::MAX, |b| b.saturating_mul(t_cfg.micro_batch_size)));
+    let examples: Vec<TrainExample> = (0..n).map(|i| valid.get(i, t_cfg.max_seq_len)).collect();
+    let bins: &[f64] = if matches!(trainee, Trainee::L2d(_)) { &[0.125, 0.375, 0.625, 0.875] } else { &[] };
+    let batches = examples.len().div_ceil(t_cfg.micro_batch_size) as u64;
+    let progress_total = batches * (1 + bins.len() as u64);
+    let mut progress = Progress::new(shown, format!("validation at step {step}"), "batches", progress_total, 0);
+    let mut eval_at = |t: Option<f64>| -> Result<f64> {
         tch::manual_seed(t_cfg.seed as i64);
         let (mut sum, mut count) = (0.0, 0i64);
         for micro in examples.chunks(t_cfg.micro_batch_size) {
@@ -457,32 +468,33 @@ fn validate(trainee: &Trainee, model: &Llama, valid: &Source, cfg: &Config, devi
             };
             sum += s.double_value(&[]);
             count += c.int64_value(&[]);
+            progress.inc(1);
         }
         Ok(sum / count.max(1) as f64)
     };
     let loss = eval_at(None)?;
     let mut rec = serde_json::json!({"step": step, "valid_loss": loss});
-    if matches!(trainee, Trainee::L2d(_)) {
-        let mut bins = serde_json::Map::new();
-        for centre in [0.125, 0.375, 0.625, 0.875] {
-            bins.insert(format!("{centre}"), eval_at(Some(centre))?.into());
+    if !bins.is_empty() {
+        let mut by_t = serde_json::Map::new();
+        for &centre in bins {
+            by_t.insert(format!("{centre}"), eval_at(Some(centre))?.into());
         }
-        rec["valid_loss_t"] = bins.into();
+        rec["valid_loss_t"] = by_t.into();
     }
+    // The line that closes the pass carries its result.
+    progress.update(progress_total, valid_summary(&rec));
+    progress.finish();
     Ok(rec)
 }
 
-fn progress_bar(start: u64, total: u64) -> indicatif::ProgressBar {
-    if !crate::cli::stderr_is_terminal() {
-        return indicatif::ProgressBar::hidden();
+/// `valid loss 0.1234 (t=0.125 0.2, ...)` from a validation record.
+fn valid_summary(rec: &serde_json::Value) -> String {
+    let mut text = format!("valid loss {:.4}", rec["valid_loss"].as_f64().unwrap_or(f64::NAN));
+    if let Some(by_t) = rec["valid_loss_t"].as_object() {
+        let parts: Vec<String> = by_t.iter().map(|(t, v)| format!("t={t} {:.4}", v.as_f64().unwrap_or(f64::NAN))).collect();
+        text.push_str(&format!(" ({})", parts.join(", ")));
     }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_position(start);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
-            .expect("a valid template"),
-    );
-    bar
+    text
 }
 
 /// The trained result: an L2D checkpoint (`out/l2d`) or a model directory

@@ -63,6 +63,21 @@ pub fn assert_error(out: &Output, code: i32, needles: &[&str]) {
     assert!(out.stdout.is_empty(), "stdout not empty: {}", stdout(out));
 }
 
+/// A usage error from clap: exit 2, clap's whole message (its first line
+/// names the flag or value, then usage or a pointer to `--help`), no panic.
+pub fn assert_clap_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {err}");
+    assert!(err.starts_with("error:"), "stderr: {err}");
+    let first = err.lines().next().unwrap_or_default();
+    for n in needles {
+        assert!(first.contains(n), "the first line lacks {n:?}: {err}");
+    }
+    assert!(err.contains("Usage:") || err.contains("--help"), "no usage or help pointer: {err}");
+    assert!(!err.contains("panicked"), "stderr shows a panic: {err}");
+    assert!(out.stdout.is_empty(), "stdout not empty: {}", stdout(out));
+}
+
 /// A fresh, empty directory `name` in this test process's scratch folder.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = scratch_root().join(name);
