@@ -356,8 +356,8 @@ pub struct EvalConfig {
     pub solvers: Vec<String>,
     /// Completions per item (pass@k needs at least k).
     pub samples: usize,
-    /// First items of each task only; 0 evaluates all.
-    pub limit: usize,
+    /// First items of each task only; none evaluates all.
+    pub limit: Option<usize>,
     /// Prompts decoded together.
     pub batch_size: usize,
     /// Shots per prompt; none follows the protocol (5, HumanEval 0).
@@ -370,6 +370,8 @@ pub struct EvalConfig {
     pub workers: Option<usize>,
     /// Output directory; `--out` overrides it.
     pub out: Option<String>,
+    /// Whose protocol prompts and scores: "paper" (the reference implementation's) or "clean" (l2d's own).
+    pub protocol: String,
 }
 
 impl Default for EvalConfig {
@@ -380,13 +382,14 @@ impl Default for EvalConfig {
             steps: Vec::new(),
             solvers: Vec::new(),
             samples: 1,
-            limit: 0,
+            limit: None,
             batch_size: 8,
             num_shots: None,
             max_new_tokens: None,
             class_map: BTreeMap::new(),
             workers: None,
             out: None,
+            protocol: "paper".into(),
         }
     }
 }
@@ -775,7 +778,9 @@ impl Config {
         if let Some(bad) = e.steps.iter().find(|&&s| s == 1) {
             return Err(invalid("eval.steps", format!("{bad}: a level count must be 0 (the base LM) or >= 2")));
         }
+        one_of("eval.protocol", &e.protocol, &crate::eval::Protocol::NAMES)?;
         require(e.samples >= 1, "eval.samples", || "must be >= 1".into())?;
+        require(e.limit != Some(0), "eval.limit", || "must be >= 1 (leave it out to evaluate every item)".into())?;
         require(e.batch_size >= 1, "eval.batch_size", || "must be >= 1".into())?;
         require(e.max_new_tokens != Some(0), "eval.max_new_tokens", || "must be >= 1".into())?;
         require(e.workers != Some(0), "eval.workers", || "must be >= 1".into())?;

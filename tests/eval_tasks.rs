@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use l2d::eval::score::{judge_answer, program};
+use l2d::eval::Protocol;
 use l2d::eval::tasks::{build_messages, select_shots, Check, Dataset, Item, Task};
 
 mod common;
@@ -21,7 +22,7 @@ fn load(task: Task, path: &Path) -> Dataset {
 }
 
 fn correct(item: &Item, completion: &str) -> bool {
-    judge_answer(item, completion).expect("an answer task").correct
+    judge_answer(Protocol::Clean, item, completion).expect("an answer task").correct
 }
 
 #[test]
@@ -73,8 +74,8 @@ fn humaneval_loads_from_gzip() {
     let Check::HumanEval { entry_point, .. } = &ds.items[0].check else { panic!("not a HumanEval check") };
     assert_eq!(entry_point, "has_close_elements");
     assert!(select_shots(Task::HumanEval, &ds.items[0], &ds.items, Task::HumanEval.num_shots()).is_empty());
-    let p = program(&ds.items[0], &ds.items[0].solution).unwrap();
-    assert!(p.starts_with("from typing import List") && p.ends_with("check(has_close_elements)\n"));
+    let p = program(Protocol::Clean, &ds.items[0], &ds.items[0].solution, "M").unwrap();
+    assert!(p.starts_with("from typing import List") && p.contains("check(has_close_elements)\n"));
     let m = build_messages(Task::HumanEval, &ds.items[0], &[]);
     assert_eq!(m.len(), 1);
     assert!(m[0].content.contains("def has_close_elements"));
@@ -190,8 +191,8 @@ fn mbpp_shots_prompts_and_programs() {
     assert!(m[1].content.starts_with("```python\ndef min_of_two"));
     // Setup code runs before the completion.
     let hyp = ds.get("13").unwrap();
-    let p = program(hyp, &hyp.solution).unwrap();
-    assert!(p.starts_with("import math\ndef hypotenuse") && p.ends_with("assert hypotenuse(1, 1) == 1.41\n"), "{p}");
+    let p = program(Protocol::Clean, hyp, &hyp.solution, "M").unwrap();
+    assert!(p.starts_with("import math\ndef hypotenuse") && p.contains("assert hypotenuse(1, 1) == 1.41\n"), "{p}");
 }
 
 #[test]

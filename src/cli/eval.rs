@@ -13,6 +13,7 @@ use crate::eval::sandbox::SandboxOptions;
 use crate::eval::score::{self, Report, ResultEntry, Setting};
 use crate::eval::sweep::{self, SweepOutput};
 use crate::eval::tasks::{Dataset, Task};
+use crate::eval::Protocol;
 use crate::l2d::{checkpoint, next_token_nll, TokenBatch};
 use crate::model::Llama;
 use crate::runtime;
@@ -55,7 +56,8 @@ pub struct SweepArgs {
 
 /// The flags of `eval --config` and the config keys they set, for error messages.
 const SWEEP_FLAG_KEYS: &[(&str, &str)] =
-    &[("eval.steps", "--steps"), ("eval.solvers", "--solvers"), ("eval.limit", "--limit"), ("eval.workers", "--workers")];
+    &[("eval.steps", "--steps"), ("eval.solvers", "--solvers"), ("eval.limit", "--limit"), ("eval.workers", "--workers"),
+    ("eval.protocol", "--protocol")];
 
 impl SweepArgs {
     /// Whether any flag asks for generation.
@@ -85,6 +87,9 @@ pub struct ScoreArgs {
     /// Programs run at once in the sandbox (code tasks); default: the number of CPUs.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Whose protocol: paper (the reference implementation's, the default) or clean (l2d's own; eval.protocol).
+    #[arg(long, value_name = "NAME")]
+    pub protocol: Option<Protocol>,
 }
 
 /// The evaluations.
@@ -154,8 +159,11 @@ fn sweep(args: SweepArgs, common: ScoreArgs) -> Result<()> {
     if let Some(solvers) = args.solvers {
         e.solvers = solvers;
     }
-    if let Some(limit) = args.limit {
-        e.limit = limit;
+    if args.limit.is_some() {
+        e.limit = args.limit;
+    }
+    if let Some(protocol) = common.protocol {
+        e.protocol = protocol.name().into();
     }
     if common.workers.is_some() {
         e.workers = common.workers;
@@ -192,8 +200,9 @@ fn score_samples(task: Task, args: ScoreArgs) -> Result<()> {
     };
     let dataset = Dataset::load(task, data, "--data")?;
     let samples = score::read_samples(samples, &dataset, "--samples")?;
-    let scored = score::score(&dataset, &samples, &SandboxOptions::default(), workers);
-    let report = Report::of_given(vec![ResultEntry { setting: Setting::given(), generation: None, report: scored.report }]);
+    let protocol = args.protocol.unwrap_or_default();
+    let scored = score::score(&dataset, &samples, protocol, &SandboxOptions::default(), workers);
+    let report = Report::of_given(protocol, vec![ResultEntry { setting: Setting::given(), generation: None, report: scored.report }]);
     if let Some(out) = &args.out {
         score::write_outputs(out, &report, &scored.examples)?;
     }

@@ -13,6 +13,7 @@ use std::time::Instant;
 use super::sandbox::SandboxOptions;
 use super::score::{self, Example, GenerationStats, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT};
 use super::tasks::{build_messages, select_shots, Dataset, Item, Task};
+use super::Protocol;
 use crate::config::Config;
 use crate::data::tokenizer::Tokenizer;
 use crate::l2d::checkpoint::{self, BaseIdentity};
@@ -101,8 +102,8 @@ impl TaskData {
             crate::bail_usage!("{key}.data: missing (the file or directory of the task's items)");
         }
         let mut dataset = Dataset::load(task, Path::new(&t.data), &format!("{key}.data"))?;
-        if cfg.eval.limit > 0 {
-            dataset = dataset.first(cfg.eval.limit);
+        if let Some(limit) = cfg.eval.limit {
+            dataset = dataset.first(limit);
         }
         let shots = match &t.shots {
             Some(p) => Some(Dataset::load(task, Path::new(p), &format!("{key}.shots"))?),
@@ -283,6 +284,7 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
     if cfg.eval.tasks.is_empty() {
         crate::bail_usage!("eval.tasks: no task configured (add e.g. [eval.tasks.gsm8k] data = \"test.jsonl\")");
     }
+    let protocol: Protocol = cfg.eval.protocol.parse().map_err(|e: String| crate::error::usage(format!("eval.protocol: {e}")))?;
     let tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
     let engine = Engine::load(cfg)?;
     let plans = plans(cfg, engine.l2d.is_some())?;
@@ -310,7 +312,7 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
                 .values()
                 .filter(|l| l.task == data.task.name() && l.setting == plan.setting.label)
                 .collect();
-            let (entry, examples) = score_setting(data, plan, &lines, workers);
+            let (entry, examples) = score_setting(data, plan, &lines, protocol, workers);
             results.push(entry);
             scored_lines.extend(lines.into_iter().zip(examples));
         }
@@ -318,6 +320,7 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
     let report = Report {
         format: REPORT_FORMAT,
         version: 1,
+        protocol,
         model: Some(engine.identity.clone()),
         l2d: engine.l2d_identity.clone(),
         config: Some(serde_json::to_value(cfg)?),
@@ -453,10 +456,16 @@ fn progress_bar(show: bool, len: u64, task: &str) -> indicatif::ProgressBar {
 }
 
 /// Scores the completions of one task under one setting (in dataset order) and sums their cost.
-fn score_setting(data: &TaskData, plan: &Plan, lines: &[&Line], workers: usize) -> (ResultEntry, Vec<Example>) {
+fn score_setting(
+    data: &TaskData,
+    plan: &Plan,
+    lines: &[&Line],
+    protocol: Protocol,
+    workers: usize,
+) -> (ResultEntry, Vec<Example>) {
     let samples: Vec<Sample> =
         lines.iter().map(|l| Sample { task_id: l.task_id.clone(), completion: l.completion.clone() }).collect();
-    let scored = score::score(&data.dataset, &samples, &SandboxOptions::default(), workers);
+    let scored = score::score(&data.dataset, &samples, protocol, &SandboxOptions::default(), workers);
     let tokens: usize = lines.iter().map(|l| l.new_tokens).sum();
     let wall_s: f64 = lines.iter().map(|l| l.decode_s).sum();
     let mut setting = plan.setting.clone();

