@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use l2d::eval::paper::{self, MathAnswer};
 use l2d::eval::score::judge_answer;
-use l2d::eval::tasks::{Dataset, Item, Task};
+use l2d::eval::tasks::{build_messages, is_shot, select_shots, Dataset, Item, Task};
 use l2d::eval::Protocol;
 use serde_json::{json, Value};
 
@@ -273,4 +273,114 @@ fn unknown_protocol_is_one_line() {
     ok(l2d(&good));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["protocol"], "paper", "paper is the default");
+}
+
+// ---------------------------------------------------------------- prompts (tasks/*.py line2data)
+
+fn paper_chat(task: Task, data: &Dataset, pool: &Dataset, id: &str) -> Vec<(String, String)> {
+    let item = data.get(id).unwrap();
+    let shots = select_shots(Protocol::Paper, task, item, &pool.items, task.num_shots(Protocol::Paper));
+    build_messages(Protocol::Paper, task, item, &shots).into_iter().map(|m| (m.role, m.content)).collect()
+}
+
+#[test]
+fn gsm8k_shots_are_the_first_five_verbatim_with_annotations() {
+    let train = load(Task::Gsm8k, &shared("gsm8k/train.jsonl"));
+    let test = load(Task::Gsm8k, &shared("gsm8k/test.jsonl"));
+    let m = paper_chat(Task::Gsm8k, &test, &train, "0");
+    assert_eq!(m.len(), 11);
+    assert!(m[0].1.starts_with("Natalia sold clips to 48 of her friends in April"));
+    assert_eq!(m[1].1, "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72");
+    assert!(m[10].1.starts_with("Janet’s ducks lay 16 eggs per day."));
+}
+
+#[test]
+fn mmlu_shots_answer_with_a_bare_letter_after_the_question_template() {
+    let test = load(Task::Mmlu, &fixture("mmlu/data/test"));
+    let dev = load(Task::Mmlu, &fixture("mmlu/data/dev"));
+    let m = paper_chat(Task::Mmlu, &test, &dev, "0");
+    assert_eq!(m[0].1, "Question:\nFind all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nChoices:\nA. 0\nB. 1\nC. 2\nD. 3\n\nAnswer:");
+    assert_eq!(m[1], ("assistant".to_string(), "B".to_string()));
+    assert_eq!(
+        m[10].1,
+        "Question:\nFind the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\nChoices:\nA. 0\nB. 4\nC. 2\nD. 6\n\nAnswer:"
+    );
+}
+
+#[test]
+fn mmlu_pro_has_no_answer_cue_and_bare_letter_shots() {
+    let test = load(Task::MmluPro, &fixture("mmlu_pro/data/test-00000-of-00001.parquet"));
+    let val = load(Task::MmluPro, &fixture("mmlu_pro/data/validation-00000-of-00001.parquet"));
+    let item = test.items.iter().find(|i| i.question == "What is 7 * 6?").unwrap();
+    let m = paper_chat(Task::MmluPro, &test, &val, &item.id);
+    assert_eq!(m[10].1, "Question:\nWhat is 7 * 6?\nChoices:\nA. 42 + 1\nB. 42 + 2\nC. 42\nD. 42 + 4\n");
+    assert!(m[1].1.len() == 1 && m[1].1.chars().all(|c| c.is_ascii_uppercase()), "{:?}", m[1]);
+}
+
+#[test]
+fn mbpp_prompt_is_a_docstring_block_and_shots_are_raw_code() {
+    let ds = load(Task::Mbpp, &fixture("mbpp/mbpp.jsonl"));
+    let m = paper_chat(Task::Mbpp, &ds, &ds, "11");
+    assert_eq!(m[0].1, "\"\"\"\nWrite a function to find the minimum of two numbers.\nassert min_of_two(1, 2) == 1\n\"\"\"\n");
+    assert_eq!(m[1].1, ds.get("1").unwrap().solution);
+    assert_eq!(
+        m[10].1,
+        "\"\"\"\nWrite a python function to remove first and last occurrence of a given character from the string.\nassert remove_occ(\"hello\", \"l\") == \"heo\"\n\"\"\"\n"
+    );
+}
+
+#[test]
+fn humaneval_fields_are_derived_by_the_dataset_card_recipe() {
+    let ds = load(Task::HumanEval, &shared("humaneval/HumanEval.jsonl.gz"));
+    let m = paper_chat(Task::HumanEval, &ds, &ds, "HumanEval/5");
+    assert_eq!(m.len(), 12, "5 shots, the question, the partial assistant turn");
+    assert_eq!(
+        m[10].1,
+        "Write a function intersperse(numbers: List[int], delimeter: int) -> List[int] to solve the following problem:\n\
+         Insert a number 'delimeter' between every two consecutive elements of input list `numbers'\n\
+         >>> intersperse([], 4)\n[]\n>>> intersperse([1, 2, 3], 4)\n[1, 4, 2, 4, 3]"
+    );
+    assert_eq!(m[11], ("assistant".into(), "from typing import List\n\n\ndef intersperse(numbers: List[int], delimeter: int) -> List[int]:\n".into()));
+    // A shot answers with context + canonical_solution: runnable code.
+    let zero = ds.get("HumanEval/0").unwrap();
+    assert!(m[1].1.starts_with("from typing import List\n\n\ndef has_close_elements(") && m[1].1.ends_with(&zero.solution));
+}
+
+#[test]
+fn humaneval_skips_its_five_shots() {
+    let ds = load(Task::HumanEval, &shared("humaneval/HumanEval.jsonl.gz"));
+    let kept = ds
+        .items
+        .iter()
+        .filter(|item| {
+            let shots = select_shots(Protocol::Paper, Task::HumanEval, item, &ds.items, 5);
+            !is_shot(Protocol::Paper, Task::HumanEval, item, &shots)
+        })
+        .count();
+    assert_eq!(kept, 159);
+}
+
+#[test]
+fn instructhumaneval_layout_is_read_as_is_and_its_fields_are_required_together() {
+    let dir = fresh_dir("paper-instruct");
+    let path = dir.join("test.jsonl");
+    let mut row = json!({"task_id": "HumanEval/0", "prompt": "def f(x):\n    \"\"\"Id.\"\"\"\n", "canonical_solution": "    return x\n",
+        "test": "def check(c):\n    assert c(1) == 1\n", "entry_point": "f", "signature": "f(x)", "docstring": "Id.",
+        "context": "def f(x):\n", "instruction": "Write a function f(x) to solve the following problem:\nId."});
+    std::fs::write(&path, format!("{row}\n")).unwrap();
+    let ds = load(Task::HumanEval, &path);
+    let m = paper_chat(Task::HumanEval, &ds, &ds, "HumanEval/0");
+    assert_eq!(m.last().unwrap().1, "def f(x):\n");
+    row.as_object_mut().unwrap().remove("context");
+    std::fs::write(&path, format!("{row}\n")).unwrap();
+    let err = Dataset::load(Task::HumanEval, &path, "--data").unwrap_err().to_string();
+    assert!(err.contains("test.jsonl:1: missing field `context`") && err.contains("instructhumaneval adds"), "{err}");
+}
+
+#[test]
+fn a_data_file_of_another_task_names_what_it_is() {
+    let err = Dataset::load(Task::HumanEval, &shared("gsm8k/test.jsonl"), "--data").unwrap_err().to_string();
+    assert!(err.contains("this is a gsm8k record") && err.contains("humaneval records need"), "{err}");
+    let out = l2d(&["eval", "--task", "mbpp", "--data", shared("humaneval/HumanEval.jsonl.gz").to_str().unwrap(), "--samples", "x.jsonl"]);
+    assert_error(&out, 2, &["HumanEval.jsonl.gz:1", "missing fields `code`, `test_list`", "this is a humaneval record"]);
 }

@@ -207,12 +207,13 @@ fn a_prompt_longer_than_the_model_is_named() {
     let cfg = config(&dir, 2);
     let out = dir.join("out");
     // Shots from the full training split, 40 of them: far beyond the tiny model's 1024 positions.
-    assert_error(
-        &l2d(&["eval", "--config", s(&cfg), "--steps", "0", "--set", "eval.num_shots=40", "--set",
-            "eval.tasks.gsm8k.shots=\"../shared/data/gsm8k/train.jsonl\"", "--out", s(&out)]),
-        2,
-        &["eval.tasks.gsm8k: item 0", "positions", "eval.num_shots"],
-    );
+    let long = ["eval", "--config", s(&cfg), "--steps", "0", "--set", "eval.num_shots=40", "--set",
+        "eval.tasks.gsm8k.shots=\"../shared/data/gsm8k/train.jsonl\"", "--out", s(&out)];
+    let clean = [&long[..], &["--protocol", "clean"]].concat();
+    assert_error(&l2d(&clean), 2, &["eval.tasks.gsm8k: item 0", "positions", "eval.num_shots"]);
+    // The paper protocol drops items over 2048 tokens first, as the reference does: here all of them.
+    assert_error(&l2d(&long), 2, &["eval.tasks.gsm8k: no item left", "2 have prompt + answer over 2048", "eval.num_shots"]);
+    assert!(!out.join("examples.jsonl").exists(), "nothing written");
 }
 
 #[test]

@@ -202,7 +202,7 @@ fn score_samples(task: Task, args: ScoreArgs) -> Result<()> {
     let samples = score::read_samples(samples, &dataset, "--samples")?;
     let protocol = args.protocol.unwrap_or_default();
     let scored = score::score(&dataset, &samples, protocol, &SandboxOptions::default(), workers);
-    let report = Report::of_given(protocol, vec![ResultEntry { setting: Setting::given(), generation: None, report: scored.report }]);
+    let report = Report::of_given(protocol, vec![ResultEntry { setting: Setting::given(), generation: None, left_out: None, report: scored.report }]);
     if let Some(out) = &args.out {
         score::write_outputs(out, &report, &scored.examples)?;
     }

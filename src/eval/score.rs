@@ -154,11 +154,11 @@ pub fn completion_code(protocol: Protocol, completion: &str) -> String {
 pub fn program(protocol: Protocol, item: &Item, completion: &str, end_marker: &str) -> Option<String> {
     let code = completion_code(protocol, completion);
     let body = match (protocol, &item.check) {
-        (Protocol::Paper, Check::HumanEval { prompt, test, entry_point }) => {
+        (Protocol::Paper, Check::HumanEval { prompt, test, entry_point, .. }) => {
             format!("{prompt}{code}\n{test}\ncheck({entry_point})")
         }
         (Protocol::Paper, Check::Mbpp { tests, .. }) => format!("{code}\n{}", tests.join("\n")),
-        (Protocol::Clean, Check::HumanEval { prompt, test, entry_point }) => {
+        (Protocol::Clean, Check::HumanEval { prompt, test, entry_point, .. }) => {
             format!("{prompt}{code}\n\n{test}\n\ncheck({entry_point})\n")
         }
         (Protocol::Clean, Check::Mbpp { setup, tests }) => format!("{setup}\n{code}\n\n{}\n", tests.join("\n")),
@@ -265,7 +265,7 @@ pub fn score(dataset: &Dataset, samples: &[Sample], protocol: Protocol, sandbox:
         .zip(verdicts)
         .map(|((item, s), verdict)| Example {
             task_id: item.id.clone(),
-            prompt: user_turn(dataset.task, item),
+            prompt: user_turn(protocol, dataset.task, item),
             completion: s.completion.clone(),
             reference: item.reference.clone(),
             verdict,
@@ -378,6 +378,15 @@ pub struct GenerationStats {
     pub wall_s: f64,
 }
 
+/// Items of a task not evaluated, counted in `report.json` and the tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LeftOut {
+    /// Items that are shots of the others (paper protocol: HumanEval/0-4).
+    pub shots: usize,
+    /// Items whose prompt plus gold answer exceed 2,048 tokens (paper protocol, as the reference drops them).
+    pub too_long: usize,
+}
+
 /// One task under one setting: what was measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ResultEntry {
@@ -385,6 +394,8 @@ pub struct ResultEntry {
     pub setting: Setting,
     /// Their cost; none for given completions.
     pub generation: Option<GenerationStats>,
+    /// Items of the dataset not prompted; none for given completions.
+    pub left_out: Option<LeftOut>,
     /// Metrics and per-item results.
     #[serde(flatten)]
     pub report: TaskReport,
@@ -466,7 +477,26 @@ pub fn rows(results: &[ResultEntry]) -> Vec<Row> {
     out
 }
 
-/// The metric table printed after scoring: one line per task, setting and metric.
+/// One line per task that left items out: how many and why (the reference drops them silently).
+pub fn left_out_notes(results: &[ResultEntry]) -> String {
+    let mut out = String::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in results {
+        let Some(l) = r.left_out.filter(|l| l.shots + l.too_long > 0) else { continue };
+        if seen.insert(r.report.task) {
+            out += &format!(
+                "({}: {} items left out: {} shots, {} with prompt + answer over 2048 tokens)\n",
+                r.report.task,
+                l.shots + l.too_long,
+                l.shots,
+                l.too_long
+            );
+        }
+    }
+    out
+}
+
+/// The metric table printed after scoring: one line per task, setting and metric, then [`left_out_notes`].
 pub fn table(results: &[ResultEntry]) -> String {
     let mut out = format!(
         "{:<10} {:<14} {:>9} {:<9} {:>7} {:>7}  {:<17} {:>6} {:>8}\n",
@@ -480,7 +510,7 @@ pub fn table(results: &[ResultEntry]) -> String {
             r.task, r.setting, r.evals, r.metric, s.value, s.stderr, s.n, r.samples
         );
     }
-    out
+    out + &left_out_notes(results)
 }
 
 #[cfg(test)]
@@ -525,6 +555,8 @@ mod tests {
             prompt: "def f(x):\n".into(),
             test: "def check(c):\n    assert c(1) == 1".into(),
             entry_point: "f".into(),
+            instruction: String::new(),
+            context: String::new(),
         };
         let end = "\n__import__(\"os\").write(1, \"M\\n\".encode())\n";
         assert_eq!(

@@ -5,14 +5,16 @@
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::sandbox::SandboxOptions;
-use super::score::{self, Example, GenerationStats, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT};
-use super::tasks::{build_messages, select_shots, Dataset, Item, Task};
+use super::score::{
+    self, Example, GenerationStats, LeftOut, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT,
+};
+use super::tasks::{build_messages, is_shot, select_shots, Check, Dataset, Item, Task};
 use super::Protocol;
 use crate::config::Config;
 use crate::data::tokenizer::Tokenizer;
@@ -83,13 +85,31 @@ pub fn plans(cfg: &Config, has_l2d: bool) -> Result<Vec<Plan>> {
     Ok(out)
 }
 
-/// A benchmark ready to prompt: its items (after `eval.limit`) and shot pool.
+/// The reference's `max_seq_len`: paper-protocol items whose prompt and gold answer together have
+/// more tokens are dropped, as every reference processor drops them (`tasks/gsm8k.py:79-80`).
+pub const PAPER_MAX_SEQ_LEN: usize = 2048;
+
+/// One item's prompt as the model sees it.
+struct Prompt {
+    text: String,
+    ids: Vec<i64>,
+}
+
+/// A benchmark ready to prompt: its items, shot pool and, once [`TaskData::prepare`]d, the prompts of
+/// the items kept (shots and over-long items out, then `eval.limit`).
 struct TaskData {
     task: Task,
     dataset: Dataset,
+    /// The shot split; none draws shots from `dataset` itself (before any item is left out).
     shots: Option<Dataset>,
     class: Option<i64>,
+    /// One per item of `dataset`, once prepared.
+    prompts: Vec<Prompt>,
+    /// Items left out and why, once prepared.
+    left_out: LeftOut,
 }
+
+
 
 impl TaskData {
     fn load(name: &str, cfg: &Config) -> Result<TaskData> {
@@ -101,16 +121,64 @@ impl TaskData {
         if t.data.is_empty() {
             crate::bail_usage!("{key}.data: missing (the file or directory of the task's items)");
         }
-        let mut dataset = Dataset::load(task, Path::new(&t.data), &format!("{key}.data"))?;
-        if let Some(limit) = cfg.eval.limit {
-            dataset = dataset.first(limit);
-        }
+        let dataset = Dataset::load(task, Path::new(&t.data), &format!("{key}.data"))?;
         let shots = match &t.shots {
             Some(p) => Some(Dataset::load(task, Path::new(p), &format!("{key}.shots"))?),
             None => None,
         };
         let class = cfg.eval.class_map.get(name).copied().or(cfg.l2d.guidance_class);
-        Ok(TaskData { task, dataset, shots, class })
+        Ok(TaskData { task, dataset, shots, class, prompts: Vec::new(), left_out: LeftOut::default() })
+    }
+
+    /// Renders and tokenizes the prompts, in dataset order, until `limit` items are kept; leaves out
+    /// (paper protocol) the items that are shots and those longer than [`PAPER_MAX_SEQ_LEN`].
+    fn prepare(&mut self, cfg: &Config, protocol: Protocol, tokenizer: &Tokenizer, max_pos: usize) -> Result<()> {
+        let num_shots = cfg.eval.num_shots.unwrap_or(self.task.num_shots(protocol));
+        let pool = self.shots.as_ref().unwrap_or(&self.dataset);
+        let limit = cfg.eval.limit.unwrap_or(usize::MAX);
+        let mut kept = Vec::new();
+        let mut left_out = LeftOut::default();
+        for item in &self.dataset.items {
+            if kept.len() == limit {
+                break;
+            }
+            let shots = select_shots(protocol, self.task, item, &pool.items, num_shots);
+            if is_shot(protocol, self.task, item, &shots) {
+                left_out.shots += 1;
+                continue;
+            }
+            let text = tokenizer.render_prompt(&build_messages(protocol, self.task, item, &shots))?;
+            let ids = tokenizer.encode(&text, false)?;
+            if protocol == Protocol::Paper && ids.len() + tokenizer.encode(gold_text(item), false)?.len() > PAPER_MAX_SEQ_LEN {
+                left_out.too_long += 1;
+                continue;
+            }
+            if ids.len() >= max_pos {
+                crate::bail_usage!(
+                    "eval.tasks.{}: item {}: the prompt has {} tokens ({num_shots} shots), more than the model's \
+                     {max_pos} positions; lower eval.num_shots",
+                    self.task.name(),
+                    item.id,
+                    ids.len()
+                );
+            }
+            kept.push((item.id.clone(), Prompt { text, ids }));
+        }
+        if kept.is_empty() {
+            crate::bail_usage!(
+                "eval.tasks.{}: no item left to evaluate: {} are shots of the others and {} have prompt + answer \
+                 over {PAPER_MAX_SEQ_LEN} tokens ({} shots); lower eval.num_shots",
+                self.task.name(),
+                left_out.shots,
+                left_out.too_long,
+                num_shots
+            );
+        }
+        let ids: HashSet<String> = kept.iter().map(|(id, _)| id.clone()).collect();
+        self.dataset = std::mem::replace(&mut self.dataset, Dataset::empty(self.task)).retain(|item| ids.contains(&item.id));
+        self.prompts = kept.into_iter().map(|(_, p)| p).collect();
+        self.left_out = left_out;
+        Ok(())
     }
 
     /// Checks the task's guidance class against the checkpoint's classes.
@@ -126,10 +194,20 @@ impl TaskData {
         Ok(())
     }
 
-    fn prompt(&self, item: &Item, num_shots: usize, tokenizer: &Tokenizer) -> Result<Vec<i64>> {
-        let pool = self.shots.as_ref().unwrap_or(&self.dataset);
-        let shots = select_shots(self.task, item, &pool.items, num_shots);
-        tokenizer.encode_chat(&build_messages(self.task, item, &shots))
+}
+
+impl TaskData {
+    /// The prompt of a kept item.
+    fn prompt_of(&self, id: &str) -> &Prompt {
+        &self.prompts[self.dataset.position(id).expect("journalled items are kept items")]
+    }
+}
+
+/// The gold answer the reference tokenizes for its length filter: the letter, else the dataset's answer.
+fn gold_text(item: &Item) -> &str {
+    match item.check {
+        Check::Choice { .. } => &item.reference,
+        _ => &item.solution,
     }
 }
 
@@ -159,6 +237,9 @@ struct Line {
 struct ScoredLine<'a> {
     #[serde(flatten)]
     line: &'a Line,
+    /// The whole prompt as rendered, and its token ids: what the model saw.
+    prompt_text: &'a str,
+    prompt_ids: &'a [i64],
     prompt: String,
     reference: String,
     #[serde(flatten)]
@@ -285,8 +366,12 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
         crate::bail_usage!("eval.tasks: no task configured (add e.g. [eval.tasks.gsm8k] data = \"test.jsonl\")");
     }
     let protocol: Protocol = cfg.eval.protocol.parse().map_err(|e: String| crate::error::usage(format!("eval.protocol: {e}")))?;
-    let tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
+    let mut tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
     let engine = Engine::load(cfg)?;
+    let max_pos = engine.model.config.max_position_embeddings as usize;
+    for data in &mut tasks {
+        data.prepare(cfg, protocol, &engine.tokenizer, max_pos)?;
+    }
     let plans = plans(cfg, engine.l2d.is_some())?;
     for data in &tasks {
         data.check_class(engine.l2d.as_ref())?;
@@ -301,7 +386,7 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
         tracing::info!("resuming: {resumed} completions already in {}", journal_path.display());
     }
     for data in &tasks {
-        generate_task(cfg, &engine, data, &plans, &mut done, &mut journal, out.progress)?;
+        generate_task(cfg, protocol, &engine, data, &plans, &mut done, &mut journal, out.progress)?;
     }
     let workers = cfg.eval.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut results = Vec::new();
@@ -314,7 +399,7 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
                 .collect();
             let (entry, examples) = score_setting(data, plan, &lines, protocol, workers);
             results.push(entry);
-            scored_lines.extend(lines.into_iter().zip(examples));
+            scored_lines.extend(lines.into_iter().zip(examples).map(|(line, e)| (data, line, e)));
         }
     }
     let report = Report {
@@ -328,7 +413,17 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
     };
     let lines: Vec<ScoredLine> = scored_lines
         .into_iter()
-        .map(|(line, e)| ScoredLine { line, prompt: e.prompt, reference: e.reference, verdict: e.verdict })
+        .map(|(data, line, e)| {
+            let prompt = data.prompt_of(&line.task_id);
+            ScoredLine {
+                line,
+                prompt_text: &prompt.text,
+                prompt_ids: &prompt.ids,
+                prompt: e.prompt,
+                reference: e.reference,
+                verdict: e.verdict,
+            }
+        })
         .collect();
     score::write_outputs(&out.dir, &report, &lines)?;
     crate::io::write_atomic(&out.dir.join("report.md"), markdown(&report).as_bytes())?;
@@ -338,8 +433,10 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
 /// One batch of prompts: the (item, sample) pairs it answers.
 type Unit = (usize, usize);
 
+#[allow(clippy::too_many_arguments)]
 fn generate_task(
     cfg: &Config,
+    protocol: Protocol,
     engine: &Engine,
     data: &TaskData,
     plans: &[Plan],
@@ -360,34 +457,21 @@ fn generate_task(
     if units.is_empty() {
         return Ok(());
     }
-    let num_shots = cfg.eval.num_shots.unwrap_or(task.num_shots());
-    let max_pos = engine.model.config.max_position_embeddings as usize;
-    let mut prompts: HashMap<usize, Vec<i64>> = HashMap::new();
-    for &(i, _) in &units {
-        if let std::collections::hash_map::Entry::Vacant(slot) = prompts.entry(i) {
-            let ids = data.prompt(&items[i], num_shots, &engine.tokenizer)?;
-            if ids.len() >= max_pos {
-                crate::bail_usage!(
-                    "eval.tasks.{}: item {}: the prompt has {} tokens ({num_shots} shots), more than the model's \
-                     {max_pos} positions; lower eval.num_shots",
-                    task.name(),
-                    items[i].id,
-                    ids.len()
-                );
-            }
-            slot.insert(ids);
-        }
-    }
+    let prompts = &data.prompts;
     // Longest first: similar lengths batch with little padding, and memory peaks early.
     let mut order = units;
-    order.sort_by_key(|&(i, s)| (std::cmp::Reverse(prompts[&i].len()), i, s));
+    order.sort_by_key(|&(i, s)| (std::cmp::Reverse(prompts[i].ids.len()), i, s));
     let g = &cfg.generate;
     let opts = GenerateOptions {
         sampler: TokenSampler { temperature: g.temperature, top_k: g.top_k as i64, top_p: g.top_p },
         max_new_tokens: cfg.eval.max_new_tokens.unwrap_or(task.max_new_tokens()),
         min_new_tokens: g.min_new_tokens,
         stop_strings: g.stop.clone(),
-        eos_ids: engine.tokenizer.eos_ids.clone(),
+        // The reference stops at the tokenizer's eos token only; l2d at every id generation_config.json lists.
+        eos_ids: match (protocol, engine.tokenizer.eos_token_id) {
+            (Protocol::Paper, Some(id)) => vec![id],
+            _ => engine.tokenizer.eos_ids.clone(),
+        },
         pad_id: engine.tokenizer.pad_id,
     };
     let mut heads = plans
@@ -396,7 +480,7 @@ fn generate_task(
         .collect::<Result<Vec<_>>>()?;
     let bar = progress_bar(progress, (order.len() * plans.len()) as u64, task.name());
     for batch in order.chunks(cfg.eval.batch_size) {
-        let batch_prompts: Vec<Vec<i64>> = batch.iter().map(|(i, _)| prompts[i].clone()).collect();
+        let batch_prompts: Vec<Vec<i64>> = batch.iter().map(|&(i, _)| prompts[i].ids.clone()).collect();
         let state = prefill(&engine.model, &batch_prompts, &opts)?;
         for (plan, head) in plans.iter().zip(heads.iter_mut()) {
             bar.inc(batch.len() as u64);
@@ -474,7 +558,8 @@ fn score_setting(
         setting.evals_per_token = lines.iter().map(|l| l.evals_per_token).fold(None, |_, e| Some(e));
     }
     let generation = GenerationStats { tokens, tokens_per_s: if wall_s > 0.0 { tokens as f64 / wall_s } else { 0.0 }, wall_s };
-    (ResultEntry { setting, generation: Some(generation), report: scored.report }, scored.examples)
+    let left_out = Some(data.left_out);
+    (ResultEntry { setting, generation: Some(generation), left_out, report: scored.report }, scored.examples)
 }
 
 /// `report.md`: the table of every task and setting with intervals and cost.
@@ -495,5 +580,5 @@ pub fn markdown(report: &Report) -> String {
             r.task, r.setting, r.evals, r.metric, s.value, s.ci95[0], s.ci95[1], s.stderr, s.n, r.tokens_per_s
         );
     }
-    out
+    out + &score::left_out_notes(&report.results)
 }
