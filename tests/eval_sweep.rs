@@ -238,3 +238,31 @@ fn task_class_map_guides_the_diffusion_path() {
     bad.args(["--set", "eval.class_map.gsm8k=3"]);
     assert_error(&bad.output().unwrap(), 2, &["eval.class_map", "\"gsm8k\" must be in 0..3"]);
 }
+
+#[test]
+fn a_resume_with_another_identity_is_refused_with_nothing_touched() {
+    let dir = scratch("eval-identity");
+    let cfg = config(&dir, 2);
+    let out = dir.join("out");
+    run(sweep(&cfg, None, "0", &out));
+    let examples = std::fs::read(out.join("examples.jsonl")).unwrap();
+    let report_before = std::fs::read(out.join("report.json")).unwrap();
+    // Every line shows what the model saw: the rendered prompt and its ids.
+    for e in jsonl(&out.join("examples.jsonl")) {
+        assert!(e["prompt_text"].as_str().unwrap().starts_with("<|begin_of_text|>"), "{e}");
+        assert!(e["prompt_ids"].as_array().unwrap().len() > 10, "{e}");
+    }
+    let mut other = sweep(&cfg, None, "0", &out);
+    other.args(["--set", "generate.temperature=0.5", "--set", "eval.num_shots=0"]);
+    assert_error(
+        &other.output().unwrap(),
+        2,
+        &["holds completions of another run", "generate.temperature: 1.0 → 0.5", "eval.num_shots: 1 → 0", "prompts_sha256.gsm8k"],
+    );
+    assert_eq!(std::fs::read(out.join("examples.jsonl")).unwrap(), examples, "journal untouched");
+    assert_eq!(std::fs::read(out.join("report.json")).unwrap(), report_before, "report untouched");
+    // The same settings resume (here: nothing left to generate) and give the same completions.
+    let before = completions(&out);
+    run(sweep(&cfg, None, "0", &out));
+    assert_eq!(completions(&out), before);
+}

@@ -7,6 +7,7 @@
 //! generates them, under a sweep of base-LM and L2D settings.
 
 pub mod extract;
+pub mod identity;
 pub mod paper;
 pub mod records;
 pub mod report;

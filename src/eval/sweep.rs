@@ -15,7 +15,7 @@ use super::score::{
     self, Example, GenerationStats, LeftOut, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT,
 };
 use super::tasks::{build_messages, is_shot, select_shots, Check, Dataset, Item, Task};
-use super::Protocol;
+use super::{identity, Protocol};
 use crate::config::Config;
 use crate::data::tokenizer::Tokenizer;
 use crate::l2d::checkpoint::{self, BaseIdentity};
@@ -380,6 +380,7 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
         .map_err(|e| crate::error::usage(format!("--out: cannot create {}: {e}", out.dir.display())))?;
     let journal_path = out.dir.join(EXAMPLES);
     let mut done: BTreeMap<Key, Line> = read_journal(&journal_path)?.into_iter().map(|l| (key(&l), l)).collect();
+    identity::check_or_record(&out.dir, &run_identity(cfg, protocol, &engine, &tasks)?, !done.is_empty())?;
     let mut journal = Journal::open(&journal_path, &done.values().cloned().collect::<Vec<_>>())?;
     let resumed = done.len();
     if resumed > 0 {
@@ -428,6 +429,31 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
     score::write_outputs(&out.dir, &report, &lines)?;
     crate::io::write_atomic(&out.dir.join("report.md"), markdown(&report).as_bytes())?;
     Ok(report)
+}
+
+/// What makes the run's completions what they are: the protocol, the model and checkpoint, every
+/// generation, L2D and eval setting (not `batch_size`, `workers` or `out`, which change no
+/// completion's meaning), and a hash of each task's prompts.
+fn run_identity(cfg: &Config, protocol: Protocol, engine: &Engine, tasks: &[TaskData]) -> Result<serde_json::Value> {
+    let mut eval = serde_json::to_value(&cfg.eval)?;
+    if let Some(map) = eval.as_object_mut() {
+        for transient in ["batch_size", "workers", "out"] {
+            map.remove(transient);
+        }
+    }
+    let prompts: serde_json::Map<String, serde_json::Value> = tasks
+        .iter()
+        .map(|t| (t.task.name().to_string(), identity::prompts_sha256(t.prompts.iter().map(|p| p.ids.as_slice())).into()))
+        .collect();
+    Ok(serde_json::json!({
+        "protocol": protocol,
+        "model": engine.identity,
+        "l2d": engine.l2d_identity,
+        "generate": cfg.generate,
+        "l2d_config": cfg.l2d,
+        "eval": eval,
+        "prompts_sha256": prompts,
+    }))
 }
 
 /// One batch of prompts: the (item, sample) pairs it answers.
