@@ -266,3 +266,27 @@ fn a_resume_with_another_identity_is_refused_with_nothing_touched() {
     run(sweep(&cfg, None, "0", &out));
     assert_eq!(completions(&out), before);
 }
+
+#[test]
+fn sweep_flags_select_tasks_and_override_shots_and_length() {
+    let dir = scratch("eval-flags");
+    let cfg = config(&dir, 2);
+    let out = dir.join("out");
+    let mut cmd = sweep(&cfg, None, "0", &out);
+    cmd.args(["--tasks", "gsm8k", "--num-shots", "0", "--max-new-tokens", "2"]);
+    run(cmd);
+    let r = report(&out);
+    assert_eq!((r["config"]["eval"]["num_shots"].as_u64(), r["config"]["eval"]["max_new_tokens"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(r["protocol"], "paper");
+    assert!(jsonl(&out.join("examples.jsonl")).iter().all(|e| e["new_tokens"].as_u64().unwrap() <= 2));
+
+    let mut unknown = sweep(&cfg, None, "0", &dir.join("x"));
+    unknown.args(["--tasks", "gsm8k,mmlu"]);
+    assert_error(&unknown.output().unwrap(), 2, &["--tasks", "\"mmlu\" is not a configured task", "gsm8k"]);
+    let mut zero = sweep(&cfg, None, "0", &dir.join("y"));
+    zero.args(["--limit", "0"]);
+    assert_error(&zero.output().unwrap(), 2, &["--limit (eval.limit)", "must be >= 1"]);
+    let mut bad = sweep(&cfg, None, "0", &dir.join("z"));
+    bad.args(["--set", "eval.protocol=\"papr\""]);
+    assert_error(&bad.output().unwrap(), 2, &["eval.protocol", "\"paper\"", "papr"]);
+}

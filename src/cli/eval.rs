@@ -49,15 +49,24 @@ pub struct SweepArgs {
     /// Solvers to sweep, comma-separated: fixed-grid ones at every level, adaptive ones once (eval.solvers).
     #[arg(long, value_delimiter = ',', value_name = "NAME,..")]
     pub solvers: Option<Vec<String>>,
-    /// First N items of each task only (eval.limit).
+    /// First N items of each task only (eval.limit; at least 1).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Only these of the configured tasks, comma-separated (e.g. gsm8k,mmlu).
+    #[arg(long, value_delimiter = ',', value_name = "NAME,..")]
+    pub tasks: Option<Vec<String>>,
+    /// Shots per prompt instead of the protocol's 5 (eval.num_shots; recorded in report.json).
+    #[arg(long, value_name = "N")]
+    pub num_shots: Option<usize>,
+    /// Most new tokens instead of the protocol's 256 (512 for code) (eval.max_new_tokens; recorded in report.json).
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
 }
 
 /// The flags of `eval --config` and the config keys they set, for error messages.
 const SWEEP_FLAG_KEYS: &[(&str, &str)] =
     &[("eval.steps", "--steps"), ("eval.solvers", "--solvers"), ("eval.limit", "--limit"), ("eval.workers", "--workers"),
-    ("eval.protocol", "--protocol")];
+    ("eval.protocol", "--protocol"), ("eval.num_shots", "--num-shots"), ("eval.max_new_tokens", "--max-new-tokens")];
 
 impl SweepArgs {
     /// Whether any flag asks for generation.
@@ -165,6 +174,15 @@ fn sweep(args: SweepArgs, common: ScoreArgs) -> Result<()> {
     if let Some(protocol) = common.protocol {
         e.protocol = protocol.name().into();
     }
+    if args.num_shots.is_some() {
+        e.num_shots = args.num_shots;
+    }
+    if args.max_new_tokens.is_some() {
+        e.max_new_tokens = args.max_new_tokens;
+    }
+    if let Some(names) = &args.tasks {
+        select_tasks(&mut e.tasks, names)?;
+    }
     if common.workers.is_some() {
         e.workers = common.workers;
     }
@@ -183,6 +201,19 @@ fn sweep(args: SweepArgs, common: ScoreArgs) -> Result<()> {
         print!("{}", score::table(&report.results));
         println!("(report.json, report.md and examples.jsonl in {})", out.dir.display());
     }
+    Ok(())
+}
+
+/// Keeps only the configured tasks `names` (`--tasks`); a name not configured is an error.
+fn select_tasks(tasks: &mut std::collections::BTreeMap<String, crate::config::EvalTaskConfig>, names: &[String]) -> Result<()> {
+    if let Some(unknown) = names.iter().find(|n| !tasks.contains_key(n.as_str())) {
+        let configured: Vec<&str> = tasks.keys().map(String::as_str).collect();
+        crate::bail_usage!(
+            "--tasks: {unknown:?} is not a configured task (the config has [eval.tasks.NAME] for: {})",
+            if configured.is_empty() { "none".to_string() } else { configured.join(", ") }
+        );
+    }
+    tasks.retain(|name, _| names.contains(name));
     Ok(())
 }
 

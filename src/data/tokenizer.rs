@@ -16,6 +16,8 @@ pub struct Tokenizer {
     pub pad_id: i64,
     /// `eos_token` of tokenizer_config.json: the one stop token of the reference's evaluation.
     pub eos_token_id: Option<i64>,
+    /// `pad_token` of tokenizer_config.json, if it names one.
+    pad_token_id: Option<i64>,
 }
 
 impl Tokenizer {
@@ -49,16 +51,17 @@ impl Tokenizer {
                 eos_ids.push(id as i64);
             }
         }
-        let pad_id = cfg
-            .as_ref()
-            .and_then(|c| c.pad_token.as_deref())
-            .and_then(|t| inner.token_to_id(t))
-            .map(|id| id as i64)
-            .or_else(|| eos_ids.first().copied())
-            .unwrap_or(0);
+        let pad_token_id =
+            cfg.as_ref().and_then(|c| c.pad_token.as_deref()).and_then(|t| inner.token_to_id(t)).map(|id| id as i64);
+        let pad_id = pad_token_id.or_else(|| eos_ids.first().copied()).unwrap_or(0);
         let eos_token_id =
             cfg.as_ref().and_then(|c| c.eos_token.as_deref()).and_then(|t| inner.token_to_id(t)).map(|id| id as i64);
-        Ok(Self { inner, chat, eos_ids, pad_id, eos_token_id })
+        Ok(Self { inner, chat, eos_ids, pad_id, eos_token_id, pad_token_id })
+    }
+
+    /// The reference's pad token: `pad_token`, else `eos_token` (`pipeline/util.py:179-180`).
+    pub fn reference_pad_id(&self) -> Option<i64> {
+        self.pad_token_id.or(self.eos_token_id)
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor (e.g. Llama's bos).

@@ -16,14 +16,14 @@ use super::score::{
 };
 use super::tasks::{build_messages, is_shot, select_shots, Check, Dataset, Item, Task};
 use super::{identity, Protocol};
-use crate::config::Config;
+use crate::config::{Config, X1Schedule};
 use crate::data::tokenizer::Tokenizer;
 use crate::l2d::checkpoint::{self, BaseIdentity};
 use crate::l2d::sampler::{L2dHead, SamplerOptions};
 use crate::l2d::L2d;
 use crate::model::Llama;
 use crate::runtime;
-use crate::sampling::generate::{decode, prefill, BaseLm, Finish, GenerateOptions, NextTokenLogits};
+use crate::sampling::generate::{decode, prefill_masked, BaseLm, Finish, GenerateOptions, NextTokenLogits};
 use crate::sampling::ode::Solver;
 use crate::sampling::TokenSampler;
 
@@ -340,10 +340,9 @@ impl Engine {
         Ok(Engine { model, tokenizer, l2d, identity, l2d_identity })
     }
 
-    fn head(&self, plan: &Plan, class: Option<i64>, weight: f64) -> Result<Box<dyn NextTokenLogits + '_>> {
-        match (&plan.sampler, &self.l2d) {
-            (Some(opts), Some(l2d)) => {
-                let mut opts = opts.clone();
+    fn head(&self, sampler: Option<SamplerOptions>, class: Option<i64>, weight: f64) -> Result<Box<dyn NextTokenLogits + '_>> {
+        match (sampler, &self.l2d) {
+            (Some(mut opts), Some(l2d)) => {
                 opts.guidance = class.map(|c| (c, weight));
                 Ok(Box::new(L2dHead::new(&self.model, l2d, opts)?))
             }
@@ -477,7 +476,7 @@ fn generate_task(
         !done.contains_key(&k)
     };
     let units: Vec<Unit> = (0..items.len())
-        .flat_map(|i| (0..cfg.eval.samples).map(move |s| (i, s)))
+        .flat_map(|i| (0..samples_per_item(cfg, protocol, task)).map(move |s| (i, s)))
         .filter(|u| plans.iter().any(|p| missing(u, p, done)))
         .collect();
     if units.is_empty() {
@@ -500,14 +499,18 @@ fn generate_task(
         },
         pad_id: engine.tokenizer.pad_id,
     };
+    let masked: Vec<i64> = match (mask_prompt_pad(cfg, protocol), engine.tokenizer.reference_pad_id()) {
+        (true, Some(id)) => vec![id],
+        _ => Vec::new(),
+    };
     let mut heads = plans
         .iter()
-        .map(|p| engine.head(p, data.class, cfg.l2d.guidance_weight))
+        .map(|p| engine.head(p.sampler.as_ref().map(|o| task_sampler(protocol, task, o)), data.class, cfg.l2d.guidance_weight))
         .collect::<Result<Vec<_>>>()?;
     let bar = progress_bar(progress, (order.len() * plans.len()) as u64, task.name());
     for batch in order.chunks(cfg.eval.batch_size) {
         let batch_prompts: Vec<Vec<i64>> = batch.iter().map(|&(i, _)| prompts[i].ids.clone()).collect();
-        let state = prefill(&engine.model, &batch_prompts, &opts)?;
+        let state = prefill_masked(&engine.model, &batch_prompts, &opts, &masked)?;
         for (plan, head) in plans.iter().zip(heads.iter_mut()) {
             bar.inc(batch.len() as u64);
             if !batch.iter().any(|u| missing(u, plan, done)) {
@@ -540,6 +543,36 @@ fn generate_task(
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// Completions per item: `eval.samples`, else the protocol's (paper: n = 10 for code, as
+/// `cfgs/benchmark_code.cfg:8`, and 1 otherwise; clean: 1).
+fn samples_per_item(cfg: &Config, protocol: Protocol, task: Task) -> usize {
+    match (cfg.eval.samples, protocol) {
+        (Some(n), _) => n,
+        (None, Protocol::Paper) if task.is_code() => 10,
+        (None, _) => 1,
+    }
+}
+
+/// Whether prompt pad tokens are kept out of attention: `eval.mask_prompt_pad`, else on in the paper protocol.
+fn mask_prompt_pad(cfg: &Config, protocol: Protocol) -> bool {
+    cfg.eval.mask_prompt_pad.unwrap_or(protocol == Protocol::Paper)
+}
+
+/// The L2D sampler of a task: in the paper protocol the reference's per-task `x1_hat` (argmax, the
+/// model configs' `nstep_temperature_schedule = 0.0`, for answer tasks; `polynomial_1_1.0` for code,
+/// `scripts/run_bench_full.sh:15`); in the clean protocol `[l2d]` as configured.
+fn task_sampler(protocol: Protocol, task: Task, opts: &SamplerOptions) -> SamplerOptions {
+    let mut opts = opts.clone();
+    if protocol == Protocol::Paper {
+        (opts.x1_temperature, opts.x1_schedule) = if task.is_code() {
+            (1.0, X1Schedule::Polynomial { power: 1.0, end: 1.0 })
+        } else {
+            (0.0, X1Schedule::Constant)
+        };
+    }
+    opts
 }
 
 /// A seed per batch and setting, so that reruns of the same batch draw the same tokens.
@@ -607,4 +640,31 @@ pub fn markdown(report: &Report) -> String {
         );
     }
     out + &score::left_out_notes(&report.results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::L2dConfig;
+
+    #[test]
+    fn paper_x1_is_argmax_for_answers_and_polynomial_for_code() {
+        let configured = SamplerOptions::from_config(&L2dConfig::default()).unwrap();
+        let answer = task_sampler(Protocol::Paper, Task::Gsm8k, &configured);
+        assert_eq!((answer.x1_temperature, answer.x1_schedule), (0.0, X1Schedule::Constant));
+        let code = task_sampler(Protocol::Paper, Task::Mbpp, &configured);
+        assert_eq!((code.x1_temperature, code.x1_schedule), (1.0, X1Schedule::Polynomial { power: 1.0, end: 1.0 }));
+        let clean = task_sampler(Protocol::Clean, Task::Mbpp, &configured);
+        assert_eq!((clean.x1_temperature, clean.x1_schedule), (configured.x1_temperature, configured.x1_schedule));
+    }
+
+    #[test]
+    fn paper_draws_ten_code_samples_unless_told() {
+        let mut cfg = Config::default();
+        assert_eq!(samples_per_item(&cfg, Protocol::Paper, Task::HumanEval), 10);
+        assert_eq!(samples_per_item(&cfg, Protocol::Paper, Task::Gsm8k), 1);
+        assert_eq!(samples_per_item(&cfg, Protocol::Clean, Task::HumanEval), 1);
+        cfg.eval.samples = Some(3);
+        assert_eq!(samples_per_item(&cfg, Protocol::Paper, Task::HumanEval), 3);
+    }
 }
