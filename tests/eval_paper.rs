@@ -384,3 +384,95 @@ fn a_data_file_of_another_task_names_what_it_is() {
     let out = l2d(&["eval", "--task", "mbpp", "--data", shared("humaneval/HumanEval.jsonl.gz").to_str().unwrap(), "--samples", "x.jsonl"]);
     assert_error(&out, 2, &["HumanEval.jsonl.gz:1", "missing fields `code`, `test_list`", "this is a humaneval record"]);
 }
+
+// ---------------------------------------------------------------- prompts against transformers
+
+fn write_jsonl(path: &Path, rows: &[Value]) {
+    std::fs::write(path, rows.iter().map(|v| format!("{v}\n")).collect::<String>()).unwrap();
+}
+
+/// MMLU-Pro in its Hugging Face layout, as JSONL (the setup's Python has no Parquet reader).
+fn mmlu_pro_jsonl(dir: &Path) -> (PathBuf, PathBuf) {
+    let row = |id: u64, q: &str, options: &[&str], answer: usize, category: &str| {
+        json!({"question_id": id, "question": q, "options": options, "answer": OPTIONS[answer..=answer],
+               "answer_index": answer, "cot_content": "", "category": category, "src": "fixture"})
+    };
+    const OPTIONS: &str = "ABCDEFGHIJ";
+    let val: Vec<Value> = (0..6)
+        .map(|i| row(i, &format!("What is {i} + {i}?"), &["0", "2", "4", "6", "8", "10", "12", "14", "16", "18"], i as usize, if i == 5 { "law" } else { "math" }))
+        .collect();
+    let test = vec![
+        row(70, "What is 7 * 6?", &["42 + 1", "42 + 2", "42", "42 + 4"], 2, "math"),
+        row(71, "Which court?", &["Supreme", "District", "Appeals"], 0, "law"),
+    ];
+    let (t, v) = (dir.join("mmlu_pro_test.jsonl"), dir.join("mmlu_pro_validation.jsonl"));
+    write_jsonl(&t, &test);
+    write_jsonl(&v, &val);
+    (t, v)
+}
+
+#[test]
+fn paper_prompt_ids_equal_transformers_rendering_of_the_reference_conversations() {
+    let dir = fresh_dir("paper-prompts");
+    let gsm_test = dir.join("gsm8k_test.jsonl");
+    let gsm_train = dir.join("gsm8k_train.jsonl");
+    for (src, dst, n) in [("gsm8k/test.jsonl", &gsm_test, 2), ("gsm8k/train.jsonl", &gsm_train, 5)] {
+        let text = std::fs::read_to_string(shared(src)).unwrap();
+        std::fs::write(dst, text.lines().take(n).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    }
+    let (pro_test, pro_val) = mmlu_pro_jsonl(&dir);
+    let tasks = json!({
+        "gsm8k": {"data": gsm_test, "shots": gsm_train, "limit": 2},
+        "math": {"data": fixture("math/test"), "shots": fixture("math/train.jsonl"), "limit": 2},
+        "mmlu": {"data": fixture("mmlu/data/test"), "shots": fixture("mmlu/data/dev"), "limit": 2},
+        "mmlu_pro": {"data": pro_test, "shots": pro_val, "limit": 2},
+        "humaneval": {"data": shared("humaneval/HumanEval.jsonl.gz"), "shots": shared("humaneval/HumanEval.jsonl.gz"), "limit": 2},
+        "mbpp": {"data": fixture("mbpp/mbpp.jsonl"), "shots": fixture("mbpp/mbpp.jsonl"), "limit": 2},
+    });
+    // One shot: five of the tiny byte-level tokenizer's HumanEval prompts are all over 2048 tokens.
+    let spec = json!({"num_shots": 1, "tasks": tasks});
+    // The tiny model's 1024 positions hold no 5-shot prompt of its byte-level tokenizer: a copy with 4096.
+    let model = dir.join("model");
+    copy_dir(&tiny_model("llama"), &model);
+    let config_path = model.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["max_position_embeddings"] = json!(4096);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let mut cfg = format!(
+        "[model]\npath = {:?}\ndevice = \"cpu\"\ndtype = \"f32\"\n\n[eval]\nlimit = 2\nmax_new_tokens = 1\nsamples = 1\nnum_shots = 1\n",
+        model.to_str().unwrap()
+    );
+    for (task, t) in tasks.as_object().unwrap() {
+        let shots = if task == "humaneval" { String::new() } else { format!("shots = {}\n", t["shots"]) };
+        cfg += &format!("\n[eval.tasks.{task}]\ndata = {}\n{shots}", t["data"]);
+    }
+    let cfg_path = dir.join("eval.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let out = dir.join("out");
+    ok(l2d(&["eval", "--config", cfg_path.to_str().unwrap(), "--steps", "0", "--out", out.to_str().unwrap()]));
+    let ours: std::collections::BTreeMap<(String, String), Value> = std::fs::read_to_string(out.join("examples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|e| ((e["task"].as_str().unwrap().to_string(), e["task_id"].as_str().unwrap().to_string()), e["prompt_ids"].clone()))
+        .collect();
+
+    // The reference's FIXED_DATE_LLAMA3_TEMPLATE: Llama 3.1's template, "26 Jul 2024" written in.
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates/llama-3.1.jinja");
+    let spec_path = dir.join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference_eval_prompts.py");
+    let py = std::process::Command::new(python()).arg(&script).arg(&model).arg(&template).arg(&spec_path).output().unwrap();
+    assert!(py.status.success(), "reference prompts: {}", String::from_utf8_lossy(&py.stderr));
+    let theirs: std::collections::BTreeMap<(String, String), Value> = String::from_utf8(py.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|e| ((e["task"].as_str().unwrap().to_string(), e["task_id"].as_str().unwrap().to_string()), e["ids"].clone()))
+        .collect();
+    assert_eq!(theirs.len(), 12, "two items of each of the six tasks");
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
+    for (key, ids) in &theirs {
+        assert_eq!(&ours[key], ids, "{key:?}: prompt ids differ from transformers' rendering of the reference's chat");
+    }
+}
