@@ -14,18 +14,6 @@ use l2d::eval::tasks::{build_messages, is_shot, select_shots, Dataset, Item, Tas
 use l2d::eval::Protocol;
 use serde_json::{json, Value};
 
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
-}
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval").join(rel)
-}
-
-fn load(task: Task, path: &Path) -> Dataset {
-    Dataset::load(task, path, "--data").unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// The paper protocol's verdict and extraction.
 fn paper_verdict(item: &Item, completion: &str) -> (Option<String>, bool) {
     let v = judge_answer(Protocol::Paper, item, completion).expect("an answer task");

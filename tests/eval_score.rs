@@ -9,14 +9,6 @@ use std::process::Output;
 
 use serde_json::{json, Value};
 
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
-}
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval").join(rel)
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }

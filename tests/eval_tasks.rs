@@ -1,25 +1,12 @@
 //! Benchmark loading, shots, prompts and answer checks on the real GSM8K and
 //! HumanEval files and on fixtures in the MATH, MMLU, MMLU-Pro and MBPP layouts.
 
-use std::path::{Path, PathBuf};
-
 use l2d::eval::score::{judge_answer, program};
 use l2d::eval::Protocol;
 use l2d::eval::tasks::{build_messages, select_shots, Check, Dataset, Item, Task};
 
 mod common;
-
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
-}
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval").join(rel)
-}
-
-fn load(task: Task, path: &Path) -> Dataset {
-    Dataset::load(task, path, "--data").unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+use common::{fixture, load, shared};
 
 fn correct(item: &Item, completion: &str) -> bool {
     judge_answer(Protocol::Clean, item, completion).expect("an answer task").correct
