@@ -382,10 +382,11 @@ pub struct EvalConfig {
     /// Solvers swept: fixed-grid ones at every level of `steps`, adaptive ones once. Empty: `l2d.solver`.
     #[serde(deserialize_with = "string_or_list")]
     pub solvers: Vec<String>,
-    /// Completions per item (pass@k needs at least k).
-    pub samples: usize,
-    /// First items of each task only; 0 evaluates all.
-    pub limit: usize,
+    /// Completions per item (pass@k needs at least k); none follows the protocol (paper: 10 for
+    /// code, 1 otherwise; clean: 1).
+    pub samples: Option<usize>,
+    /// First items of each task only; none evaluates all.
+    pub limit: Option<usize>,
     /// Prompts decoded together.
     pub batch_size: usize,
     /// Shots per prompt; none follows the protocol (5, HumanEval 0).
@@ -398,6 +399,12 @@ pub struct EvalConfig {
     pub workers: Option<usize>,
     /// Output directory; `--out` overrides it.
     pub out: Option<String>,
+    /// Whose protocol prompts and scores: "paper" (the reference implementation's) or "clean" (l2d's own).
+    pub protocol: String,
+    /// Keep every prompt token equal to the reference's pad token (pad_token, else eos_token:
+    /// `<|eot_id|>` for Llama 3.x Instruct) out of attention, as the reference does; none: on in the
+    /// paper protocol, off in the clean one.
+    pub mask_prompt_pad: Option<bool>,
 }
 
 impl Default for EvalConfig {
@@ -407,14 +414,16 @@ impl Default for EvalConfig {
             l2d: None,
             steps: Vec::new(),
             solvers: Vec::new(),
-            samples: 1,
-            limit: 0,
+            samples: None,
+            limit: None,
             batch_size: 8,
             num_shots: None,
             max_new_tokens: None,
             class_map: BTreeMap::new(),
             workers: None,
             out: None,
+            protocol: "paper".into(),
+            mask_prompt_pad: None,
         }
     }
 }
@@ -806,7 +815,9 @@ impl Config {
         if let Some(bad) = e.steps.iter().find(|&&s| s == 1) {
             return Err(invalid("eval.steps", format!("{bad}: a level count must be 0 (the base LM) or >= 2")));
         }
-        require(e.samples >= 1, "eval.samples", || "must be >= 1".into())?;
+        one_of("eval.protocol", &e.protocol, &crate::eval::Protocol::NAMES)?;
+        require(e.samples != Some(0), "eval.samples", || "must be >= 1".into())?;
+        require(e.limit != Some(0), "eval.limit", || "must be >= 1 (leave it out to evaluate every item)".into())?;
         require(e.batch_size >= 1, "eval.batch_size", || "must be >= 1".into())?;
         require(e.max_new_tokens != Some(0), "eval.max_new_tokens", || "must be >= 1".into())?;
         require(e.workers != Some(0), "eval.workers", || "must be >= 1".into())?;

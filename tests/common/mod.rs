@@ -10,6 +10,21 @@ use l2d::l2d::checkpoint::{self, BaseIdentity, Metadata};
 use l2d::l2d::L2d;
 use l2d::model::Llama;
 
+/// A file of the shared real datasets (`../shared/data`).
+pub fn shared(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+}
+
+/// A benchmark fixture in its real layout (`tests/fixtures/eval`).
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval").join(rel)
+}
+
+/// `path` read as `task`'s items; a failure panics with its message.
+pub fn load(task: l2d::eval::tasks::Task, path: &Path) -> l2d::eval::tasks::Dataset {
+    l2d::eval::tasks::Dataset::load(task, path, "--data").unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Runs `l2d` with `args`; stdout and stderr captured.
 pub fn l2d(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_l2d"))
