@@ -83,6 +83,11 @@ impl Progress {
         self.update(self.done + n, message);
     }
 
+    /// Units done so far.
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
     /// Seconds since this process started the loop.
     pub fn elapsed_s(&self) -> f64 {
         self.started.elapsed().as_secs_f64()

@@ -294,3 +294,16 @@ fn sweep_flags_select_tasks_and_override_shots_and_length() {
     bad.args(["--set", "eval.protocol=\"papr\""]);
     assert_error(&bad.output().unwrap(), 2, &["eval.protocol", "\"paper\"", "papr"]);
 }
+
+/// Without a terminal the sweep logs its progress: completions done of the
+/// task's total over all settings, the rate and new tokens/s.
+#[test]
+fn progress_lines_without_a_terminal() {
+    let dir = scratch("eval-progress");
+    let cfg = config(&dir, 2);
+    let out = sweep(&cfg, None, "0", &dir.join("out")).args(["--tasks", "gsm8k", "--num-shots", "0", "--max-new-tokens", "2"]).output().unwrap();
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let line = err.lines().find(|l| l.contains("eval gsm8k: 2/2 completions (100%)")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("completions/s") && line.contains("new tokens/s") && line.contains("1 settings of 2 completions each"), "{line}");
+}

@@ -16,6 +16,7 @@ use crate::eval::tasks::{Dataset, Task};
 use crate::eval::Protocol;
 use crate::l2d::{checkpoint, next_token_nll, TokenBatch};
 use crate::model::Llama;
+use crate::progress::ProgressMode;
 use crate::runtime;
 
 /// Flags of `l2d eval`: a subcommand, or the scoring flags at the top level.
@@ -143,14 +144,14 @@ pub struct LossArgs {
 }
 
 /// Runs the chosen evaluation.
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, progress: ProgressMode) -> Result<()> {
     match (args.command, args.score.task) {
         (Some(EvalCommand::Loss(a)), _) => loss(a),
         (None, Some(task)) if args.sweep.given() => {
             crate::bail_usage!("--task {task}: scores given completions; it takes no --config/--model/--l2d")
         }
         (None, Some(task)) => score_samples(task, args.score),
-        (None, None) if args.sweep.given() => sweep(args.sweep, args.score),
+        (None, None) if args.sweep.given() => sweep(args.sweep, args.score, progress),
         (None, None) => crate::bail_usage!(
             "l2d eval: nothing to do: generate and score with `--config FILE`, score completions with \
              `--task NAME --data FILE --samples FILE.jsonl`, or run `l2d eval loss` (see `l2d eval --help`)"
@@ -158,7 +159,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-fn sweep(args: SweepArgs, common: ScoreArgs) -> Result<()> {
+fn sweep(args: SweepArgs, common: ScoreArgs, progress: ProgressMode) -> Result<()> {
     if common.data.is_some() || common.samples.is_some() {
         crate::bail_usage!("--data/--samples: belong to scoring with --task; `eval --config` reads [eval.tasks.NAME]");
     }
@@ -199,7 +200,7 @@ fn sweep(args: SweepArgs, common: ScoreArgs) -> Result<()> {
     let Some(dir) = common.out.or_else(|| cfg.eval.out.as_ref().map(PathBuf::from)) else {
         crate::bail_usage!("--out: no output directory (flag or eval.out in the config)");
     };
-    let out = SweepOutput { dir, progress: super::stderr_is_terminal() };
+    let out = SweepOutput { dir, progress };
     let report = sweep::run(&cfg, &out)?;
     if common.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -177,7 +177,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prepare(args) => prepare::run(args),
         Command::Train(args) => train::run(args, progress),
         Command::Generate(args) => generate::run(args),
-        Command::Eval(args) => eval::run(args),
+        Command::Eval(args) => eval::run(args, progress),
         Command::Report(args) => report::run(args),
     }
 }

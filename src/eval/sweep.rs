@@ -22,6 +22,7 @@ use crate::l2d::checkpoint::{self, BaseIdentity};
 use crate::l2d::sampler::{L2dHead, SamplerOptions};
 use crate::l2d::L2d;
 use crate::model::Llama;
+use crate::progress::{Progress, ProgressMode};
 use crate::runtime;
 use crate::sampling::generate::{decode, prefill_masked, BaseLm, Finish, GenerateOptions, NextTokenLogits};
 use crate::sampling::ode::Solver;
@@ -355,8 +356,8 @@ impl Engine {
 pub struct SweepOutput {
     /// Run directory: `report.json`, `report.md`, `examples.jsonl`.
     pub dir: PathBuf,
-    /// Whether to show a progress bar on stderr.
-    pub progress: bool,
+    /// How generation shows its progress.
+    pub progress: ProgressMode,
 }
 
 /// Generates, scores and reports every configured task under every planned setting.
@@ -467,7 +468,7 @@ fn generate_task(
     plans: &[Plan],
     done: &mut BTreeMap<Key, Line>,
     journal: &mut Journal,
-    progress: bool,
+    progress: ProgressMode,
 ) -> Result<()> {
     let task = data.task;
     let items = &data.dataset.items;
@@ -507,12 +508,14 @@ fn generate_task(
         .iter()
         .map(|p| engine.head(p.sampler.as_ref().map(|o| task_sampler(protocol, task, o)), data.class, cfg.l2d.guidance_weight))
         .collect::<Result<Vec<_>>>()?;
-    let bar = progress_bar(progress, (order.len() * plans.len()) as u64, task.name());
+    let per_setting = order.len() as u64;
+    let mut progress = Progress::new(progress, format!("eval {}", task.name()), "completions", per_setting * plans.len() as u64, 0);
+    let mut new_tokens = 0usize;
     for batch in order.chunks(cfg.eval.batch_size) {
         let batch_prompts: Vec<Vec<i64>> = batch.iter().map(|&(i, _)| prompts[i].ids.clone()).collect();
         let state = prefill_masked(&engine.model, &batch_prompts, &opts, &masked)?;
         for (plan, head) in plans.iter().zip(heads.iter_mut()) {
-            bar.inc(batch.len() as u64);
+            progress.inc(batch.len() as u64);
             if !batch.iter().any(|u| missing(u, plan, done)) {
                 continue;
             }
@@ -538,10 +541,17 @@ fn generate_task(
                 })
                 .collect();
             journal.append(&lines)?;
+            new_tokens += lines.iter().map(|l| l.new_tokens).sum::<usize>();
+            let message = format!(
+                "{} settings of {per_setting} completions each, {:.1} new tokens/s",
+                plans.len(),
+                new_tokens as f64 / progress.elapsed_s().max(1e-9)
+            );
+            progress.update(progress.done(), message);
             done.extend(lines.into_iter().map(|l| (key(&l), l)));
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     Ok(())
 }
 
@@ -582,20 +592,6 @@ fn batch_seed(seed: u64, task: Task, label: &str, first_id: &str, sample: usize)
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
     }
     (h >> 1) as i64
-}
-
-fn progress_bar(show: bool, len: u64, task: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} completions, ETA {eta}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(task.to_string());
-    bar
 }
 
 /// Scores the completions of one task under one setting (in dataset order) and sums their cost.
