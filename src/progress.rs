@@ -79,8 +79,19 @@ impl Progress {
 
     /// Adds `n` units done, keeping the message.
     pub fn inc(&mut self, n: u64) {
+        self.set_done(self.done + n);
+    }
+
+    /// Sets the units done, keeping the message.
+    pub fn set_done(&mut self, done: u64) {
         let message = std::mem::take(&mut self.message);
-        self.update(self.done + n, message);
+        self.update(done, message);
+    }
+
+    /// Sets the free-text part of the next line.
+    pub fn set_message(&mut self, message: impl Into<String>) {
+        self.message = message.into();
+        self.bar.set_message(self.message.clone());
     }
 
     /// Units done so far.

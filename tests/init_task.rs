@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_error, l2d, ok, scratch};
+use common::{assert_clap_error, assert_error, l2d, ok, scratch};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -680,3 +680,21 @@ fn prepare_leaves_no_staging_directory_behind() {
     assert_eq!(staging(), Vec::<PathBuf>::new());
     assert!(!out.exists() && others.exists());
 }
+
+/// Without a terminal, prepare logs its progress: bytes read of the total and records/s.
+#[test]
+fn progress_line_without_a_terminal() {
+    let model = tiny_model("llama");
+    let dir = scratch("prepare-progress");
+    let chat = dir.join("chat.jsonl");
+    let text: String = (0..30)
+        .map(|i| format!("{}\n", serde_json::json!({"messages": [{"role": "user", "content": format!("question {i}")}, {"role": "assistant", "content": format!("answer {i}")}]})))
+        .collect();
+    std::fs::write(&chat, &text).unwrap();
+    let out = l2d(&["prepare", "--model", model.to_str().unwrap(), "--input", chat.to_str().unwrap(), "--out", dir.join("shards").to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let total = text.len();
+    let line = err.lines().find(|l| l.contains(&format!("prepare: {total}/{total} bytes (100%)"))).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("30 records") && line.contains("records/s"), "{line}");
+}

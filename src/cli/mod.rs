@@ -174,7 +174,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Init(args) => init::run(args),
-        Command::Prepare(args) => prepare::run(args),
+        Command::Prepare(args) => prepare::run(args, progress),
         Command::Train(args) => train::run(args, progress),
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args, progress),

@@ -41,7 +41,7 @@ pub struct Args {
 }
 
 /// Tokenizes chat data into shards.
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, progress: crate::progress::ProgressMode) -> Result<()> {
     let started = Instant::now();
     let mut cfg = args.config.load()?;
     let mut opts_keys = ("data.train".to_string(), "data.valid".to_string());
@@ -74,12 +74,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut opts = PrepareOptions::new(cfg, &out);
     opts.strict = args.strict;
     (opts.train_key, opts.valid_key) = opts_keys;
-    opts.progress = super::stderr_is_terminal().then(progress_bar);
-    let result = prepare(&opts);
-    if let Some(pb) = &opts.progress {
-        pb.finish_and_clear();
-    }
-    let manifest = result?;
+    opts.progress = progress;
+    let manifest = prepare(&opts)?;
     eprintln!(
         "{}",
         summary(&manifest, &out, started.elapsed().as_secs_f64())
@@ -88,17 +84,6 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
     }
     Ok(())
-}
-
-fn progress_bar() -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(0);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "prepare {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("a valid progress template"),
-    );
-    pb
 }
 
 /// One line: what was written, what was left out, how fast.

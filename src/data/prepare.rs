@@ -25,7 +25,9 @@ use std::sync::mpsc::sync_channel;
 
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
-use indicatif::ProgressBar;
+use std::sync::Mutex;
+
+use crate::progress::{Progress, ProgressMode};
 use rayon::prelude::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -67,8 +69,8 @@ pub struct PrepareOptions {
     pub out: PathBuf,
     /// Fail on the first malformed record instead of skipping it.
     pub strict: bool,
-    /// Progress over input bytes; none runs quietly.
-    pub progress: Option<ProgressBar>,
+    /// How progress over the input bytes is shown.
+    pub progress: ProgressMode,
     /// How errors name the training inputs ("data.train" or the flag that set them).
     pub train_key: String,
     /// How errors name the validation inputs.
@@ -82,7 +84,7 @@ impl PrepareOptions {
             config,
             out: out.into(),
             strict: false,
-            progress: None,
+            progress: ProgressMode::quiet(),
             train_key: "data.train".into(),
             valid_key: "data.valid".into(),
         }
@@ -114,14 +116,13 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
 
     let staged = crate::io::StagedDir::new(&opts.out)?;
     let sources: Vec<Source> = train.into_iter().chain(valid).collect();
-    if let Some(pb) = &opts.progress {
-        pb.set_length(sources.iter().map(|s| s.bytes).sum());
-    }
+    let progress = Mutex::new(Progress::new(opts.progress, "prepare", "bytes", sources.iter().map(|s| s.bytes).sum(), 0));
     let spill_path = staged.path().join(".spill.tokens");
     let mut col = Collector::new(&spill_path, &sources, opts.strict)?;
     for (i, src) in sources.iter().enumerate() {
-        read_source(i, src, &ctx, &mut col, opts.progress.as_ref())?;
+        read_source(i, src, &ctx, &mut col, &progress)?;
     }
+    progress.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).finish();
     let manifest = finish(
         col,
         &sources,
@@ -340,11 +341,11 @@ fn read_source(
     src: &Source,
     ctx: &Ctx,
     col: &mut Collector,
-    pb: Option<&ProgressBar>,
+    progress: &Mutex<Progress>,
 ) -> Result<()> {
     std::thread::scope(|s| {
         let (tx, rx) = sync_channel::<Vec<Raw>>(2);
-        let reader = s.spawn(move || read_file(src, pb, &mut |chunk| tx.send(chunk).is_ok()));
+        let reader = s.spawn(move || read_file(src, progress, &mut |chunk| tx.send(chunk).is_ok()));
         let mut result = Ok(());
         for chunk in rx.iter() {
             let lines: Vec<u64> = chunk.iter().map(|r| r.line).collect();
@@ -356,6 +357,10 @@ fn read_source(
             if result.is_err() {
                 break;
             }
+            let mut p = lock(progress);
+            let read = col.records.read;
+            let rate = read as f64 / p.elapsed_s().max(1e-9);
+            p.set_message(format!("{read} records, {rate:.0} records/s"));
         }
         // Dropping the receiver makes the reader's next send fail, so it stops early.
         drop(rx);
@@ -369,15 +374,11 @@ fn read_source(
 /// Sends the records of `src` in chunks; `emit` returning false stops reading quietly.
 fn read_file(
     src: &Source,
-    pb: Option<&ProgressBar>,
+    progress: &Mutex<Progress>,
     emit: &mut dyn FnMut(Vec<Raw>) -> bool,
 ) -> Result<()> {
-    let start = pb.map_or(0, |p| p.position());
-    let advance = |done: u64| {
-        if let Some(p) = pb {
-            p.set_position(start + done.min(src.bytes));
-        }
-    };
+    let start = lock(progress).done();
+    let advance = |done: u64| lock(progress).set_done(start + done.min(src.bytes));
     match src.format {
         Format::Jsonl => read_jsonl(src, &advance, emit),
         Format::Json => read_json(src, &advance, emit),
@@ -385,6 +386,11 @@ fn read_file(
     }?;
     advance(src.bytes);
     Ok(())
+}
+
+/// The progress, also after a reader thread panicked while holding it (it only counts).
+fn lock(progress: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
+    progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn open_error(src: &Source, e: impl std::fmt::Display) -> anyhow::Error {
