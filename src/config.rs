@@ -179,7 +179,29 @@ impl Default for LoraConfig {
     }
 }
 
-/// `[train]` section: AdamW with linear warmup and decay (Table 3).
+/// `train.warmup_type`: how the learning rate rises during warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WarmupType {
+    /// DeepSpeed's `WarmupDecayLR` with `warmup_type = "log"` as the reference's
+    /// engine drives it: `final_lr` for the first two steps, then
+    /// `final_lr + (lr - final_lr) * ln(k + 1) / ln(warmup)` at scheduler index `k = step - 1`.
+    Log,
+    /// transformers' linear warmup from 0: `lr * step / warmup` at 0-based `step`.
+    Linear,
+}
+
+impl WarmupType {
+    /// The name used in configs and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::Linear => "linear",
+        }
+    }
+}
+
+/// `[train]` section: AdamW with warmup and linear decay (Table 3).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -189,8 +211,10 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Learning rate at the last step.
     pub final_lr: f64,
-    /// Optimizer steps of linear warmup from 0 to `lr`.
+    /// Optimizer steps of warmup up to `lr`.
     pub warmup_steps: u64,
+    /// The warmup's shape (DeepSpeed's option of the same name).
+    pub warmup_type: WarmupType,
     /// One of [`DECAYS`]: the shape from `lr` to `final_lr`.
     pub decay: String,
     /// AdamW `(beta1, beta2)`.
@@ -219,6 +243,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Optimizer steps between validation passes; 0 validates only at the end.
     pub eval_every: u64,
+    /// Validation micro-batches per pass at most; none reads the whole valid split.
+    pub eval_max_batches: Option<usize>,
     /// Optimizer steps between checkpoints; 0 saves only at the end.
     pub save_every: u64,
     /// Periodic checkpoints kept on disk; 0 keeps all.
@@ -236,6 +262,7 @@ impl Default for TrainConfig {
             lr: 1e-4,
             final_lr: 1e-6,
             warmup_steps: 100,
+            warmup_type: WarmupType::Log,
             decay: "linear".into(),
             betas: [0.9, 0.95],
             eps: 1e-8,
@@ -249,6 +276,7 @@ impl Default for TrainConfig {
             max_seq_len: 2048,
             seed: 0,
             eval_every: 500,
+            eval_max_batches: None,
             save_every: 1000,
             keep_last: 2,
             log_every: 10,
@@ -372,10 +400,11 @@ pub struct EvalConfig {
     /// Solvers swept: fixed-grid ones at every level of `steps`, adaptive ones once. Empty: `l2d.solver`.
     #[serde(deserialize_with = "string_or_list")]
     pub solvers: Vec<String>,
-    /// Completions per item (pass@k needs at least k).
-    pub samples: usize,
-    /// First items of each task only; 0 evaluates all.
-    pub limit: usize,
+    /// Completions per item (pass@k needs at least k); none follows the protocol (paper: 10 for
+    /// code, 1 otherwise; clean: 1).
+    pub samples: Option<usize>,
+    /// First items of each task only; none evaluates all.
+    pub limit: Option<usize>,
     /// Prompts decoded together.
     pub batch_size: usize,
     /// Shots per prompt; none follows the protocol (5, HumanEval 0).
@@ -388,6 +417,12 @@ pub struct EvalConfig {
     pub workers: Option<usize>,
     /// Output directory; `--out` overrides it.
     pub out: Option<String>,
+    /// Whose protocol prompts and scores: "paper" (the reference implementation's) or "clean" (l2d's own).
+    pub protocol: String,
+    /// Keep every prompt token equal to the reference's pad token (pad_token, else eos_token:
+    /// `<|eot_id|>` for Llama 3.x Instruct) out of attention, as the reference does; none: on in the
+    /// paper protocol, off in the clean one.
+    pub mask_prompt_pad: Option<bool>,
 }
 
 impl Default for EvalConfig {
@@ -397,14 +432,16 @@ impl Default for EvalConfig {
             l2d: None,
             steps: Vec::new(),
             solvers: Vec::new(),
-            samples: 1,
-            limit: 0,
+            samples: None,
+            limit: None,
             batch_size: 8,
             num_shots: None,
             max_new_tokens: None,
             class_map: BTreeMap::new(),
             workers: None,
             out: None,
+            protocol: "paper".into(),
+            mask_prompt_pad: None,
         }
     }
 }
@@ -678,6 +715,9 @@ impl Config {
         require(t.micro_batch_size >= 1, "train.micro_batch_size", || {
             "must be >= 1".into()
         })?;
+        require(t.eval_max_batches != Some(0), "train.eval_max_batches", || {
+            "must be >= 1 (leave it unset to validate on the whole valid split)".into()
+        })?;
         require(
             t.batch_size.is_multiple_of(t.micro_batch_size),
             "train.micro_batch_size",
@@ -793,7 +833,9 @@ impl Config {
         if let Some(bad) = e.steps.iter().find(|&&s| s == 1) {
             return Err(invalid("eval.steps", format!("{bad}: a level count must be 0 (the base LM) or >= 2")));
         }
-        require(e.samples >= 1, "eval.samples", || "must be >= 1".into())?;
+        one_of("eval.protocol", &e.protocol, &crate::eval::Protocol::NAMES)?;
+        require(e.samples != Some(0), "eval.samples", || "must be >= 1".into())?;
+        require(e.limit != Some(0), "eval.limit", || "must be >= 1 (leave it out to evaluate every item)".into())?;
         require(e.batch_size >= 1, "eval.batch_size", || "must be >= 1".into())?;
         require(e.max_new_tokens != Some(0), "eval.max_new_tokens", || "must be >= 1".into())?;
         require(e.workers != Some(0), "eval.workers", || "must be >= 1".into())?;

@@ -39,6 +39,13 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     }
 }
 
+/// Whether the failure was a write into a pipe whose reader has gone (EPIPE).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 /// One line for the user: the contexts and the root cause joined by ": ".
 pub fn one_line(err: &anyhow::Error) -> String {
     let parts: Vec<String> = err.chain().map(|e| e.to_string()).collect();

@@ -12,6 +12,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     // tempfile's default 0600 would make every output private; 0666 less the
     // umask is what fs::write gives.
     let mut tmp = tempfile::Builder::new()
+        .prefix(&staging_prefix(path))
         .permissions(fs::Permissions::from_mode(0o666))
         .tempfile_in(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
@@ -22,6 +23,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     sync_dir(&dir);
     Ok(())
+}
+
+/// Creates `dir` and its parents. A location that cannot hold output (a
+/// missing or read-only filesystem, a file in the way, no permission) is the
+/// user's to fix, so it is a usage error (exit code 2) in every subcommand;
+/// other failures (a full disk) are runtime failures.
+pub fn create_output_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| output_location_error(e, &format!("cannot create {}", dir.display())))
+}
+
+fn output_location_error(e: std::io::Error, what: &str) -> anyhow::Error {
+    use std::io::ErrorKind::*;
+    let msg = format!("{what}: {e}");
+    match e.kind() {
+        NotFound | PermissionDenied | NotADirectory | ReadOnlyFilesystem | AlreadyExists => crate::error::usage(msg),
+        _ => anyhow::anyhow!(msg),
+    }
 }
 
 /// `items` as JSON lines (one object per line, each ending in a newline).
@@ -57,13 +75,11 @@ impl StagedDir {
             crate::bail_usage!("output directory {} already exists", dest.display());
         }
         let parent = parent_dir(dest);
-        fs::create_dir_all(&parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        create_output_dir(&parent)?;
         let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}.tmp-"))
+            .prefix(&staging_prefix(dest))
             .tempdir_in(&parent)
-            .with_context(|| format!("cannot create a temporary directory in {}", parent.display()))?;
+            .map_err(|e| output_location_error(e, &format!("cannot create a temporary directory in {}", parent.display())))?;
         Ok(Self { tmp: Some(tmp), dest: dest.to_path_buf() })
     }
 
@@ -87,6 +103,72 @@ impl StagedDir {
         sync_dir(&parent_dir(&self.dest));
         Ok(self.dest.clone())
     }
+}
+
+/// Marks the temporary names of [`write_atomic`] and [`StagedDir`]: `.NAME.tmp-XXXXXX`.
+const STAGING_MARK: &str = ".tmp-";
+
+/// The temporary-name prefix of an output at `dest`.
+fn staging_prefix(dest: &Path) -> String {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!(".{name}{STAGING_MARK}")
+}
+
+/// Whether `name` is a temporary name of [`write_atomic`] or [`StagedDir`].
+fn is_staging_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(STAGING_MARK)
+}
+
+/// Removes what killed writers left in `dir`: every staged directory and
+/// temporary file (`.NAME.tmp-*`). Call it where one process owns `dir`, as it
+/// starts. Returns how many were removed.
+pub fn remove_staging_debris(dir: &Path) -> Result<usize> {
+    remove_debris_where(dir, is_staging_name)
+}
+
+/// Removes the staged copies of `dest` that killed writers left beside it.
+pub fn remove_staging_debris_of(dest: &Path) -> Result<usize> {
+    let prefix = staging_prefix(dest);
+    remove_debris_where(&parent_dir(dest), |name| name.starts_with(&prefix))
+}
+
+fn remove_debris_where(dir: &Path, debris: impl Fn(&str) -> bool) -> Result<usize> {
+    let mut removed = 0;
+    for path in dir_entries(dir)? {
+        if !path.file_name().and_then(|n| n.to_str()).is_some_and(&debris) {
+            continue;
+        }
+        let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        let gone = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        gone.with_context(|| format!("cannot remove the leftover {}", path.display()))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// The paths of `dir`'s entries, in no particular order; none when `dir` is no directory.
+pub fn dir_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let entries = fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    entries.map(|e| Ok(e.with_context(|| format!("cannot read {}", dir.display()))?.path())).collect()
+}
+
+/// On SIGINT or SIGTERM, removes the staged copies of `dest` and exits with
+/// 128 + the signal's number, so that an interrupted command leaves no
+/// half-written output behind.
+pub fn remove_staging_on_signal(dest: &Path) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+    let dest = dest.to_path_buf();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let _ = remove_staging_debris_of(&dest);
+            std::process::exit(128 + sig);
+        }
+    });
+    Ok(())
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -115,5 +197,26 @@ mod tests {
         fs::write(&plain, b"{}").unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&atomic), mode(&plain));
+    }
+
+    #[test]
+    fn staging_debris_is_what_killed_writers_leave_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let staged = StagedDir::new(&out).unwrap();
+        let kept = staged.path().to_path_buf();
+        std::mem::forget(staged); // as a killed process leaves it
+        let other = StagedDir::new(&dir.path().join("other")).unwrap();
+        let other_path = other.path().to_path_buf();
+        std::mem::forget(other);
+        let tmp_file = tempfile::Builder::new().prefix(&staging_prefix(&out.join("x.json"))).tempfile_in(dir.path()).unwrap();
+        let (_, tmp_file) = tmp_file.keep().unwrap();
+        fs::write(dir.path().join(".hidden"), b"user file").unwrap();
+        fs::write(dir.path().join("data.tmp-1"), b"user file").unwrap();
+        assert_eq!(remove_staging_debris_of(&out).unwrap(), 1);
+        assert!(!kept.exists() && other_path.exists() && tmp_file.exists());
+        assert_eq!(remove_staging_debris(dir.path()).unwrap(), 2);
+        assert!(!other_path.exists() && !tmp_file.exists());
+        assert!(dir.path().join(".hidden").exists() && dir.path().join("data.tmp-1").exists());
     }
 }

@@ -12,6 +12,7 @@ pub mod init;
 pub mod io;
 pub mod l2d;
 pub mod model;
+pub mod progress;
 mod rng;
 pub mod runtime;
 pub mod sampling;

@@ -1,23 +1,18 @@
 //! The `l2d` binary: parse flags, set up logging, dispatch to a subcommand.
 
-use clap::Parser;
-use l2d::cli::{self, Cli};
+use l2d::cli;
 use l2d::error::{exit_code, one_line};
 
 fn main() {
     cli::install_panic_hook();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) if err.use_stderr() => {
-            // One line, like every other error; `--help` has the details.
-            let text = err.render().to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
-            std::process::exit(2);
-        }
-        Err(err) => err.exit(),
-    };
+    // clap's own messages in full (the missing argument, "did you mean"), exit code 2.
+    let cli = cli::parse_args().unwrap_or_else(|err| err.exit());
     cli::init_logging(cli.log_format);
     if let Err(err) = cli::run(cli) {
+        // A reader that stopped early (`| head`) is not a failure of ours.
+        if l2d::error::is_broken_pipe(&err) {
+            std::process::exit(0);
+        }
         eprintln!("error: {}", one_line(&err));
         std::process::exit(exit_code(&err));
     }

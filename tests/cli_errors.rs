@@ -139,6 +139,55 @@ fn unknown_config_key_and_bad_flags() {
     assert_eq!(l2d(&["generate", "--no-such-flag"]).status.code(), Some(2));
 }
 
+/// clap's usage errors in full: what is missing, what was meant, the usage line.
+#[test]
+fn usage_errors_are_claps_whole_message() {
+    let alone = l2d(&[]);
+    assert_eq!(alone.status.code(), Some(2));
+    let text = format!("{}{}", stdout(&alone), stderr(&alone));
+    for part in ["Usage: l2d", "Commands:", "prepare", "train", "generate", "eval", "report"] {
+        assert!(text.contains(part), "`l2d` alone lacks {part:?}: {text}");
+    }
+
+    let model = tiny_model("llama");
+    let m = model.to_str().unwrap();
+    let out = l2d(&["generate", "--model", m, "--prompt", "hi", "--guidance-weight", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("required arguments were not provided") && err.contains("--guidance-class"), "{err}");
+    assert!(err.contains("Usage: l2d generate"), "{err}");
+
+    let out = l2d(&["generate", "--model", m, "--prompt", "hi", "--max-new-token", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("'--max-new-token'") && err.contains("a similar argument exists: '--max-new-tokens'"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `--help` shows the built-in default of each flag that overrides a config key.
+#[test]
+fn help_shows_the_defaults() {
+    let help = stdout(&l2d(&["generate", "--help"]));
+    let defaults = l2d::config::Config::default();
+    let g = &defaults.generate;
+    for (flag, value) in [
+        ("--max-new-tokens", g.max_new_tokens.to_string()),
+        ("--temperature", format!("{:?}", g.temperature)),
+        ("--top-p", format!("{:?}", g.top_p)),
+        ("--seed", g.seed.to_string()),
+        ("--steps", defaults.l2d.steps.to_string()),
+        ("--solver", defaults.l2d.solver.clone()),
+    ] {
+        let start = help.find(&format!("{flag} <")).unwrap_or_else(|| panic!("{flag} missing: {help}"));
+        let entry = &help[start..];
+        let entry = &entry[..entry[2..].find("\n      --").map_or(entry.len(), |e| e + 2)];
+        assert!(entry.contains(&format!("[default: {value}]")), "{flag}: {entry}");
+    }
+    let help = stdout(&l2d(&["eval", "--help"]));
+    assert!(help.contains("[default: 0, and l2d.steps with a checkpoint]"), "{help}");
+    assert!(help.contains("[default: l2d.solver]"), "{help}");
+}
+
 #[test]
 fn chat_without_template() {
     let dir = damaged("no-template", |d| {
@@ -154,4 +203,38 @@ fn init_refuses_existing_output() {
     let dir = scratch("init-exists");
     let out = l2d(&["init", "--arch", "llama", "--out", dir.to_str().unwrap()]);
     assert_error(&out, 2, &[dir.to_str().unwrap(), "exists"]);
+}
+
+/// An `--out` that cannot hold output (here a path through a regular file) is
+/// a usage error, exit 2, naming the path, in every subcommand that writes one.
+#[test]
+fn unwritable_out_is_exit_2_in_every_subcommand() {
+    let dir = scratch("unwritable-out");
+    let blocker = dir.join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let out = blocker.join("out");
+    let o = out.to_str().unwrap();
+    let model = tiny_model("llama");
+    let m = model.to_str().unwrap();
+    let chat = dir.join("chat.jsonl");
+    std::fs::write(&chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n").unwrap();
+    let shards = prepared("unwritable-out-shards", &model);
+    let samples = dir.join("samples.jsonl");
+    let gsm8k = format!("{}/../shared/data/gsm8k/test.jsonl", env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(&samples, "{\"task_id\": 0, \"completion\": \"#### 3\"}\n").unwrap();
+    let tiny_cfg = format!("{}/configs/tiny-l2d-lora.toml", env!("CARGO_MANIFEST_DIR"));
+    let data_out = format!("data.out={}", shards.display());
+    let model_set = format!("model.path={m}");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["init", "--arch", "llama", "--preset", "tiny", "--out", o],
+        vec!["init", "--task", "modsum", "--out", o],
+        vec!["prepare", "--model", m, "--input", chat.to_str().unwrap(), "--out", o],
+        vec!["train", "--config", &tiny_cfg, "--set", &model_set, "--set", &data_out, "--out", o],
+        vec!["eval", "--task", "gsm8k", "--data", &gsm8k, "--samples", samples.to_str().unwrap(), "--out", o],
+    ];
+    for args in cases {
+        let res = l2d(&args);
+        assert_error(&res, 2, &[blocker.to_str().unwrap()]);
+        assert!(!out.exists());
+    }
 }

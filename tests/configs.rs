@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use l2d::config::{load, Config, X1Schedule};
+use l2d::config::{load, Config, WarmupType, X1Schedule};
 use l2d::error::exit_code;
 
 const MODELS: &[(&str, &str, usize)] = &[
@@ -105,6 +105,7 @@ fn shipped_configs_carry_table3_values() {
             assert_eq!(c.train.lr, if l2d { 1e-4 } else { 1e-5 }, "{name}");
             assert_eq!(c.train.final_lr, 1e-6, "{name}");
             assert_eq!(c.train.warmup_steps, 100, "{name}");
+            assert_eq!(c.train.warmup_type, WarmupType::Log, "{name}: the reference's WarmupDecayLR");
             assert_eq!(c.train.decay, "linear", "{name}");
             assert_eq!(c.train.betas, [0.9, 0.95], "{name}");
             assert_eq!(c.train.weight_decay, 0.01, "{name}");
@@ -169,6 +170,10 @@ fn tiny_configs_run_on_cpu() {
         );
         assert_eq!(c.train.max_seq_len, 256, "{name}");
         assert!(c.train.max_steps.is_some_and(|s| s <= 1000), "{name}");
+        assert_eq!(c.train.warmup_type, WarmupType::Linear, "{name}");
+    }
+    for name in ["demo-full.toml", "demo-l2d-lora.toml"] {
+        assert_eq!(shipped(name).train.warmup_type, WarmupType::Linear, "{name}");
     }
     assert_eq!(shipped("tiny-l2d-lora.toml").train.mode, "l2d-lora");
     assert_eq!(shipped("tiny-full.toml").train.mode, "full");
@@ -178,8 +183,8 @@ fn tiny_configs_run_on_cpu() {
 fn defaults_are_the_papers() {
     let c = load(None, &[]).unwrap();
     assert_eq!(
-        (c.train.lr, c.train.final_lr, c.train.warmup_steps),
-        (1e-4, 1e-6, 100)
+        (c.train.lr, c.train.final_lr, c.train.warmup_steps, c.train.warmup_type),
+        (1e-4, 1e-6, 100, WarmupType::Log)
     );
     assert_eq!(
         (
@@ -377,6 +382,12 @@ fn bad_enum_value_names_the_key() {
         &usage_error(None, &["train.decay=cosine"]),
         &["train.decay"],
     );
+    assert_contains(
+        &usage_error(None, &["train.warmup_type=cosine"]),
+        &["--set train.warmup_type", "cosine", "log", "linear"],
+    );
+    let f = temp_config("[train]\nwarmup_type = \"exp\"\n");
+    assert_contains(&usage_error(Some(&f.path), &[]), &["train.warmup_type", "exp"]);
 }
 
 #[test]

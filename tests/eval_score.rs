@@ -9,14 +9,6 @@ use std::process::Output;
 
 use serde_json::{json, Value};
 
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
-}
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval").join(rel)
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -148,7 +140,8 @@ fn mbpp_code_passes_and_pass_at_k_counts_samples() {
     let data = fixture("mbpp/mbpp.jsonl");
     let records = jsonl(&data);
     let right: Vec<Value> = records.iter().map(|r| json!({"task_id": r["task_id"], "completion": r["code"]})).collect();
-    let out = eval("mbpp", &data, &write_samples(&dir, "right.jsonl", &right), &[]);
+    // The clean protocol: setup code first, the first fenced block of a chat answer.
+    let out = eval("mbpp", &data, &write_samples(&dir, "right.jsonl", &right), &["--protocol", "clean"]);
     let table = ok(out);
     assert!(table.contains("mbpp") && table.contains("pass@1") && table.contains("1.0000"), "{table}");
 
@@ -163,7 +156,8 @@ fn mbpp_code_passes_and_pass_at_k_counts_samples() {
         five.push(json!({"task_id": r["task_id"], "completion": "this is not python"}));
     }
     let out_dir = dir.join("five");
-    let m = metrics(eval("mbpp", &data, &write_samples(&dir, "five.jsonl", &five), &["--json", "--out", s(&out_dir)]));
+    let five = write_samples(&dir, "five.jsonl", &five);
+    let m = metrics(eval("mbpp", &data, &five, &["--json", "--out", s(&out_dir), "--protocol", "clean"]));
     // pass@1 = c/n = 2/5; pass@5 = 1 - C(3,5)/C(5,5) = 1.
     assert!((m["pass@1"]["value"].as_f64().unwrap() - 0.4).abs() < 1e-12, "{m}");
     assert_eq!(m["pass@5"]["value"], 1.0);
@@ -268,9 +262,9 @@ fn bad_input_is_one_clear_line() {
     let no_completion = write_samples(&dir, "nc.jsonl", &[json!({"task_id": 0, "text": "x"})]);
     assert_error(&eval("gsm8k", &gsm, &no_completion, &[]), 2, &["nc.jsonl:1", "completion"]);
 
-    assert_error(&eval("gsm9k", &gsm, &good, &[]), 2, &["gsm9k", "gsm8k, math, mmlu, mmlu_pro, humaneval, mbpp"]);
+    assert_clap_error(&eval("gsm9k", &gsm, &good, &[]), &["gsm9k", "gsm8k, math, mmlu, mmlu_pro, humaneval, mbpp"]);
     assert_error(&l2d(&["eval", "--task", "gsm8k", "--data", s(&gsm)]), 2, &["--samples"]);
     assert_error(&l2d(&["eval"]), 2, &["--task NAME", "eval loss"]);
     // A subcommand and the scoring flags do not mix.
-    assert_error(&l2d(&["eval", "--task", "gsm8k", "loss"]), 2, &[]);
+    assert_clap_error(&l2d(&["eval", "--task", "gsm8k", "loss"]), &["loss", "--task"]);
 }

@@ -148,8 +148,12 @@ fn killed_sweep_resumes_without_redoing_finished_items() {
     assert!(kept < 36, "the journal was complete ({kept} lines)");
     // A kill in the middle of a write leaves half a line; it is dropped and redone.
     std::fs::write(&journal, format!("{before}{{\"task\": \"gsm8k\", \"sett")).unwrap();
+    // A kill in the middle of an atomic write leaves its temporary file; the next run removes it.
+    let debris = cut.join(".report.json.tmp-killed");
+    std::fs::write(&debris, b"{\"half").unwrap();
 
     run(sweep(&cfg, Some(&ckpt), steps, &cut));
+    assert!(!debris.exists(), "a killed write's temporary file was left");
     assert_eq!(completions(&cut), completions(&whole));
     let strip = |r: Value| r["results"].as_array().unwrap().iter().map(|x| (x["metrics"].clone(), x["per_item"].clone())).collect::<Vec<_>>();
     assert_eq!(strip(report(&cut)), strip(report(&whole)));
@@ -207,12 +211,13 @@ fn a_prompt_longer_than_the_model_is_named() {
     let cfg = config(&dir, 2);
     let out = dir.join("out");
     // Shots from the full training split, 40 of them: far beyond the tiny model's 1024 positions.
-    assert_error(
-        &l2d(&["eval", "--config", s(&cfg), "--steps", "0", "--set", "eval.num_shots=40", "--set",
-            "eval.tasks.gsm8k.shots=\"../shared/data/gsm8k/train.jsonl\"", "--out", s(&out)]),
-        2,
-        &["eval.tasks.gsm8k: item 0", "positions", "eval.num_shots"],
-    );
+    let long = ["eval", "--config", s(&cfg), "--steps", "0", "--set", "eval.num_shots=40", "--set",
+        "eval.tasks.gsm8k.shots=\"../shared/data/gsm8k/train.jsonl\"", "--out", s(&out)];
+    let clean = [&long[..], &["--protocol", "clean"]].concat();
+    assert_error(&l2d(&clean), 2, &["eval.tasks.gsm8k: item 0", "positions", "eval.num_shots"]);
+    // The paper protocol drops items over 2048 tokens first, as the reference does: here all of them.
+    assert_error(&l2d(&long), 2, &["eval.tasks.gsm8k: no item left", "2 have prompt + answer over 2048", "eval.num_shots"]);
+    assert!(!out.join("examples.jsonl").exists(), "nothing written");
 }
 
 #[test]
@@ -236,4 +241,69 @@ fn task_class_map_guides_the_diffusion_path() {
     let mut bad = sweep(&cfg, Some(&ckpt), "2", &dir.join("bad"));
     bad.args(["--set", "eval.class_map.gsm8k=3"]);
     assert_error(&bad.output().unwrap(), 2, &["eval.class_map", "\"gsm8k\" must be in 0..3"]);
+}
+
+#[test]
+fn a_resume_with_another_identity_is_refused_with_nothing_touched() {
+    let dir = scratch("eval-identity");
+    let cfg = config(&dir, 2);
+    let out = dir.join("out");
+    run(sweep(&cfg, None, "0", &out));
+    let examples = std::fs::read(out.join("examples.jsonl")).unwrap();
+    let report_before = std::fs::read(out.join("report.json")).unwrap();
+    // Every line shows what the model saw: the rendered prompt and its ids.
+    for e in jsonl(&out.join("examples.jsonl")) {
+        assert!(e["prompt_text"].as_str().unwrap().starts_with("<|begin_of_text|>"), "{e}");
+        assert!(e["prompt_ids"].as_array().unwrap().len() > 10, "{e}");
+    }
+    let mut other = sweep(&cfg, None, "0", &out);
+    other.args(["--set", "generate.temperature=0.5", "--set", "eval.num_shots=0"]);
+    assert_error(
+        &other.output().unwrap(),
+        2,
+        &["holds completions of another run", "generate.temperature: 1.0 → 0.5", "eval.num_shots: 1 → 0", "prompts_sha256.gsm8k"],
+    );
+    assert_eq!(std::fs::read(out.join("examples.jsonl")).unwrap(), examples, "journal untouched");
+    assert_eq!(std::fs::read(out.join("report.json")).unwrap(), report_before, "report untouched");
+    // The same settings resume (here: nothing left to generate) and give the same completions.
+    let before = completions(&out);
+    run(sweep(&cfg, None, "0", &out));
+    assert_eq!(completions(&out), before);
+}
+
+#[test]
+fn sweep_flags_select_tasks_and_override_shots_and_length() {
+    let dir = scratch("eval-flags");
+    let cfg = config(&dir, 2);
+    let out = dir.join("out");
+    let mut cmd = sweep(&cfg, None, "0", &out);
+    cmd.args(["--tasks", "gsm8k", "--num-shots", "0", "--max-new-tokens", "2"]);
+    run(cmd);
+    let r = report(&out);
+    assert_eq!((r["config"]["eval"]["num_shots"].as_u64(), r["config"]["eval"]["max_new_tokens"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(r["protocol"], "paper");
+    assert!(jsonl(&out.join("examples.jsonl")).iter().all(|e| e["new_tokens"].as_u64().unwrap() <= 2));
+
+    let mut unknown = sweep(&cfg, None, "0", &dir.join("x"));
+    unknown.args(["--tasks", "gsm8k,mmlu"]);
+    assert_error(&unknown.output().unwrap(), 2, &["--tasks", "\"mmlu\" is not a configured task", "gsm8k"]);
+    let mut zero = sweep(&cfg, None, "0", &dir.join("y"));
+    zero.args(["--limit", "0"]);
+    assert_error(&zero.output().unwrap(), 2, &["--limit (eval.limit)", "must be >= 1"]);
+    let mut bad = sweep(&cfg, None, "0", &dir.join("z"));
+    bad.args(["--set", "eval.protocol=\"papr\""]);
+    assert_error(&bad.output().unwrap(), 2, &["eval.protocol", "\"paper\"", "papr"]);
+}
+
+/// Without a terminal the sweep logs its progress: completions done of the
+/// task's total over all settings, the rate and new tokens/s.
+#[test]
+fn progress_lines_without_a_terminal() {
+    let dir = scratch("eval-progress");
+    let cfg = config(&dir, 2);
+    let out = sweep(&cfg, None, "0", &dir.join("out")).args(["--tasks", "gsm8k", "--num-shots", "0", "--max-new-tokens", "2"]).output().unwrap();
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let line = err.lines().find(|l| l.contains("eval gsm8k: 2/2 completions (100%)")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("completions/s") && line.contains("new tokens/s") && line.contains("1 settings of 2 completions each"), "{line}");
 }

@@ -1,27 +1,15 @@
 //! Benchmark loading, shots, prompts and answer checks on the real GSM8K and
 //! HumanEval files and on fixtures in the MATH, MMLU, MMLU-Pro and MBPP layouts.
 
-use std::path::{Path, PathBuf};
-
 use l2d::eval::score::{judge_answer, program};
+use l2d::eval::Protocol;
 use l2d::eval::tasks::{build_messages, select_shots, Check, Dataset, Item, Task};
 
 mod common;
-
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
-}
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval").join(rel)
-}
-
-fn load(task: Task, path: &Path) -> Dataset {
-    Dataset::load(task, path, "--data").unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+use common::{fixture, load, shared};
 
 fn correct(item: &Item, completion: &str) -> bool {
-    judge_answer(item, completion).expect("an answer task").correct
+    judge_answer(Protocol::Clean, item, completion).expect("an answer task").correct
 }
 
 #[test]
@@ -51,10 +39,10 @@ fn every_gsm8k_answer_scores_correct_against_itself() {
 fn gsm8k_prompts_use_the_first_five_training_items() {
     let train = load(Task::Gsm8k, &shared("gsm8k/train.jsonl"));
     let test = load(Task::Gsm8k, &shared("gsm8k/test.jsonl"));
-    let shots = select_shots(Task::Gsm8k, &test.items[0], &train.items, Task::Gsm8k.num_shots());
+    let shots = select_shots(Protocol::Clean, Task::Gsm8k, &test.items[0], &train.items, Task::Gsm8k.num_shots(Protocol::Clean));
     let ids: Vec<&str> = shots.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["0", "1", "2", "3", "4"]);
-    let m = build_messages(Task::Gsm8k, &test.items[0], &shots);
+    let m = build_messages(Protocol::Clean, Task::Gsm8k, &test.items[0], &shots);
     assert_eq!(m.len(), 11);
     assert!(m.iter().all(|m| m.role != "system"));
     assert_eq!(m[0].content, train.items[0].question);
@@ -72,10 +60,10 @@ fn humaneval_loads_from_gzip() {
     assert_eq!(ds.items[163].id, "HumanEval/163");
     let Check::HumanEval { entry_point, .. } = &ds.items[0].check else { panic!("not a HumanEval check") };
     assert_eq!(entry_point, "has_close_elements");
-    assert!(select_shots(Task::HumanEval, &ds.items[0], &ds.items, Task::HumanEval.num_shots()).is_empty());
-    let p = program(&ds.items[0], &ds.items[0].solution).unwrap();
-    assert!(p.starts_with("from typing import List") && p.ends_with("check(has_close_elements)\n"));
-    let m = build_messages(Task::HumanEval, &ds.items[0], &[]);
+    assert!(select_shots(Protocol::Clean, Task::HumanEval, &ds.items[0], &ds.items, Task::HumanEval.num_shots(Protocol::Clean)).is_empty());
+    let p = program(Protocol::Clean, &ds.items[0], &ds.items[0].solution, "M").unwrap();
+    assert!(p.starts_with("from typing import List") && p.contains("check(has_close_elements)\n"));
+    let m = build_messages(Protocol::Clean, Task::HumanEval, &ds.items[0], &[]);
     assert_eq!(m.len(), 1);
     assert!(m[0].content.contains("def has_close_elements"));
 }
@@ -104,10 +92,10 @@ fn math_in_the_official_and_hugging_face_layouts() {
     // Hugging Face's JSONL: shots are five evenly spaced training items.
     let train = load(Task::Math, &fixture("math/train.jsonl"));
     assert_eq!(train.items.len(), 10);
-    let shots = select_shots(Task::Math, &test.items[0], &train.items, Task::Math.num_shots());
+    let shots = select_shots(Protocol::Clean, Task::Math, &test.items[0], &train.items, Task::Math.num_shots(Protocol::Clean));
     let ids: Vec<&str> = shots.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["0", "2", "4", "6", "8"]);
-    let m = build_messages(Task::Math, &test.items[0], &shots);
+    let m = build_messages(Protocol::Clean, Task::Math, &test.items[0], &shots);
     assert_eq!(m[1].content, train.items[0].solution);
 }
 
@@ -134,12 +122,12 @@ fn mmlu_csv_and_parquet_agree() {
     // Shots: the dev split of the same subject.
     let dev = load(Task::Mmlu, &fixture("mmlu/data/dev"));
     for item in &csv.items {
-        let shots = select_shots(Task::Mmlu, item, &dev.items, Task::Mmlu.num_shots());
+        let shots = select_shots(Protocol::Clean, Task::Mmlu, item, &dev.items, Task::Mmlu.num_shots(Protocol::Clean));
         assert_eq!(shots.len(), 5);
         assert!(shots.iter().all(|s| s.group == item.group));
     }
     let item = &csv.items[0];
-    let m = build_messages(Task::Mmlu, item, &select_shots(Task::Mmlu, item, &dev.items, Task::Mmlu.num_shots()));
+    let m = build_messages(Protocol::Clean, Task::Mmlu, item, &select_shots(Protocol::Clean, Task::Mmlu, item, &dev.items, Task::Mmlu.num_shots(Protocol::Clean)));
     assert_eq!(m[0].content, format!("{}\n\nA. 0\nB. 1\nC. 2\nD. 3", dev.items[0].question));
     assert_eq!(m[1].content, "The answer is (B).");
     assert!(m[10].content.ends_with("D. 6"));
@@ -160,11 +148,11 @@ fn mmlu_pro_letters_and_category_shots() {
     assert!(correct(ten, "Let's think step by step. The answer is (J)."));
     assert!(!correct(ten, "The answer is (I)."));
     for item in &test.items {
-        let shots = select_shots(Task::MmluPro, item, &val.items, Task::MmluPro.num_shots());
+        let shots = select_shots(Protocol::Clean, Task::MmluPro, item, &val.items, Task::MmluPro.num_shots(Protocol::Clean));
         assert_eq!(shots.len(), 5);
         assert!(shots.iter().all(|s| s.group == item.group));
         // A shot answers with its chain of thought, without the dataset's "A: " prefix.
-        let m = build_messages(Task::MmluPro, item, &shots);
+        let m = build_messages(Protocol::Clean, Task::MmluPro, item, &shots);
         assert!(
             m[1].content.starts_with("Let's think step by step.") && m[1].content.ends_with("The answer is (B)."),
             "{}",
@@ -179,10 +167,10 @@ fn mbpp_shots_prompts_and_programs() {
     let ds = load(Task::Mbpp, &fixture("mbpp/mbpp.jsonl"));
     assert_eq!(ds.items.len(), 14);
     let item = ds.get("11").unwrap();
-    let shots = select_shots(Task::Mbpp, item, &ds.items, Task::Mbpp.num_shots());
+    let shots = select_shots(Protocol::Clean, Task::Mbpp, item, &ds.items, Task::Mbpp.num_shots(Protocol::Clean));
     let ids: Vec<&str> = shots.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["1", "2", "3", "4", "5"]);
-    let m = build_messages(Task::Mbpp, item, &shots);
+    let m = build_messages(Protocol::Clean, Task::Mbpp, item, &shots);
     assert_eq!(
         m[0].content,
         "Write a function to find the minimum of two numbers.\nYour code should pass this test:\nassert min_of_two(1, 2) == 1"
@@ -190,8 +178,8 @@ fn mbpp_shots_prompts_and_programs() {
     assert!(m[1].content.starts_with("```python\ndef min_of_two"));
     // Setup code runs before the completion.
     let hyp = ds.get("13").unwrap();
-    let p = program(hyp, &hyp.solution).unwrap();
-    assert!(p.starts_with("import math\ndef hypotenuse") && p.ends_with("assert hypotenuse(1, 1) == 1.41\n"), "{p}");
+    let p = program(Protocol::Clean, hyp, &hyp.solution, "M").unwrap();
+    assert!(p.starts_with("import math\ndef hypotenuse") && p.contains("assert hypotenuse(1, 1) == 1.41\n"), "{p}");
 }
 
 #[test]

@@ -122,3 +122,38 @@ fn config_file_and_set_supply_defaults() {
     let out = json_lines(&ok(l2d(&["generate", "--config", c, "--prompt", "x", "--json", "--max-new-tokens", "5", "--min-new-tokens", "5"])));
     assert_eq!(out[0]["new_tokens"], 5);
 }
+
+/// A reader that goes away early (`generate --json | head -1`) ends the run
+/// with exit code 0 and nothing on stderr.
+#[test]
+fn closed_stdout_exits_zero_silently() {
+    let m = model_arg("llama");
+    let dir = scratch("gen-pipe");
+    let prompts = dir.join("p.jsonl");
+    std::fs::write(&prompts, (0..4).map(|i| format!("{{\"prompt\": \"line {i}\"}}\n")).collect::<String>()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_l2d"))
+        .args(["generate", "--model", &m, "--prompts", prompts.to_str().unwrap(), "--max-new-tokens", "3", "--json", "--batch-size", "1"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line is written
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).trim().is_empty(), "stderr: {}", stderr(&out));
+}
+
+/// More new tokens than the model's positions leave are capped, and it says so.
+#[test]
+fn max_new_tokens_beyond_the_context_is_capped_with_a_warning() {
+    let dir = scratch("gen-cap").join("model");
+    copy_dir(&tiny_model("llama"), &dir);
+    edit_json(&dir.join("config.json"), |v| v["max_position_embeddings"] = 16.into());
+    let out = l2d(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "100", "--min-new-tokens", "100", "--temperature", "0", "--json"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("max_new_tokens 100") && err.contains("16 positions") && err.contains("capped at"), "{err}");
+    let rec: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(rec["prompt_tokens"].as_u64().unwrap() + rec["new_tokens"].as_u64().unwrap(), 16, "{rec}");
+}

@@ -125,12 +125,12 @@ fn bad_flags_exit_2_with_one_line_and_write_nothing() {
     let dir = scratch("init-task-bad");
     let out = dir.join("t");
     let o = s(&out);
-    assert_error(&l2d(&["init", "--task", "sorting", "--out", o]), 2, &["sorting"]);
-    assert_error(&l2d(&["init", "--task", "modsum", "--arch", "llama", "--out", o]), 2, &["--arch"]);
-    assert_error(&l2d(&["init", "--task", "modsum", "--preset", "small", "--out", o]), 2, &["--preset"]);
-    assert_error(&l2d(&["init", "--arch", "llama", "--train", "5", "--out", o]), 2, &["--train"]);
+    assert_clap_error(&l2d(&["init", "--task", "sorting", "--out", o]), &["sorting"]);
+    assert_clap_error(&l2d(&["init", "--task", "modsum", "--arch", "llama", "--out", o]), &["--arch"]);
+    assert_clap_error(&l2d(&["init", "--task", "modsum", "--preset", "small", "--out", o]), &["--preset"]);
+    assert_clap_error(&l2d(&["init", "--arch", "llama", "--train", "5", "--out", o]), &["--train"]);
     assert_error(&l2d(&["init", "--out", o]), 2, &["--arch or --task"]);
-    assert_error(&l2d(&["init", "--task", "modsum", "--train", "many", "--out", o]), 2, &["--train"]);
+    assert_clap_error(&l2d(&["init", "--task", "modsum", "--train", "many", "--out", o]), &["--train"]);
     // More items than there are distinct questions: refused, not an endless search.
     assert_error(&l2d(&["init", "--task", "modsum", "--train", "2000000", "--out", o]), 2, &["too few distinct"]);
     assert!(!out.exists(), "a failed init left {o} behind");

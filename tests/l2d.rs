@@ -336,6 +336,13 @@ fn checkpoint_refuses_another_base_model() {
     let qwen = load("qwen2");
     let err = checkpoint::load(&dir, &qwen, &fixture("qwen2"), &Default::default()).err().unwrap();
     assert!(err.to_string().contains("another config"), "{err}");
+    // A damaged l2d.json whose checksum is no digest at all is refused, not a panic.
+    let meta_path = dir.join(checkpoint::METADATA);
+    let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["base"]["tensors_sha256"] = "é".into();
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let err = checkpoint::load(&dir, &model, &fixture("llama"), &Default::default()).err().unwrap();
+    assert!(err.to_string().contains("checksum é != "), "{err}");
 }
 
 

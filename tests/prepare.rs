@@ -643,6 +643,44 @@ fn real_templates_keep_every_turn() {
     }
 }
 
+/// A killed prepare's staging directory is removed by the next prepare of the
+/// same output (others' are left alone), and Ctrl-C removes the run's own and
+/// exits 130. The input is a FIFO nobody writes to, so the run is caught
+/// reading, with its staging directory made.
+#[test]
+fn prepare_leaves_no_staging_directory_behind() {
+    let model = tiny_model("llama");
+    let dir = scratch("prepare-debris");
+    let out = dir.join("shards");
+    let killed = dir.join(".shards.tmp-killed");
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::write(killed.join("train-00000.tokens"), b"half").unwrap();
+    let others = dir.join(".other.tmp-x");
+    std::fs::create_dir_all(&others).unwrap();
+    let fifo = dir.join("chat.jsonl");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_l2d"))
+        .args(["prepare", "--model", s(&model), "--out", s(&out), "--input", s(&fifo)])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = || -> Vec<PathBuf> {
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(".shards.tmp-")).collect()
+    };
+    let mut waited = 0;
+    while staging().len() != 1 || staging()[0] == killed {
+        assert!(waited < 600, "prepare never staged its output: {:?}", staging());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(staging(), Vec::<PathBuf>::new());
+    assert!(!out.exists() && others.exists());
+}
+
 // ---------------------------------------------------------------- single-turn layouts
 
 /// Prepares `records` (one per line) and checks each example against the chat it should be:

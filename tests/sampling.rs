@@ -142,3 +142,50 @@ fn streamed_text_adds_up_to_the_full_decode() {
         assert_eq!(emitted, tok.decode(&ids).unwrap());
     }
 }
+
+/// Records the logits of the first decoding step.
+struct FirstLogits(Option<Tensor>);
+
+impl l2d::sampling::generate::NextTokenLogits for FirstLogits {
+    fn logits(
+        &mut self,
+        model: &Llama,
+        hidden: &Tensor,
+        cache: &l2d::model::KvCache,
+        step: &l2d::model::llama::Step,
+    ) -> anyhow::Result<Tensor> {
+        let logits = BaseLm.logits(model, hidden, cache, step)?;
+        self.0.get_or_insert_with(|| logits.copy());
+        Ok(logits)
+    }
+
+    fn evals_per_token(&self) -> f64 {
+        1.0
+    }
+}
+
+#[test]
+fn masked_prompt_ids_are_kept_out_of_attention() {
+    use l2d::sampling::generate::{decode, prefill, prefill_masked};
+    let model = parity_model();
+    let o = opts(1, 0, vec![]);
+    let first_logits = |masked: &[i64], prompt: &[i64]| {
+        let state = prefill_masked(&model, &[prompt.to_vec()], &o, masked).unwrap();
+        let mut head = FirstLogits(None);
+        decode(&model, None, &mut head, state, &o, &mut |_, _| {}).unwrap();
+        head.0.unwrap()
+    };
+    let plain = |prompt: &[i64]| {
+        let state = prefill(&model, &[prompt.to_vec()], &o).unwrap();
+        let mut head = FirstLogits(None);
+        decode(&model, None, &mut head, state, &o, &mut |_, _| {}).unwrap();
+        head.0.unwrap()
+    };
+    let prompt = [5i64, 17, 9, 42, 9, 99];
+    let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    // An id not in the prompt changes nothing; one in it changes what the last token sees.
+    assert!(diff(&first_logits(&[7], &prompt), &plain(&prompt)) < 1e-5);
+    assert!(diff(&first_logits(&[9], &prompt), &plain(&prompt)) > 1e-3);
+    // Masked keys keep their positions: not the same as removing the tokens.
+    assert!(diff(&first_logits(&[9], &prompt), &plain(&[5, 17, 42, 99])) > 1e-3);
+}

@@ -27,6 +27,7 @@ fn llama_3_2_1b_l2d_lora_has_the_papers_trainable_count() {
     assert_eq!(plan["batch_size"], 32);
     assert_eq!(plan["micro_batch_size"], 4);
     assert_eq!(plan["grad_accumulation_steps"], 8);
+    assert_eq!((plan["warmup_type"].as_str(), plan["warmup_steps"].as_u64()), (Some("log"), Some(100)));
     // No data.out in the config: the data budget is left open.
     assert!(plan["data"].is_null() && plan["planned_steps"].is_null() && plan["planned_tokens"].is_null());
 }

@@ -13,8 +13,10 @@ use crate::eval::sandbox::SandboxOptions;
 use crate::eval::score::{self, Report, ResultEntry, Setting};
 use crate::eval::sweep::{self, SweepOutput};
 use crate::eval::tasks::{Dataset, Task};
+use crate::eval::Protocol;
 use crate::l2d::{checkpoint, next_token_nll, TokenBatch};
 use crate::model::Llama;
+use crate::progress::ProgressMode;
 use crate::runtime;
 
 /// Flags of `l2d eval`: a subcommand, or the scoring flags at the top level.
@@ -42,20 +44,36 @@ pub struct SweepArgs {
     /// L2D checkpoint (eval.l2d); without one only the base LM is evaluated.
     #[arg(long, value_name = "CKPT")]
     pub l2d: Option<PathBuf>,
-    /// Discretisation levels to sweep, comma-separated; 0 is the base LM (eval.steps).
+    /// Discretisation levels to sweep, comma-separated; 0 is the base LM (eval.steps) [default: 0, and l2d.steps with a checkpoint].
     #[arg(long, value_delimiter = ',', value_name = "S,..")]
     pub steps: Option<Vec<usize>>,
-    /// Solvers to sweep, comma-separated: fixed-grid ones at every level, adaptive ones once (eval.solvers).
+    /// Solvers to sweep, comma-separated: fixed-grid ones at every level, adaptive ones once (eval.solvers) [default: l2d.solver].
     #[arg(long, value_delimiter = ',', value_name = "NAME,..")]
     pub solvers: Option<Vec<String>>,
-    /// First N items of each task only (eval.limit).
+    /// First N items of each task only (eval.limit; at least 1).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Only these of the configured tasks, comma-separated (e.g. gsm8k,mmlu).
+    #[arg(long, value_delimiter = ',', value_name = "NAME,..")]
+    pub tasks: Option<Vec<String>>,
+    /// Shots per prompt instead of the protocol's 5 (eval.num_shots; recorded in report.json).
+    #[arg(long, value_name = "N")]
+    pub num_shots: Option<usize>,
+    /// Most new tokens instead of the protocol's 256 (512 for code) (eval.max_new_tokens; recorded in report.json).
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
 }
 
-/// The flags of `eval --config` and the config keys they set, for error messages.
-const SWEEP_FLAG_KEYS: &[(&str, &str)] =
-    &[("eval.steps", "--steps"), ("eval.solvers", "--solvers"), ("eval.limit", "--limit"), ("eval.workers", "--workers")];
+/// The flags of `eval --config` and the config keys they set, for error messages and `--help`'s defaults.
+pub(crate) const SWEEP_FLAG_KEYS: &[(&str, &str)] = &[
+    ("eval.steps", "--steps"),
+    ("eval.solvers", "--solvers"),
+    ("eval.limit", "--limit"),
+    ("eval.workers", "--workers"),
+    ("eval.protocol", "--protocol"),
+    ("eval.num_shots", "--num-shots"),
+    ("eval.max_new_tokens", "--max-new-tokens"),
+];
 
 impl SweepArgs {
     /// Whether any flag asks for generation.
@@ -85,6 +103,9 @@ pub struct ScoreArgs {
     /// Programs run at once in the sandbox (code tasks); default: the number of CPUs.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Whose protocol: paper (the reference implementation's, the default) or clean (l2d's own; eval.protocol).
+    #[arg(long, value_name = "NAME")]
+    pub protocol: Option<Protocol>,
 }
 
 /// The evaluations.
@@ -123,14 +144,14 @@ pub struct LossArgs {
 }
 
 /// Runs the chosen evaluation.
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, progress: ProgressMode) -> Result<()> {
     match (args.command, args.score.task) {
         (Some(EvalCommand::Loss(a)), _) => loss(a),
         (None, Some(task)) if args.sweep.given() => {
             crate::bail_usage!("--task {task}: scores given completions; it takes no --config/--model/--l2d")
         }
         (None, Some(task)) => score_samples(task, args.score),
-        (None, None) if args.sweep.given() => sweep(args.sweep, args.score),
+        (None, None) if args.sweep.given() => sweep(args.sweep, args.score, progress),
         (None, None) => crate::bail_usage!(
             "l2d eval: nothing to do: generate and score with `--config FILE`, score completions with \
              `--task NAME --data FILE --samples FILE.jsonl`, or run `l2d eval loss` (see `l2d eval --help`)"
@@ -138,7 +159,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-fn sweep(args: SweepArgs, common: ScoreArgs) -> Result<()> {
+fn sweep(args: SweepArgs, common: ScoreArgs, progress: ProgressMode) -> Result<()> {
     if common.data.is_some() || common.samples.is_some() {
         crate::bail_usage!("--data/--samples: belong to scoring with --task; `eval --config` reads [eval.tasks.NAME]");
     }
@@ -154,8 +175,20 @@ fn sweep(args: SweepArgs, common: ScoreArgs) -> Result<()> {
     if let Some(solvers) = args.solvers {
         e.solvers = solvers;
     }
-    if let Some(limit) = args.limit {
-        e.limit = limit;
+    if args.limit.is_some() {
+        e.limit = args.limit;
+    }
+    if let Some(protocol) = common.protocol {
+        e.protocol = protocol.name().into();
+    }
+    if args.num_shots.is_some() {
+        e.num_shots = args.num_shots;
+    }
+    if args.max_new_tokens.is_some() {
+        e.max_new_tokens = args.max_new_tokens;
+    }
+    if let Some(names) = &args.tasks {
+        select_tasks(&mut e.tasks, names)?;
     }
     if common.workers.is_some() {
         e.workers = common.workers;
@@ -167,7 +200,7 @@ fn sweep(args: SweepArgs, common: ScoreArgs) -> Result<()> {
     let Some(dir) = common.out.or_else(|| cfg.eval.out.as_ref().map(PathBuf::from)) else {
         crate::bail_usage!("--out: no output directory (flag or eval.out in the config)");
     };
-    let out = SweepOutput { dir, progress: super::stderr_is_terminal() };
+    let out = SweepOutput { dir, progress };
     let report = sweep::run(&cfg, &out)?;
     if common.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -175,6 +208,19 @@ fn sweep(args: SweepArgs, common: ScoreArgs) -> Result<()> {
         print!("{}", score::table(&report.results));
         println!("(report.json, report.md and examples.jsonl in {})", out.dir.display());
     }
+    Ok(())
+}
+
+/// Keeps only the configured tasks `names` (`--tasks`); a name not configured is an error.
+fn select_tasks(tasks: &mut std::collections::BTreeMap<String, crate::config::EvalTaskConfig>, names: &[String]) -> Result<()> {
+    if let Some(unknown) = names.iter().find(|n| !tasks.contains_key(n.as_str())) {
+        let configured: Vec<&str> = tasks.keys().map(String::as_str).collect();
+        crate::bail_usage!(
+            "--tasks: {unknown:?} is not a configured task (the config has [eval.tasks.NAME] for: {})",
+            if configured.is_empty() { "none".to_string() } else { configured.join(", ") }
+        );
+    }
+    tasks.retain(|name, _| names.contains(name));
     Ok(())
 }
 
@@ -192,8 +238,9 @@ fn score_samples(task: Task, args: ScoreArgs) -> Result<()> {
     };
     let dataset = Dataset::load(task, data, "--data")?;
     let samples = score::read_samples(samples, &dataset, "--samples")?;
-    let scored = score::score(&dataset, &samples, &SandboxOptions::default(), workers);
-    let report = Report::of_given(vec![ResultEntry { setting: Setting::given(), generation: None, report: scored.report }]);
+    let protocol = args.protocol.unwrap_or_default();
+    let scored = score::score(&dataset, &samples, protocol, &SandboxOptions::default(), workers);
+    let report = Report::of_given(protocol, vec![ResultEntry { setting: Setting::given(), generation: None, left_out: None, report: scored.report }]);
     if let Some(out) = &args.out {
         score::write_outputs(out, &report, &scored.examples)?;
     }

@@ -158,8 +158,8 @@ impl Args {
     }
 }
 
-/// Config keys that this command's flags set, so errors name both.
-const FLAG_KEYS: &[(&str, &str)] = &[
+/// Config keys that this command's flags set, so errors name both and `--help` shows their defaults.
+pub(crate) const FLAG_KEYS: &[(&str, &str)] = &[
     ("model.device", "--device"),
     ("model.dtype", "--dtype"),
     ("generate.temperature", "--temperature"),
@@ -167,6 +167,7 @@ const FLAG_KEYS: &[(&str, &str)] = &[
     ("generate.top_k", "--top-k"),
     ("generate.max_new_tokens", "--max-new-tokens"),
     ("generate.min_new_tokens", "--min-new-tokens"),
+    ("generate.seed", "--seed"),
     ("l2d.steps", "--steps"),
     ("l2d.solver", "--solver"),
     ("l2d.x1_estimate", "--x1-estimate"),

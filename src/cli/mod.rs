@@ -2,7 +2,7 @@
 //! config into calls of the library.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 pub mod eval;
@@ -16,14 +16,24 @@ pub mod train;
 /// l2d: give a pretrained chat LM a diffusion path (L2D, ICML 2025) and spend
 /// more compute per token for more accuracy, without changing its weights.
 #[derive(Debug, Parser)]
-#[command(name = "l2d", version, about, long_about = None)]
+#[command(name = "l2d", version, about, long_about = None, arg_required_else_help = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-    /// Log format on stderr (`RUST_LOG` sets the level, default `warn`).
+    /// Log format on stderr (`RUST_LOG` sets the level, default `warn` plus progress lines).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Seconds between progress lines when stderr is not a terminal (no bar); 0 prints none.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30)]
+    pub progress_every: u64,
+}
+
+impl Cli {
+    /// How long loops show their progress: a bar on a terminal, else log lines.
+    pub fn progress(&self) -> crate::progress::ProgressMode {
+        crate::progress::ProgressMode { terminal: stderr_is_terminal(), every: std::time::Duration::from_secs(self.progress_every) }
+    }
 }
 
 /// Log formats.
@@ -116,15 +126,58 @@ impl ModelArgs {
     }
 }
 
+/// Parses the process's arguments; `--help` shows each config-backed flag's
+/// built-in default.
+pub fn parse_args() -> Result<Cli, clap::Error> {
+    let mut cmd = Cli::command();
+    for (sub, flag_keys) in [("generate", generate::FLAG_KEYS), ("eval", eval::SWEEP_FLAG_KEYS)] {
+        cmd = cmd.mut_subcommand(sub, |c| show_config_defaults(c, flag_keys));
+    }
+    Cli::from_arg_matches(&cmd.try_get_matches()?)
+}
+
+/// Appends `[default: V]` to the help of every flag in `flag_keys` whose config
+/// key has a built-in default: the flags are `Option`s (unset means "the
+/// config's value"), so clap cannot show a default of its own.
+fn show_config_defaults(mut cmd: clap::Command, flag_keys: &[(&str, &str)]) -> clap::Command {
+    let defaults = toml::Value::try_from(crate::config::Config::default()).expect("the defaults serialise");
+    for (key, flag) in flag_keys {
+        // An empty list's meaning is the flag's own doc ("empty: ..."), not a value.
+        let Some(value) = key.split('.').try_fold(&defaults, |v, part| v.get(part)).filter(|v| v.as_array().is_none_or(|a| !a.is_empty())) else {
+            continue;
+        };
+        let long = flag.trim_start_matches("--");
+        let Some(id) = cmd.get_arguments().find(|a| a.get_long() == Some(long)).map(|a| a.get_id().clone()) else {
+            continue;
+        };
+        let shown = display_toml(value);
+        cmd = cmd.mut_arg(id, |a| {
+            let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+            a.help(format!("{help} [default: {shown}]"))
+        });
+    }
+    cmd
+}
+
+/// A config value as a user would type it on the command line.
+fn display_toml(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items.iter().map(display_toml).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    let progress = cli.progress();
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Init(args) => init::run(args),
         Command::Prepare(args) => prepare::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(args, progress),
         Command::Generate(args) => generate::run(args),
-        Command::Eval(args) => eval::run(args),
+        Command::Eval(args) => eval::run(args, progress),
         Command::Report(args) => report::run(args),
     }
 }
@@ -132,8 +185,11 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Logs to stderr through tracing; `RUST_LOG` sets the filter.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Progress lines are info, shown by default (for runs under nohup or Slurm).
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,{}=info", crate::progress::TARGET)));
+    // No colour codes in log files.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(stderr_is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -68,6 +68,9 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(dir)) => PathBuf::from(dir),
         (None, None) => crate::bail_usage!("no output directory: pass --out DIR or set data.out"),
     };
+    // What a killed earlier run left, and what Ctrl-C would leave of this one.
+    crate::io::remove_staging_debris_of(&out)?;
+    crate::io::remove_staging_on_signal(&out)?;
     let mut opts = PrepareOptions::new(cfg, &out);
     opts.strict = args.strict;
     (opts.train_key, opts.valid_key) = opts_keys;

@@ -2,10 +2,9 @@
 //! `report compare` pairs two reports item by item; `report plot` charts a
 //! metric against diffusion evaluations per token.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-use crate::error::OrUsage;
 use crate::eval::report::plot::{self, Format};
 use crate::eval::report::{self, Selection};
 use crate::eval::stats;
@@ -114,7 +113,7 @@ fn plot(args: PlotArgs) -> Result<()> {
 fn create_parent(path: &Path) -> Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => {
-            std::fs::create_dir_all(dir).or_usage(|| format!("--out: cannot create {}", dir.display()))
+            crate::io::create_output_dir(dir).context("--out")
         }
         _ => Ok(()),
     }

@@ -1,11 +1,12 @@
 //! `l2d train`: finetuning runs from a config (`--dry-run` plans one without weights).
 
 use anyhow::{Context, Result};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
+use crate::progress::ProgressMode;
 use crate::model::ModelConfig;
 use crate::train::data::{BatchPlan, Source};
 use crate::train::run::data_path;
@@ -16,6 +17,8 @@ use crate::train::{param_counts, Mode};
 pub struct Args {
     #[command(flatten)]
     pub config: super::ConfigArgs,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// Output directory (checkpoints, metrics, the trained result).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -25,20 +28,19 @@ pub struct Args {
     /// Print the dry-run report as JSON.
     #[arg(long, requires = "dry_run")]
     pub json: bool,
-    /// Continue from the newest checkpoint in the output directory.
+    /// Continue the run in --out from its newest valid checkpoint, with its own config.toml unless --config is given; only length, cadence and the learning-rate schedule may change.
     #[arg(long)]
     pub resume: bool,
 }
 
 /// Runs (or plans) the configured training.
-pub fn run(args: Args) -> Result<()> {
-    let cfg = args.config.load()?;
-    if cfg.model.path.is_empty() {
-        crate::bail_usage!("model.path: no base model directory in the config");
-    }
+pub fn run(args: Args, progress: ProgressMode) -> Result<()> {
+    let mut cfg = load_config(&args)?;
+    args.model.apply(&mut cfg.model)?;
+    cfg.validate().map_err(|e| super::name_flags(e, &[("model.device", "--device"), ("model.dtype", "--dtype")]))?;
     let model_cfg = ModelConfig::load(&Path::new(&cfg.model.path).join("config.json"))?;
     if !args.dry_run {
-        return train(&cfg, &args);
+        return train(&cfg, &args, progress);
     }
     let counts = param_counts(&model_cfg, &cfg)?;
     let t = &cfg.train;
@@ -59,6 +61,8 @@ pub fn run(args: Args) -> Result<()> {
         "lr": t.lr,
         "final_lr": t.final_lr,
         "warmup_steps": t.warmup_steps,
+        "warmup_type": t.warmup_type.as_str(),
+        "decay": t.decay,
     });
     let budget = serde_json::to_value(DataBudget::of(&cfg, &model_cfg)?)?;
     plan.as_object_mut().expect("an object").extend(budget.as_object().expect("a struct").clone());
@@ -70,6 +74,22 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The config to train with: `--config` and `--set`, or on `--resume`
+/// without `--config` the run's own `config.toml` with the `--set` overrides.
+fn load_config(args: &Args) -> Result<Config> {
+    if !args.resume || args.dry_run || args.config.config.is_some() {
+        return args.config.load();
+    }
+    let Some(out) = &args.out else {
+        crate::bail_usage!("--resume: name the run with --out RUN (its config.toml is read from there) or pass --config");
+    };
+    let saved = out.join(crate::train::checkpoint::CONFIG);
+    if !saved.is_file() {
+        crate::bail_usage!("--resume: {} holds no run to resume (no {}); drop --resume to start a new run", out.display(), crate::train::checkpoint::CONFIG);
+    }
+    crate::config::load(Some(&saved), &args.config.set)
 }
 
 /// What the run would go through of `data.out` (all `None` while it is unset,
@@ -111,23 +131,31 @@ impl DataBudget {
     }
 }
 
-/// Runs the training; SIGINT/SIGTERM finish the current step, save and exit 0,
-/// a second signal aborts.
-fn train(cfg: &Config, args: &Args) -> Result<()> {
+/// Runs the training; SIGINT/SIGTERM finish the current step, save and exit
+/// with 128 + the signal's number (130, 143), a second signal aborts.
+fn train(cfg: &Config, args: &Args, progress: ProgressMode) -> Result<()> {
     let out = match (&args.out, &cfg.train.out) {
         (Some(o), _) => o.clone(),
         (None, Some(o)) => PathBuf::from(o),
         (None, None) => crate::bail_usage!("--out: no output directory (flag or train.out in the config)"),
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicUsize::new(0));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&stop))?;
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
+        signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
     }
-    let outcome = crate::train::run::train(cfg, &out, args.resume, stop)?;
+    let outcome = crate::train::run::train(cfg, &out, args.resume, stop, progress)?;
     match (&outcome.result, outcome.interrupted) {
-        (_, true) => eprintln!("interrupted at step {}; checkpoint saved, continue with --resume", outcome.steps),
-        (Some(r), false) => eprintln!("trained {} steps; result in {}", outcome.steps, r.display()),
+        (_, true) => {
+            eprintln!("interrupted at step {}; checkpoint saved, continue with --resume", outcome.steps);
+            std::process::exit(128 + signal.load(Ordering::SeqCst) as i32);
+        }
+        (Some(r), false) => {
+            let valid = outcome.valid_loss.map(|v| format!("; final validation loss {v:.4}")).unwrap_or_default();
+            eprintln!("trained {} steps{valid}; result in {}", outcome.steps, r.display())
+        }
         (None, false) => {}
     }
     Ok(())

@@ -561,6 +561,7 @@ pub fn hex(digest: &[u8]) -> String {
 }
 
 /// The first 12 hex digits: enough to tell two fingerprints apart in a message.
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
+pub fn short(sha: &str) -> &str {
+    // By characters: a damaged file may hold any text where a digest belongs.
+    sha.char_indices().nth(12).map_or(sha, |(end, _)| &sha[..end])
 }

@@ -14,6 +14,10 @@ pub struct Tokenizer {
     pub eos_ids: Vec<i64>,
     /// Id used to fill left padding (never attended to).
     pub pad_id: i64,
+    /// `eos_token` of tokenizer_config.json: the one stop token of the reference's evaluation.
+    pub eos_token_id: Option<i64>,
+    /// `pad_token` of tokenizer_config.json, if it names one.
+    pad_token_id: Option<i64>,
 }
 
 impl Tokenizer {
@@ -47,14 +51,17 @@ impl Tokenizer {
                 eos_ids.push(id as i64);
             }
         }
-        let pad_id = cfg
-            .as_ref()
-            .and_then(|c| c.pad_token.as_deref())
-            .and_then(|t| inner.token_to_id(t))
-            .map(|id| id as i64)
-            .or_else(|| eos_ids.first().copied())
-            .unwrap_or(0);
-        Ok(Self { inner, chat, eos_ids, pad_id })
+        let pad_token_id =
+            cfg.as_ref().and_then(|c| c.pad_token.as_deref()).and_then(|t| inner.token_to_id(t)).map(|id| id as i64);
+        let pad_id = pad_token_id.or_else(|| eos_ids.first().copied()).unwrap_or(0);
+        let eos_token_id =
+            cfg.as_ref().and_then(|c| c.eos_token.as_deref()).and_then(|t| inner.token_to_id(t)).map(|id| id as i64);
+        Ok(Self { inner, chat, eos_ids, pad_id, eos_token_id, pad_token_id })
+    }
+
+    /// The reference's pad token: `pad_token`, else `eos_token` (`pipeline/util.py:179-180`).
+    pub fn reference_pad_id(&self) -> Option<i64> {
+        self.pad_token_id.or(self.eos_token_id)
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor (e.g. Llama's bos).
@@ -92,6 +99,20 @@ impl Tokenizer {
     /// generation prompt, tokenized without extra special tokens as transformers does.
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<i64>> {
         self.encode(&self.render_chat(messages, true)?, false)
+    }
+
+    /// A chat prompt's text: with the generation prompt, or, when the last turn is the assistant's,
+    /// continuing that turn as transformers' `continue_final_message` does: the text is cut after the
+    /// last occurrence of the turn's content (its stripped content when the template trimmed it).
+    pub fn render_prompt(&self, messages: &[Message]) -> Result<String> {
+        let Some(last) = messages.last().filter(|m| m.role == "assistant") else {
+            return self.render_chat(messages, true);
+        };
+        let text = self.render_chat(messages, false)?;
+        let cut = |needle: &str| text.rfind(needle).map(|p| text[..p + needle.len()].to_string());
+        cut(&last.content).or_else(|| cut(last.content.trim())).ok_or_else(|| {
+            usage("chat_template: the final assistant turn does not appear in the rendered prompt, so it cannot be continued")
+        })
     }
 
     /// The model's chat template applied to `messages`.

@@ -1,17 +1,25 @@
 //! Answers out of free model text (spec §10), normalised so that equal
 //! answers written differently compare equal.
 
-/// A number as written in text: its digits with `$`, commas and a trailing `.0…` already gone.
+/// A number as written in text: its digits with `$`, commas and a trailing `.0…` already gone,
+/// and a bare leading `.` given its `0` (`.3` → `0.3`).
 fn clean_number(s: &str) -> String {
     let s: String = s.chars().filter(|c| !matches!(c, ',' | '$')).collect();
     match s.split_once('.') {
         Some((int, frac)) if frac.chars().all(|c| c == '0') => int.to_string(),
+        Some((int @ ("" | "-"), frac)) => format!("{int}0.{frac}"),
         _ => s,
     }
 }
 
-/// The numbers in `text`, in order: `-`, `$`, thousands commas and decimals allowed.
+/// The minus signs of typeset text (U+2212, as in `−1`) as ASCII hyphen-minus.
+fn ascii_minus(text: &str) -> String {
+    text.replace('\u{2212}', "-")
+}
+
+/// The numbers in `text`, in order: `-` (or `−`), `$`, thousands commas and decimals (`.5` too) allowed.
 pub fn numbers(text: &str) -> Vec<String> {
+    let text = ascii_minus(text);
     let b = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -40,6 +48,13 @@ fn number_at(b: &[u8], i: usize) -> Option<usize> {
     }
     if b.get(j) == Some(&b'$') {
         j += 1;
+    }
+    if b.get(j) == Some(&b'.') && digit(j + 1) {
+        j += 1;
+        while digit(j) {
+            j += 1;
+        }
+        return Some(j);
     }
     if !digit(j) {
         return None;
@@ -106,9 +121,14 @@ pub fn last_boxed(text: &str) -> Option<String> {
     if let Some(body) = rest.strip_prefix('{') {
         return braced(body).map(str::to_string);
     }
-    // `\boxed 5`: the argument runs to the end of the token.
+    // `\boxed 5`: the argument runs to the end of the token: whitespace or a `$` that closes the
+    // formula, not an escaped `\$` (`$\boxed \$18.90$`).
     let arg = rest.strip_prefix(' ')?;
-    Some(arg.split(|c: char| c == '$' || c.is_whitespace()).next().unwrap_or("").to_string())
+    let b = arg.as_bytes();
+    let end = (0..b.len())
+        .find(|&i| b[i].is_ascii_whitespace() || (b[i] == b'$' && (i == 0 || b[i - 1] != b'\\')))
+        .unwrap_or(b.len());
+    Some(arg[..end].to_string())
 }
 
 /// The text up to the `}` that closes an already opened brace.
@@ -168,11 +188,11 @@ const MATH_NOISE: &[&str] = &[
 
 /// A MATH answer in a canonical spelling: fractions as `\frac{a}{b}`, no spaces, sizing or units.
 pub fn normalize_math(s: &str) -> String {
-    let mut s = s.trim().to_string();
+    let mut s = ascii_minus(s.trim());
     if let Some(inner) = last_boxed(&s) {
         s = inner;
     }
-    s = s.replace("\\\\", "\\").replace("tfrac", "frac").replace("dfrac", "frac");
+    s = mark_row_breaks(&s).replace("\\\\", "\\").replace("tfrac", "frac").replace("dfrac", "frac");
     s = strip_text_units(&s);
     for noise in MATH_NOISE {
         s = s.replace(noise, "");
@@ -189,7 +209,29 @@ pub fn normalize_math(s: &str) -> String {
     if math_plain(&s).is_some() {
         s = clean_number(&s);
     }
-    s
+    s.replace(ROW_BREAK, "\\\\")
+}
+
+/// Stands for a matrix row break `\\` while the rest is normalised (a character no answer contains).
+const ROW_BREAK: char = '\u{1}';
+
+/// `\\` followed by anything but a letter is a row break (`1 \\ 2` in a `pmatrix`), kept apart
+/// from `\\frac`, a doubly escaped command that normalises to `\frac`.
+fn mark_row_breaks(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(p) = rest.find("\\\\") {
+        out.push_str(&rest[..p]);
+        let after = &rest[p + 2..];
+        if after.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            out.push_str("\\\\");
+        } else {
+            out.push(ROW_BREAK);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `\text{ cm}^2` after a value is a unit, cut with all that follows (as Hendrycks et al. do);
@@ -290,9 +332,22 @@ fn math_number(s: &str) -> Option<f64> {
         if args.len() != num.len() + den.len() + 3 {
             return None;
         }
-        return Some(sign * math_plain(num)? / math_plain(den)?);
+        // Only a fraction in lowest terms has a value here: an unreduced `\frac{2}{4}` is not the answer `\frac12`.
+        let (n, d) = (num.parse::<i64>().ok()?, den.parse::<i64>().ok()?);
+        if d == 0 || gcd(n.unsigned_abs(), d.unsigned_abs()) != 1 {
+            return None;
+        }
+        return Some(sign * n as f64 / d as f64);
     }
     math_plain(body).map(|x| sign * x)
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// The option letter a multiple-choice answer names, out of `options` (A–D for MMLU, up to A–J for MMLU-Pro).
@@ -302,6 +357,7 @@ fn math_number(s: &str) -> Option<f64> {
 pub fn choice_letter(text: &str, options: usize) -> Option<char> {
     let valid = |c: char| c.is_ascii_uppercase() && ((c as u8 - b'A') as usize) < options;
     stated_letter(text, &valid)
+        .or_else(|| named_letter(text, &valid))
         .or_else(|| leading_letter(text, &valid))
         .or_else(|| marked_letter(text, &valid))
         .or_else(|| free_letter(text, &valid))
@@ -331,6 +387,21 @@ fn stated_letter(text: &str, valid: &dyn Fn(char) -> bool) -> Option<char> {
         from = after;
     }
     None
+}
+
+/// What follows a letter that names the answer: "A is the correct answer", "(C) is correct".
+const NAMES_THE_ANSWER: &[&str] =
+    &[" is the correct answer", " is the right answer", " is the best answer", " is the answer", " is correct"];
+
+/// The letter before the first phrase of [`NAMES_THE_ANSWER`] ("I is the correct answer" with ten options).
+fn named_letter(text: &str, valid: &dyn Fn(char) -> bool) -> Option<char> {
+    let lower = text.to_ascii_lowercase();
+    let at = NAMES_THE_ANSWER.iter().filter_map(|p| lower.find(p)).min()?;
+    let before = text[..at].trim_end_matches(|c: char| c.is_whitespace() || ")*]".contains(c));
+    let b = before.as_bytes();
+    let i = b.len().checked_sub(1)?;
+    let c = b[i] as char;
+    (valid(c) && alone(b, i)).then_some(c)
 }
 
 /// The text opening with a letter: "C", "C.", "(C)", "**B**", "B) because".
@@ -479,6 +550,55 @@ mod tests {
         assert_eq!(l("The answer is (G)."), None);
         assert_eq!(choice_letter("The answer is (G).", 10), Some('G'));
         assert_eq!(choice_letter("I. is correct", 10), Some('I'));
+    }
+
+    #[test]
+    fn a_letter_that_names_the_answer() {
+        assert_eq!(choice_letter("A is the correct answer.", 4), Some('A'));
+        assert_eq!(choice_letter("I is the correct answer.", 10), Some('I'));
+        assert_eq!(choice_letter("(B) is correct, since", 4), Some('B'));
+        // "I" is no option of MMLU: no letter rather than a wrong one.
+        assert_eq!(choice_letter("I is the correct answer.", 4), None);
+    }
+
+    #[test]
+    fn unicode_minus_is_a_minus() {
+        assert_eq!(gsm8k_answer("She loses \u{2212}1 dollar.").as_deref(), Some("-1"));
+        assert_eq!(math_answer("so x = \u{2212}3").as_deref(), Some("-3"));
+        assert!(math_equal("\u{2212}\\frac{1}{2}", "-\\frac12"));
+        assert!(!math_equal("\u{2212}1", "1"));
+    }
+
+    #[test]
+    fn unbraced_box_keeps_an_escaped_dollar() {
+        assert_eq!(last_boxed("$\\boxed \\$18.90$").as_deref(), Some("\\$18.90"));
+        assert!(math_equal(&math_answer("$\\boxed \\$18.90$").unwrap(), "18.9"));
+    }
+
+    #[test]
+    fn a_number_may_start_with_its_point() {
+        assert_eq!(math_answer("The probability is $.3$").as_deref(), Some("0.3"));
+        assert_eq!(numbers("-.25 and x.5"), vec!["-0.25"]);
+        assert!(!math_equal("$.3$", "3"));
+    }
+
+    #[test]
+    fn matrix_row_breaks_survive_normalisation() {
+        let spaced = "\\begin{pmatrix} 1 \\\\ -2 \\end{pmatrix}";
+        let tight = "\\begin{pmatrix}1\\\\-2\\end{pmatrix}";
+        assert!(math_equal(spaced, tight), "{:?} vs {:?}", normalize_math(spaced), normalize_math(tight));
+        assert!(!math_equal(spaced, "\\begin{pmatrix}1-2\\end{pmatrix}"));
+        assert!(!math_equal("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}12\\end{pmatrix}"));
+        // A doubly escaped command is still the command.
+        assert!(math_equal("\\\\frac{1}{2}", "\\frac12"));
+    }
+
+    #[test]
+    fn unreduced_fractions_are_not_the_answer() {
+        assert!(!math_equal("\\frac{2}{4}", "\\frac12"));
+        assert!(!math_equal("\\frac{2}{4}", "0.5"));
+        assert!(math_equal("\\frac{1}{2}", "0.5"));
+        assert!(math_equal("\\frac{-1}{2}", "-0.5"));
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct SandboxOptions {
     pub max_open_files: u64,
     /// Interpreter: a bare name is looked up on the sandbox PATH (`/usr/local/bin:/usr/bin:/bin`).
     pub python: PathBuf,
+    /// A line the program must write on stdout to pass: proof that it ran to its end ([`end_marker`]).
+    pub end_marker: Option<String>,
 }
 
 impl Default for SandboxOptions {
@@ -85,6 +87,7 @@ impl Default for SandboxOptions {
             max_file_bytes: 16 << 20,
             max_open_files: 256,
             python: PathBuf::from("python3"),
+            end_marker: None,
         }
     }
 }
@@ -116,7 +119,23 @@ const KILL_GRACE: Duration = Duration::from_secs(1);
 /// How long to wait for the last output once the program is gone.
 const DRAIN_GRACE: Duration = Duration::from_millis(200);
 
-/// Runs one Python program; passed = exit status 0 within the time limit.
+/// A random line for [`SandboxOptions::end_marker`], drawn from the OS so that no program text can know it.
+pub fn end_marker() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let drawn = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if drawn.is_err() {
+        // No /dev/urandom: the clock's nanoseconds mixed by the std hasher's per-process random keys.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        bytes[..8].copy_from_slice(&h.finish().to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("l2d-tests-done-{hex}")
+}
+
+/// Runs one Python program; passed = exit status 0 within the time limit (and the end marker, if one is set).
 pub fn run_program(code: &str, opts: &SandboxOptions) -> Result<RunOutcome> {
     let iso = isolation();
     let python = resolve_python(&opts.python)?;
@@ -448,7 +467,13 @@ fn classify(
             "the sandbox supervisor ended without reporting".to_string(),
         ),
         Some((wait, _)) if libc::WIFEXITED(wait) && libc::WEXITSTATUS(wait) == 0 => {
-            ("passed", String::new())
+            match &opts.end_marker {
+                Some(m) if !marker_written(out, m) => (
+                    "failed",
+                    "exit status 0 before the tests ran to their end (no end marker on stdout)".to_string(),
+                ),
+                _ => ("passed", String::new()),
+            }
         }
         Some((wait, _)) if libc::WIFEXITED(wait) => {
             ("failed", format!("exit status {}", libc::WEXITSTATUS(wait)))
@@ -483,6 +508,11 @@ fn classify(
         detail,
         duration,
     }
+}
+
+/// Whether `marker` is a whole line of the program's stdout (its last 64 KiB).
+fn marker_written(out: &Tail, marker: &str) -> bool {
+    String::from_utf8_lossy(out.bytes()).lines().any(|l| l == marker)
 }
 
 fn signal_name(sig: i32) -> String {

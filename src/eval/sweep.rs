@@ -5,22 +5,26 @@
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::sandbox::SandboxOptions;
-use super::score::{self, Example, GenerationStats, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT};
-use super::tasks::{build_messages, select_shots, Dataset, Item, Task};
-use crate::config::Config;
+use super::score::{
+    self, Example, GenerationStats, LeftOut, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT,
+};
+use super::tasks::{build_messages, is_shot, select_shots, Check, Dataset, Item, Task};
+use super::{identity, Protocol};
+use crate::config::{Config, X1Schedule};
 use crate::data::tokenizer::Tokenizer;
 use crate::l2d::checkpoint::{self, BaseIdentity};
 use crate::l2d::sampler::{L2dHead, SamplerOptions};
 use crate::l2d::L2d;
 use crate::model::Llama;
+use crate::progress::{Progress, ProgressMode};
 use crate::runtime;
-use crate::sampling::generate::{decode, prefill, BaseLm, Finish, GenerateOptions, NextTokenLogits};
+use crate::sampling::generate::{decode, prefill_masked, BaseLm, Finish, GenerateOptions, NextTokenLogits};
 use crate::sampling::ode::Solver;
 use crate::sampling::TokenSampler;
 
@@ -82,13 +86,31 @@ pub fn plans(cfg: &Config, has_l2d: bool) -> Result<Vec<Plan>> {
     Ok(out)
 }
 
-/// A benchmark ready to prompt: its items (after `eval.limit`) and shot pool.
+/// The reference's `max_seq_len`: paper-protocol items whose prompt and gold answer together have
+/// more tokens are dropped, as every reference processor drops them (`tasks/gsm8k.py:79-80`).
+pub const PAPER_MAX_SEQ_LEN: usize = 2048;
+
+/// One item's prompt as the model sees it.
+struct Prompt {
+    text: String,
+    ids: Vec<i64>,
+}
+
+/// A benchmark ready to prompt: its items, shot pool and, once [`TaskData::prepare`]d, the prompts of
+/// the items kept (shots and over-long items out, then `eval.limit`).
 struct TaskData {
     task: Task,
     dataset: Dataset,
+    /// The shot split; none draws shots from `dataset` itself (before any item is left out).
     shots: Option<Dataset>,
     class: Option<i64>,
+    /// One per item of `dataset`, once prepared.
+    prompts: Vec<Prompt>,
+    /// Items left out and why, once prepared.
+    left_out: LeftOut,
 }
+
+
 
 impl TaskData {
     fn load(name: &str, cfg: &Config) -> Result<TaskData> {
@@ -100,16 +122,64 @@ impl TaskData {
         if t.data.is_empty() {
             crate::bail_usage!("{key}.data: missing (the file or directory of the task's items)");
         }
-        let mut dataset = Dataset::load(task, Path::new(&t.data), &format!("{key}.data"))?;
-        if cfg.eval.limit > 0 {
-            dataset = dataset.first(cfg.eval.limit);
-        }
+        let dataset = Dataset::load(task, Path::new(&t.data), &format!("{key}.data"))?;
         let shots = match &t.shots {
             Some(p) => Some(Dataset::load(task, Path::new(p), &format!("{key}.shots"))?),
             None => None,
         };
         let class = cfg.eval.class_map.get(name).copied().or(cfg.l2d.guidance_class);
-        Ok(TaskData { task, dataset, shots, class })
+        Ok(TaskData { task, dataset, shots, class, prompts: Vec::new(), left_out: LeftOut::default() })
+    }
+
+    /// Renders and tokenizes the prompts, in dataset order, until `limit` items are kept; leaves out
+    /// (paper protocol) the items that are shots and those longer than [`PAPER_MAX_SEQ_LEN`].
+    fn prepare(&mut self, cfg: &Config, protocol: Protocol, tokenizer: &Tokenizer, max_pos: usize) -> Result<()> {
+        let num_shots = cfg.eval.num_shots.unwrap_or(self.task.num_shots(protocol));
+        let pool = self.shots.as_ref().unwrap_or(&self.dataset);
+        let limit = cfg.eval.limit.unwrap_or(usize::MAX);
+        let mut kept = Vec::new();
+        let mut left_out = LeftOut::default();
+        for item in &self.dataset.items {
+            if kept.len() == limit {
+                break;
+            }
+            let shots = select_shots(protocol, self.task, item, &pool.items, num_shots);
+            if is_shot(protocol, self.task, item, &shots) {
+                left_out.shots += 1;
+                continue;
+            }
+            let text = tokenizer.render_prompt(&build_messages(protocol, self.task, item, &shots))?;
+            let ids = tokenizer.encode(&text, false)?;
+            if protocol == Protocol::Paper && ids.len() + tokenizer.encode(gold_text(item), false)?.len() > PAPER_MAX_SEQ_LEN {
+                left_out.too_long += 1;
+                continue;
+            }
+            if ids.len() >= max_pos {
+                crate::bail_usage!(
+                    "eval.tasks.{}: item {}: the prompt has {} tokens ({num_shots} shots), more than the model's \
+                     {max_pos} positions; lower eval.num_shots",
+                    self.task.name(),
+                    item.id,
+                    ids.len()
+                );
+            }
+            kept.push((item.id.clone(), Prompt { text, ids }));
+        }
+        if kept.is_empty() {
+            crate::bail_usage!(
+                "eval.tasks.{}: no item left to evaluate: {} are shots of the others and {} have prompt + answer \
+                 over {PAPER_MAX_SEQ_LEN} tokens ({} shots); lower eval.num_shots",
+                self.task.name(),
+                left_out.shots,
+                left_out.too_long,
+                num_shots
+            );
+        }
+        let ids: HashSet<String> = kept.iter().map(|(id, _)| id.clone()).collect();
+        self.dataset = std::mem::replace(&mut self.dataset, Dataset::empty(self.task)).retain(|item| ids.contains(&item.id));
+        self.prompts = kept.into_iter().map(|(_, p)| p).collect();
+        self.left_out = left_out;
+        Ok(())
     }
 
     /// Checks the task's guidance class against the checkpoint's classes.
@@ -125,10 +195,20 @@ impl TaskData {
         Ok(())
     }
 
-    fn prompt(&self, item: &Item, num_shots: usize, tokenizer: &Tokenizer) -> Result<Vec<i64>> {
-        let pool = self.shots.as_ref().unwrap_or(&self.dataset);
-        let shots = select_shots(self.task, item, &pool.items, num_shots);
-        tokenizer.encode_chat(&build_messages(self.task, item, &shots))
+}
+
+impl TaskData {
+    /// The prompt of a kept item.
+    fn prompt_of(&self, id: &str) -> &Prompt {
+        &self.prompts[self.dataset.position(id).expect("journalled items are kept items")]
+    }
+}
+
+/// The gold answer the reference tokenizes for its length filter: the letter, else the dataset's answer.
+fn gold_text(item: &Item) -> &str {
+    match item.check {
+        Check::Choice { .. } => &item.reference,
+        _ => &item.solution,
     }
 }
 
@@ -158,6 +238,9 @@ struct Line {
 struct ScoredLine<'a> {
     #[serde(flatten)]
     line: &'a Line,
+    /// The whole prompt as rendered, and its token ids: what the model saw.
+    prompt_text: &'a str,
+    prompt_ids: &'a [i64],
     prompt: String,
     reference: String,
     #[serde(flatten)]
@@ -258,10 +341,9 @@ impl Engine {
         Ok(Engine { model, tokenizer, l2d, identity, l2d_identity })
     }
 
-    fn head(&self, plan: &Plan, class: Option<i64>, weight: f64) -> Result<Box<dyn NextTokenLogits + '_>> {
-        match (&plan.sampler, &self.l2d) {
-            (Some(opts), Some(l2d)) => {
-                let mut opts = opts.clone();
+    fn head(&self, sampler: Option<SamplerOptions>, class: Option<i64>, weight: f64) -> Result<Box<dyn NextTokenLogits + '_>> {
+        match (sampler, &self.l2d) {
+            (Some(mut opts), Some(l2d)) => {
                 opts.guidance = class.map(|c| (c, weight));
                 Ok(Box::new(L2dHead::new(&self.model, l2d, opts)?))
             }
@@ -274,8 +356,8 @@ impl Engine {
 pub struct SweepOutput {
     /// Run directory: `report.json`, `report.md`, `examples.jsonl`.
     pub dir: PathBuf,
-    /// Whether to show a progress bar on stderr.
-    pub progress: bool,
+    /// How generation shows its progress.
+    pub progress: ProgressMode,
 }
 
 /// Generates, scores and reports every configured task under every planned setting.
@@ -283,23 +365,29 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
     if cfg.eval.tasks.is_empty() {
         crate::bail_usage!("eval.tasks: no task configured (add e.g. [eval.tasks.gsm8k] data = \"test.jsonl\")");
     }
-    let tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
+    let protocol: Protocol = cfg.eval.protocol.parse().map_err(|e: String| crate::error::usage(format!("eval.protocol: {e}")))?;
+    let mut tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
     let engine = Engine::load(cfg)?;
+    let max_pos = engine.model.config.max_position_embeddings as usize;
+    for data in &mut tasks {
+        data.prepare(cfg, protocol, &engine.tokenizer, max_pos)?;
+    }
     let plans = plans(cfg, engine.l2d.is_some())?;
     for data in &tasks {
         data.check_class(engine.l2d.as_ref())?;
     }
-    std::fs::create_dir_all(&out.dir)
-        .map_err(|e| crate::error::usage(format!("--out: cannot create {}: {e}", out.dir.display())))?;
+    crate::io::create_output_dir(&out.dir).context("--out")?;
+    crate::io::remove_staging_debris(&out.dir)?; // temporary files of a killed run
     let journal_path = out.dir.join(EXAMPLES);
     let mut done: BTreeMap<Key, Line> = read_journal(&journal_path)?.into_iter().map(|l| (key(&l), l)).collect();
+    identity::check_or_record(&out.dir, &run_identity(cfg, protocol, &engine, &tasks)?, !done.is_empty())?;
     let mut journal = Journal::open(&journal_path, &done.values().cloned().collect::<Vec<_>>())?;
     let resumed = done.len();
     if resumed > 0 {
         tracing::info!("resuming: {resumed} completions already in {}", journal_path.display());
     }
     for data in &tasks {
-        generate_task(cfg, &engine, data, &plans, &mut done, &mut journal, out.progress)?;
+        generate_task(cfg, protocol, &engine, data, &plans, &mut done, &mut journal, out.progress)?;
     }
     let workers = cfg.eval.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut results = Vec::new();
@@ -310,14 +398,15 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
                 .values()
                 .filter(|l| l.task == data.task.name() && l.setting == plan.setting.label)
                 .collect();
-            let (entry, examples) = score_setting(data, plan, &lines, workers);
+            let (entry, examples) = score_setting(data, plan, &lines, protocol, workers);
             results.push(entry);
-            scored_lines.extend(lines.into_iter().zip(examples));
+            scored_lines.extend(lines.into_iter().zip(examples).map(|(line, e)| (data, line, e)));
         }
     }
     let report = Report {
         format: REPORT_FORMAT,
         version: 1,
+        protocol,
         model: Some(engine.identity.clone()),
         l2d: engine.l2d_identity.clone(),
         config: Some(serde_json::to_value(cfg)?),
@@ -325,24 +414,61 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
     };
     let lines: Vec<ScoredLine> = scored_lines
         .into_iter()
-        .map(|(line, e)| ScoredLine { line, prompt: e.prompt, reference: e.reference, verdict: e.verdict })
+        .map(|(data, line, e)| {
+            let prompt = data.prompt_of(&line.task_id);
+            ScoredLine {
+                line,
+                prompt_text: &prompt.text,
+                prompt_ids: &prompt.ids,
+                prompt: e.prompt,
+                reference: e.reference,
+                verdict: e.verdict,
+            }
+        })
         .collect();
     score::write_outputs(&out.dir, &report, &lines)?;
     crate::io::write_atomic(&out.dir.join("report.md"), markdown(&report).as_bytes())?;
     Ok(report)
 }
 
+/// What makes the run's completions what they are: the protocol, the model and checkpoint, every
+/// generation, L2D and eval setting (not `batch_size`, `workers` or `out`, which change no
+/// completion's meaning), and a hash of each task's prompts.
+fn run_identity(cfg: &Config, protocol: Protocol, engine: &Engine, tasks: &[TaskData]) -> Result<serde_json::Value> {
+    let mut eval = serde_json::to_value(&cfg.eval)?;
+    if let Some(map) = eval.as_object_mut() {
+        for transient in ["batch_size", "workers", "out"] {
+            map.remove(transient);
+        }
+    }
+    let prompts: serde_json::Map<String, serde_json::Value> = tasks
+        .iter()
+        .map(|t| (t.task.name().to_string(), identity::prompts_sha256(t.prompts.iter().map(|p| p.ids.as_slice())).into()))
+        .collect();
+    Ok(serde_json::json!({
+        "protocol": protocol,
+        "model": engine.identity,
+        "l2d": engine.l2d_identity,
+        "generate": cfg.generate,
+        "l2d_config": cfg.l2d,
+        "eval": eval,
+        "prompts_sha256": prompts,
+    }))
+}
+
 /// One batch of prompts: the (item, sample) pairs it answers.
 type Unit = (usize, usize);
 
+#[allow(clippy::too_many_arguments)]
 fn generate_task(
     cfg: &Config,
+    protocol: Protocol,
     engine: &Engine,
     data: &TaskData,
     plans: &[Plan],
     done: &mut BTreeMap<Key, Line>,
     journal: &mut Journal,
-    progress: bool,
+    progress: ProgressMode,
 ) -> Result<()> {
     let task = data.task;
     let items = &data.dataset.items;
@@ -351,52 +477,45 @@ fn generate_task(
         !done.contains_key(&k)
     };
     let units: Vec<Unit> = (0..items.len())
-        .flat_map(|i| (0..cfg.eval.samples).map(move |s| (i, s)))
+        .flat_map(|i| (0..samples_per_item(cfg, protocol, task)).map(move |s| (i, s)))
         .filter(|u| plans.iter().any(|p| missing(u, p, done)))
         .collect();
     if units.is_empty() {
         return Ok(());
     }
-    let num_shots = cfg.eval.num_shots.unwrap_or(task.num_shots());
-    let max_pos = engine.model.config.max_position_embeddings as usize;
-    let mut prompts: HashMap<usize, Vec<i64>> = HashMap::new();
-    for &(i, _) in &units {
-        if let std::collections::hash_map::Entry::Vacant(slot) = prompts.entry(i) {
-            let ids = data.prompt(&items[i], num_shots, &engine.tokenizer)?;
-            if ids.len() >= max_pos {
-                crate::bail_usage!(
-                    "eval.tasks.{}: item {}: the prompt has {} tokens ({num_shots} shots), more than the model's \
-                     {max_pos} positions; lower eval.num_shots",
-                    task.name(),
-                    items[i].id,
-                    ids.len()
-                );
-            }
-            slot.insert(ids);
-        }
-    }
+    let prompts = &data.prompts;
     // Longest first: similar lengths batch with little padding, and memory peaks early.
     let mut order = units;
-    order.sort_by_key(|&(i, s)| (std::cmp::Reverse(prompts[&i].len()), i, s));
+    order.sort_by_key(|&(i, s)| (std::cmp::Reverse(prompts[i].ids.len()), i, s));
     let g = &cfg.generate;
     let opts = GenerateOptions {
         sampler: TokenSampler { temperature: g.temperature, top_k: g.top_k as i64, top_p: g.top_p },
         max_new_tokens: cfg.eval.max_new_tokens.unwrap_or(task.max_new_tokens()),
         min_new_tokens: g.min_new_tokens,
         stop_strings: g.stop.clone(),
-        eos_ids: engine.tokenizer.eos_ids.clone(),
+        // The reference stops at the tokenizer's eos token only; l2d at every id generation_config.json lists.
+        eos_ids: match (protocol, engine.tokenizer.eos_token_id) {
+            (Protocol::Paper, Some(id)) => vec![id],
+            _ => engine.tokenizer.eos_ids.clone(),
+        },
         pad_id: engine.tokenizer.pad_id,
+    };
+    let masked: Vec<i64> = match (mask_prompt_pad(cfg, protocol), engine.tokenizer.reference_pad_id()) {
+        (true, Some(id)) => vec![id],
+        _ => Vec::new(),
     };
     let mut heads = plans
         .iter()
-        .map(|p| engine.head(p, data.class, cfg.l2d.guidance_weight))
+        .map(|p| engine.head(p.sampler.as_ref().map(|o| task_sampler(protocol, task, o)), data.class, cfg.l2d.guidance_weight))
         .collect::<Result<Vec<_>>>()?;
-    let bar = progress_bar(progress, (order.len() * plans.len()) as u64, task.name());
+    let per_setting = order.len() as u64;
+    let mut progress = Progress::new(progress, format!("eval {}", task.name()), "completions", per_setting * plans.len() as u64, 0);
+    let mut new_tokens = 0usize;
     for batch in order.chunks(cfg.eval.batch_size) {
-        let batch_prompts: Vec<Vec<i64>> = batch.iter().map(|(i, _)| prompts[i].clone()).collect();
-        let state = prefill(&engine.model, &batch_prompts, &opts)?;
+        let batch_prompts: Vec<Vec<i64>> = batch.iter().map(|&(i, _)| prompts[i].ids.clone()).collect();
+        let state = prefill_masked(&engine.model, &batch_prompts, &opts, &masked)?;
         for (plan, head) in plans.iter().zip(heads.iter_mut()) {
-            bar.inc(batch.len() as u64);
+            progress.inc(batch.len() as u64);
             if !batch.iter().any(|u| missing(u, plan, done)) {
                 continue;
             }
@@ -422,11 +541,48 @@ fn generate_task(
                 })
                 .collect();
             journal.append(&lines)?;
+            new_tokens += lines.iter().map(|l| l.new_tokens).sum::<usize>();
+            let message = format!(
+                "{} settings of {per_setting} completions each, {:.1} new tokens/s",
+                plans.len(),
+                new_tokens as f64 / progress.elapsed_s().max(1e-9)
+            );
+            progress.update(progress.done(), message);
             done.extend(lines.into_iter().map(|l| (key(&l), l)));
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     Ok(())
+}
+
+/// Completions per item: `eval.samples`, else the protocol's (paper: n = 10 for code, as
+/// `cfgs/benchmark_code.cfg:8`, and 1 otherwise; clean: 1).
+fn samples_per_item(cfg: &Config, protocol: Protocol, task: Task) -> usize {
+    match (cfg.eval.samples, protocol) {
+        (Some(n), _) => n,
+        (None, Protocol::Paper) if task.is_code() => 10,
+        (None, _) => 1,
+    }
+}
+
+/// Whether prompt pad tokens are kept out of attention: `eval.mask_prompt_pad`, else on in the paper protocol.
+fn mask_prompt_pad(cfg: &Config, protocol: Protocol) -> bool {
+    cfg.eval.mask_prompt_pad.unwrap_or(protocol == Protocol::Paper)
+}
+
+/// The L2D sampler of a task: in the paper protocol the reference's per-task `x1_hat` (argmax, the
+/// model configs' `nstep_temperature_schedule = 0.0`, for answer tasks; `polynomial_1_1.0` for code,
+/// `scripts/run_bench_full.sh:15`); in the clean protocol `[l2d]` as configured.
+fn task_sampler(protocol: Protocol, task: Task, opts: &SamplerOptions) -> SamplerOptions {
+    let mut opts = opts.clone();
+    if protocol == Protocol::Paper {
+        (opts.x1_temperature, opts.x1_schedule) = if task.is_code() {
+            (1.0, X1Schedule::Polynomial { power: 1.0, end: 1.0 })
+        } else {
+            (0.0, X1Schedule::Constant)
+        };
+    }
+    opts
 }
 
 /// A seed per batch and setting, so that reruns of the same batch draw the same tokens.
@@ -438,25 +594,17 @@ fn batch_seed(seed: u64, task: Task, label: &str, first_id: &str, sample: usize)
     (h >> 1) as i64
 }
 
-fn progress_bar(show: bool, len: u64, task: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} completions, ETA {eta}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(task.to_string());
-    bar
-}
-
 /// Scores the completions of one task under one setting (in dataset order) and sums their cost.
-fn score_setting(data: &TaskData, plan: &Plan, lines: &[&Line], workers: usize) -> (ResultEntry, Vec<Example>) {
+fn score_setting(
+    data: &TaskData,
+    plan: &Plan,
+    lines: &[&Line],
+    protocol: Protocol,
+    workers: usize,
+) -> (ResultEntry, Vec<Example>) {
     let samples: Vec<Sample> =
         lines.iter().map(|l| Sample { task_id: l.task_id.clone(), completion: l.completion.clone() }).collect();
-    let scored = score::score(&data.dataset, &samples, &SandboxOptions::default(), workers);
+    let scored = score::score(&data.dataset, &samples, protocol, &SandboxOptions::default(), workers);
     let tokens: usize = lines.iter().map(|l| l.new_tokens).sum();
     let wall_s: f64 = lines.iter().map(|l| l.decode_s).sum();
     let mut setting = plan.setting.clone();
@@ -465,7 +613,8 @@ fn score_setting(data: &TaskData, plan: &Plan, lines: &[&Line], workers: usize) 
         setting.evals_per_token = lines.iter().map(|l| l.evals_per_token).fold(None, |_, e| Some(e));
     }
     let generation = GenerationStats { tokens, tokens_per_s: if wall_s > 0.0 { tokens as f64 / wall_s } else { 0.0 }, wall_s };
-    (ResultEntry { setting, generation: Some(generation), report: scored.report }, scored.examples)
+    let left_out = Some(data.left_out);
+    (ResultEntry { setting, generation: Some(generation), left_out, report: scored.report }, scored.examples)
 }
 
 /// `report.md`: the table of every task and setting with intervals and cost.
@@ -486,5 +635,32 @@ pub fn markdown(report: &Report) -> String {
             r.task, r.setting, r.evals, r.metric, s.value, s.ci95[0], s.ci95[1], s.stderr, s.n, r.tokens_per_s
         );
     }
-    out
+    out + &score::left_out_notes(&report.results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::L2dConfig;
+
+    #[test]
+    fn paper_x1_is_argmax_for_answers_and_polynomial_for_code() {
+        let configured = SamplerOptions::from_config(&L2dConfig::default()).unwrap();
+        let answer = task_sampler(Protocol::Paper, Task::Gsm8k, &configured);
+        assert_eq!((answer.x1_temperature, answer.x1_schedule), (0.0, X1Schedule::Constant));
+        let code = task_sampler(Protocol::Paper, Task::Mbpp, &configured);
+        assert_eq!((code.x1_temperature, code.x1_schedule), (1.0, X1Schedule::Polynomial { power: 1.0, end: 1.0 }));
+        let clean = task_sampler(Protocol::Clean, Task::Mbpp, &configured);
+        assert_eq!((clean.x1_temperature, clean.x1_schedule), (configured.x1_temperature, configured.x1_schedule));
+    }
+
+    #[test]
+    fn paper_draws_ten_code_samples_unless_told() {
+        let mut cfg = Config::default();
+        assert_eq!(samples_per_item(&cfg, Protocol::Paper, Task::HumanEval), 10);
+        assert_eq!(samples_per_item(&cfg, Protocol::Paper, Task::Gsm8k), 1);
+        assert_eq!(samples_per_item(&cfg, Protocol::Clean, Task::HumanEval), 1);
+        cfg.eval.samples = Some(3);
+        assert_eq!(samples_per_item(&cfg, Protocol::Paper, Task::HumanEval), 3);
+    }
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::extract;
 use super::records::{read_records, Record};
+use super::Protocol;
 use crate::data::chat::Message;
 
 /// A benchmark.
@@ -64,9 +65,10 @@ impl Task {
         }
     }
 
-    /// Worked examples shown before each question; HumanEval has no split to draw them from.
-    pub fn num_shots(self) -> usize {
-        if self == Task::HumanEval {
+    /// Worked examples shown before each question: 5; in the clean protocol HumanEval has none, as it
+    /// has no split to draw them from (the paper's draws HumanEval/0-4 and skips them as questions).
+    pub fn num_shots(self, protocol: Protocol) -> usize {
+        if self == Task::HumanEval && protocol == Protocol::Clean {
             0
         } else {
             5
@@ -92,7 +94,10 @@ impl Task {
             Task::Math => "problem, solution (with \\boxed{}); optional answer, level, type",
             Task::Mmlu => "question, subject, choices (list), answer (0-3); or CSV rows question,A,B,C,D,letter",
             Task::MmluPro => "question, options (list), answer (letter), category; optional question_id, cot_content",
-            Task::HumanEval => "task_id, prompt, canonical_solution, test, entry_point",
+            Task::HumanEval => {
+                "task_id, prompt, canonical_solution, test, entry_point (openai_humaneval); \
+                 instructhumaneval adds signature, docstring, context, instruction"
+            }
             Task::Mbpp => "task_id, text, code, test_list (list); optional test_setup_code",
         }
     }
@@ -135,6 +140,10 @@ pub enum Check {
         test: String,
         /// The function under test.
         entry_point: String,
+        /// instructhumaneval's user turn: "Write a function {signature} to solve the following problem:\n{docstring}".
+        instruction: String,
+        /// instructhumaneval's assistant turn: the prompt's imports and helpers up to the `def` line.
+        context: String,
     },
     /// MBPP: setup + completion + the asserts must run cleanly.
     Mbpp {
@@ -196,11 +205,21 @@ impl Dataset {
         Ok(Dataset { task, source: path.display().to_string(), items, index })
     }
 
-    /// The first `n` items only (a quick run over part of a benchmark).
-    pub fn first(mut self, n: usize) -> Dataset {
-        self.items.truncate(n);
-        self.index.retain(|_, &mut i| i < n);
+    /// A dataset of no items (a placeholder while one is rebuilt).
+    pub fn empty(task: Task) -> Dataset {
+        Dataset { task, source: String::new(), items: Vec::new(), index: HashMap::new() }
+    }
+
+    /// The items for which `keep` holds, in order.
+    pub fn retain(mut self, keep: impl Fn(&Item) -> bool) -> Dataset {
+        self.items.retain(keep);
+        self.index = self.items.iter().enumerate().map(|(i, item)| (item.id.clone(), i)).collect();
         self
+    }
+
+    /// Where the item with this id is in `items`.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
     }
 
     /// The item with this id.
@@ -212,38 +231,99 @@ impl Dataset {
 // ---------------------------------------------------------------- prompts
 
 /// Up to `k` shots for `item` from `pool` (the task's shot split), per spec §10
-/// (`k` = [`Task::num_shots`] in the paper's protocol).
+/// (`k` = [`Task::num_shots`] by default).
 ///
 /// GSM8K: the first five; MATH: five evenly spaced; MMLU / MMLU-Pro: the first five of the same
-/// subject or category; MBPP: the first five with task ids 1–10; HumanEval: none. An item never
-/// serves as its own shot. Fewer come back when the pool has fewer that fit.
-pub fn select_shots<'a>(task: Task, item: &Item, pool: &'a [Item], k: usize) -> Vec<&'a Item> {
+/// subject or category; MBPP: the first five with task ids 1–10; HumanEval: none (clean) or the
+/// first five (paper). Clean: an item never serves as its own shot, and MATH spaces the shots over
+/// what remains. Paper: as the reference, `pool[i * (len / k)]` for MATH and no exclusion (the
+/// reference skips a HumanEval or MBPP item that is a shot instead, see [`is_shot`]).
+/// Fewer come back when the pool has fewer that fit.
+pub fn select_shots<'a>(protocol: Protocol, task: Task, item: &Item, pool: &'a [Item], k: usize) -> Vec<&'a Item> {
     let fits = |s: &Item| match task {
         Task::Mmlu | Task::MmluPro => s.group == item.group,
         Task::Mbpp => s.id.parse::<u32>().is_ok_and(|id| (1..=10).contains(&id)),
         _ => true,
     };
-    let eligible: Vec<&Item> = pool.iter().filter(|s| s.question != item.question && fits(s)).collect();
+    let own = |s: &Item| protocol == Protocol::Clean && s.question == item.question;
+    let eligible: Vec<&Item> = pool.iter().filter(|s| !own(s) && fits(s)).collect();
     let k = k.min(eligible.len());
-    match task {
-        Task::Math => (0..k).map(|i| eligible[i * eligible.len() / k]).collect(),
+    match (task, protocol) {
+        (Task::Math, Protocol::Clean) => (0..k).map(|i| eligible[i * eligible.len() / k]).collect(),
+        (Task::Math, Protocol::Paper) => (0..k).map(|i| eligible[i * (eligible.len() / k)]).collect(),
         _ => eligible[..k].to_vec(),
     }
 }
 
-/// The chat for `item`: each shot as a user turn and its worked answer, then the question; no system prompt.
-pub fn build_messages(task: Task, item: &Item, shots: &[&Item]) -> Vec<Message> {
-    let mut messages = Vec::with_capacity(2 * shots.len() + 1);
+/// Whether `item` is one of its own `shots` by its user turn: the paper's protocol skips such
+/// HumanEval and MBPP items (`tasks/humaneval.py:128-129`, `tasks/mbpp.py:59-60`), leaving 159 of
+/// HumanEval's 164 problems.
+pub fn is_shot(protocol: Protocol, task: Task, item: &Item, shots: &[&Item]) -> bool {
+    protocol == Protocol::Paper
+        && task.is_code()
+        && shots.iter().any(|s| user_turn(protocol, task, s) == user_turn(protocol, task, item))
+}
+
+/// The chat for `item`: each shot as a user turn and its worked answer, then the question; no system
+/// prompt. Paper HumanEval ends with a partial assistant turn (the `def` line) that the model continues.
+pub fn build_messages(protocol: Protocol, task: Task, item: &Item, shots: &[&Item]) -> Vec<Message> {
+    let mut messages = Vec::with_capacity(2 * shots.len() + 2);
     for shot in shots {
-        messages.push(Message::new("user", user_turn(task, shot)));
-        messages.push(Message::new("assistant", assistant_turn(task, shot)));
+        messages.push(Message::new("user", user_turn(protocol, task, shot)));
+        messages.push(Message::new("assistant", assistant_turn(protocol, task, shot)));
     }
-    messages.push(Message::new("user", user_turn(task, item)));
+    messages.push(Message::new("user", user_turn(protocol, task, item)));
+    if let (Protocol::Paper, Check::HumanEval { context, .. }) = (protocol, &item.check) {
+        messages.push(Message::new("assistant", context.clone()));
+    }
     messages
 }
 
 /// What the user says for `item`.
-pub fn user_turn(task: Task, item: &Item) -> String {
+pub fn user_turn(protocol: Protocol, task: Task, item: &Item) -> String {
+    match protocol {
+        Protocol::Paper => paper_user_turn(task, item),
+        Protocol::Clean => clean_user_turn(task, item),
+    }
+}
+
+/// What the assistant answers when `item` is a shot.
+pub fn assistant_turn(protocol: Protocol, task: Task, item: &Item) -> String {
+    match protocol {
+        Protocol::Paper => paper_assistant_turn(task, item),
+        Protocol::Clean => clean_assistant_turn(task, item),
+    }
+}
+
+/// The reference's user turns (`tasks/*.py`): MMLU's jinja2 template `Question:\n{q}\nChoices:\n` +
+/// `L. choice\n` per option + `\nAnswer:`; MMLU-Pro's the same without `\nAnswer:` (jinja2 drops the
+/// template's final newline); MBPP's docstring block with the first test; HumanEval's instruction.
+fn paper_user_turn(task: Task, item: &Item) -> String {
+    match (task, &item.check) {
+        (Task::Mmlu | Task::MmluPro, _) => {
+            let choices: String = item.options.iter().enumerate().map(|(i, o)| format!("{}. {o}\n", letter(i))).collect();
+            let answer = if task == Task::Mmlu { "\nAnswer:" } else { "" };
+            format!("Question:\n{}\nChoices:\n{choices}{answer}", item.question)
+        }
+        (Task::HumanEval, Check::HumanEval { instruction, .. }) => instruction.clone(),
+        (Task::Mbpp, Check::Mbpp { tests, .. }) => {
+            format!("\"\"\"\n{}\n{}\n\"\"\"\n", item.question, tests.first().map_or("", String::as_str))
+        }
+        _ => item.question.clone(),
+    }
+}
+
+/// The reference's shot answers: GSM8K's verbatim (calculator annotations kept), bare letters for
+/// MMLU and MMLU-Pro, HumanEval's `context + canonical_solution`, MBPP's code without fences.
+fn paper_assistant_turn(task: Task, item: &Item) -> String {
+    match (task, &item.check) {
+        (Task::Mmlu | Task::MmluPro, _) => item.reference.clone(),
+        (Task::HumanEval, Check::HumanEval { context, .. }) => format!("{context}{}", item.solution),
+        _ => item.solution.clone(),
+    }
+}
+
+fn clean_user_turn(task: Task, item: &Item) -> String {
     match (task, &item.check) {
         (Task::Mmlu | Task::MmluPro, _) => {
             let options: Vec<String> =
@@ -258,8 +338,7 @@ pub fn user_turn(task: Task, item: &Item) -> String {
     }
 }
 
-/// What the assistant answers when `item` is a shot.
-pub fn assistant_turn(task: Task, item: &Item) -> String {
+fn clean_assistant_turn(task: Task, item: &Item) -> String {
     match task {
         // `<<48/2=24>>` are calculator annotations of the dataset, not part of the reasoning.
         Task::Gsm8k => strip_calculator(&item.solution),
@@ -347,11 +426,13 @@ impl Fields<'_> {
     fn check_required(&self) -> Result<()> {
         let missing: Vec<String> =
             self.task.required().iter().filter(|n| self.get(n).is_none()).map(|n| format!("`{n}`")).collect();
+        let other = Task::ALL.into_iter().find(|&t| t != self.task && t.required().iter().all(|n| self.get(n).is_some()));
+        let found = other.map_or(String::new(), |t| format!(" (this is a {t} record: it has {})", t.required().join(", ")));
         match missing.len() {
             0 => Ok(()),
             _ if !self.rec.value.is_object() => Err(self.error("not a JSON object")),
-            1 => Err(self.error(format!("missing field {}", missing[0]))),
-            _ => Err(self.error(format!("missing fields {}", missing.join(", ")))),
+            1 => Err(self.error(format!("missing field {}{found}", missing[0]))),
+            _ => Err(self.error(format!("missing fields {}{found}", missing.join(", ")))),
         }
     }
 
@@ -499,7 +580,20 @@ fn mmlu_pro(f: &Fields, index: usize) -> Result<Item> {
 fn humaneval(f: &Fields) -> Result<Item> {
     let prompt = f.str("prompt")?;
     let solution = f.str("canonical_solution")?;
-    let check = Check::HumanEval { prompt: prompt.clone(), test: f.str("test")?, entry_point: f.str("entry_point")? };
+    let entry_point = f.str("entry_point")?;
+    let instruct_fields = ["instruction", "context"];
+    let (instruction, context) = if instruct_fields.iter().any(|n| f.get(n).is_some()) {
+        // instructhumaneval's layout: both fields as the dataset has them.
+        (f.str("instruction")?, f.str("context")?)
+    } else {
+        derive_instruct_fields(&prompt, &entry_point).ok_or_else(|| {
+            f.error(format!(
+                "field `prompt` has no line `def {entry_point}(...):` followed by a docstring, so instructhumaneval's \
+                 instruction and context cannot be derived"
+            ))
+        })?
+    };
+    let check = Check::HumanEval { prompt: prompt.clone(), test: f.str("test")?, entry_point, instruction, context };
     Ok(Item {
         id: f.required_id("task_id")?,
         question: prompt,
@@ -509,6 +603,50 @@ fn humaneval(f: &Fields) -> Result<Item> {
         group: None,
         check,
     })
+}
+
+/// instructhumaneval's `instruction` and `context` from an openai_humaneval `prompt`, by the dataset
+/// card's recipe: `context` is the prompt up to and including the entry point's `def` line (imports
+/// and helpers before it), `signature` that line without `def ` and the final `:`, `docstring` the
+/// function's docstring cleaned as `inspect.cleandoc` does, and `instruction` =
+/// `"Write a function {signature} to solve the following problem:\n{docstring}"`.
+pub fn derive_instruct_fields(prompt: &str, entry_point: &str) -> Option<(String, String)> {
+    let def = format!("def {entry_point}(");
+    let start = prompt.match_indices(&def).map(|(p, _)| p).find(|&p| p == 0 || prompt[..p].ends_with('\n'))?;
+    let line_end = prompt[start..].find('\n').map_or(prompt.len(), |n| start + n + 1);
+    let def_line = prompt[start..line_end].trim_end();
+    let signature = def_line.strip_prefix("def ")?.strip_suffix(':')?.trim();
+    let body = &prompt[line_end..];
+    let quote = ["\"\"\"", "\'\'\'"].iter().filter_map(|q| body.find(q).map(|p| (p, *q))).min()?;
+    let after = &body[quote.0 + 3..];
+    let docstring = cleandoc(&after[..after.find(quote.1)?]);
+    let instruction = format!("Write a function {signature} to solve the following problem:\n{docstring}");
+    Some((instruction, prompt[..line_end].to_string()))
+}
+
+/// Python's `inspect.cleandoc`: the first line's leading whitespace and the other lines' common
+/// indentation removed, blank lines at either end dropped.
+fn cleandoc(doc: &str) -> String {
+    let lines: Vec<&str> = doc.lines().collect();
+    let indent = lines
+        .iter()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let cleaned = if i == 0 { line.trim_start() } else { line.get(indent..).unwrap_or("") };
+        out.push(cleaned.trim_end().to_string());
+    }
+    while out.last().is_some_and(|l| l.is_empty()) {
+        out.pop();
+    }
+    while out.first().is_some_and(|l| l.is_empty()) {
+        out.remove(0);
+    }
+    out.join("\n")
 }
 
 fn mbpp(f: &Fields) -> Result<Item> {
@@ -561,12 +699,12 @@ mod tests {
             (0..20).map(|i| item(&i.to_string(), Some(if i % 2 == 0 { "even" } else { "odd" }))).collect();
         let ids = |v: Vec<&Item>| v.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
         let q = item("99", Some("odd"));
-        assert_eq!(ids(select_shots(Task::Gsm8k, &q, &pool, Task::Gsm8k.num_shots())), ["0", "1", "2", "3", "4"]);
-        assert_eq!(ids(select_shots(Task::Math, &q, &pool, Task::Math.num_shots())), ["0", "4", "8", "12", "16"]);
-        assert_eq!(ids(select_shots(Task::Mmlu, &q, &pool, Task::Mmlu.num_shots())), ["1", "3", "5", "7", "9"]);
-        assert_eq!(ids(select_shots(Task::HumanEval, &q, &pool, Task::HumanEval.num_shots())), Vec::<String>::new());
+        assert_eq!(ids(select_shots(Protocol::Clean, Task::Gsm8k, &q, &pool, Task::Gsm8k.num_shots(Protocol::Clean))), ["0", "1", "2", "3", "4"]);
+        assert_eq!(ids(select_shots(Protocol::Clean, Task::Math, &q, &pool, Task::Math.num_shots(Protocol::Clean))), ["0", "4", "8", "12", "16"]);
+        assert_eq!(ids(select_shots(Protocol::Clean, Task::Mmlu, &q, &pool, Task::Mmlu.num_shots(Protocol::Clean))), ["1", "3", "5", "7", "9"]);
+        assert_eq!(ids(select_shots(Protocol::Clean, Task::HumanEval, &q, &pool, Task::HumanEval.num_shots(Protocol::Clean))), Vec::<String>::new());
         // MBPP draws from task ids 1-10 and never shows an item as its own shot.
-        assert_eq!(ids(select_shots(Task::Mbpp, &pool[2], &pool, Task::Mbpp.num_shots())), ["1", "3", "4", "5", "6"]);
+        assert_eq!(ids(select_shots(Protocol::Clean, Task::Mbpp, &pool[2], &pool, Task::Mbpp.num_shots(Protocol::Clean))), ["1", "3", "4", "5", "6"]);
     }
 
     #[test]
@@ -574,7 +712,7 @@ mod tests {
         let mut shot = item("1", None);
         shot.solution = "2 + 2 = <<2+2=4>>4\n#### 4".into();
         let q = item("2", None);
-        let m = build_messages(Task::Gsm8k, &q, &[&shot, &shot]);
+        let m = build_messages(Protocol::Clean, Task::Gsm8k, &q, &[&shot, &shot]);
         let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["user", "assistant", "user", "assistant", "user"]);
         assert_eq!(m[1].content, "2 + 2 = 4\n#### 4");

@@ -34,6 +34,13 @@ impl BaseIdentity {
         let weights = Weights::open_dir(dir, Device::Cpu, Kind::Float)?;
         Ok(Self { config_sha256: model.config.fingerprint(), tensors_sha256: weights.checksum()? })
     }
+
+    /// The identity of the model directory `dir`, from its files alone (no model loaded).
+    pub fn of_dir(dir: &Path) -> Result<Self> {
+        let config = crate::model::ModelConfig::load(&dir.join("config.json"))?;
+        let weights = Weights::open_dir(dir, Device::Cpu, Kind::Float)?;
+        Ok(Self { config_sha256: config.fingerprint(), tensors_sha256: weights.checksum()? })
+    }
 }
 
 /// `l2d.json`.
@@ -129,8 +136,8 @@ fn check_base(ckpt: &Path, want: &BaseIdentity, model: &Llama, base_dir: &Path) 
         crate::bail_usage!(
             "--l2d {}: the checkpoint was trained on another base model (tensor checksum {} != {} of {})",
             ckpt.display(),
-            &want.tensors_sha256[..12],
-            &have.tensors_sha256[..12],
+            crate::data::shards::short(&want.tensors_sha256),
+            crate::data::shards::short(&have.tensors_sha256),
             base_dir.display()
         );
     }

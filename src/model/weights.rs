@@ -183,6 +183,11 @@ pub fn dtype_of(kind: Kind) -> Result<Dtype> {
 /// Writes named tensors as one safetensors file (atomically), with `{"format": "pt"}`
 /// metadata, which transformers requires.
 pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    crate::io::write_atomic(path, &serialize(tensors)?)
+}
+
+/// The bytes of a safetensors file holding `tensors` (their dtype kept).
+pub fn serialize(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let mut bufs = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.to_device(Device::Cpu).contiguous();
@@ -196,6 +201,5 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b)?)))
         .collect::<Result<Vec<_>>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(meta))?;
-    crate::io::write_atomic(path, &bytes)
+    Ok(safetensors::serialize(views, Some(meta))?)
 }

@@ -124,6 +124,13 @@ impl Prefill {
 
 /// Runs the main path over the left-padded prompts (token ids) and keeps its KV cache.
 pub fn prefill(model: &Llama, prompts: &[Vec<i64>], opts: &GenerateOptions) -> Result<Prefill> {
+    prefill_masked(model, prompts, opts, &[])
+}
+
+/// [`prefill`], with every prompt token whose id is in `masked` kept out of attention (as a key, for
+/// the prompt and every generated token) while keeping its position: what the reference's
+/// `attention_mask = input_ids != pad_token_id` does to a prompt's `<|eot_id|>` when pad = eos.
+pub fn prefill_masked(model: &Llama, prompts: &[Vec<i64>], opts: &GenerateOptions, masked: &[i64]) -> Result<Prefill> {
     let _guard = tch::no_grad_guard();
     let device = model.device();
     let max_pos = model.config.max_position_embeddings;
@@ -140,9 +147,20 @@ pub fn prefill(model: &Llama, prompts: &[Vec<i64>], opts: &GenerateOptions) -> R
         }
     }
     let budget = (opts.max_new_tokens as i64).min(max_pos - t);
+    if budget < opts.max_new_tokens as i64 {
+        tracing::warn!(
+            "max_new_tokens {} is more than the model's {max_pos} positions (max_position_embeddings) leave after a {t}-token prompt; capped at {budget} new tokens",
+            opts.max_new_tokens
+        );
+    }
     let (ids, valid) = left_pad(prompts, opts.pad_id, device);
     let padded = prompts.iter().any(|p| p.len() as i64 != t);
-    let key_valid = padded.then(|| valid.shallow_clone());
+    let key_valid = if masked.is_empty() {
+        padded.then(|| valid.shallow_clone())
+    } else {
+        let hidden_ids = Tensor::from_slice(masked).to_device(device);
+        Some(valid.logical_and(&Tensor::isin(&ids, &hidden_ids, false, true)))
+    };
     let positions = (valid.cumsum(1, Kind::Int64) - 1).clamp_min(0);
     let mut cache = model.new_cache(t + budget.max(0));
 

@@ -1,6 +1,8 @@
 //! Training: modes, parameter accounting, the optimizer, batching and the loop.
 
+pub mod checkpoint;
 pub mod data;
+pub mod identity;
 pub mod optim;
 pub mod run;
 pub mod tensorboard;

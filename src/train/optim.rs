@@ -5,6 +5,8 @@ use anyhow::Result;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
+use crate::config::{TrainConfig, WarmupType};
+
 /// Decoupled weight-decay Adam over named parameters.
 pub struct AdamW {
     betas: (f64, f64),
@@ -96,16 +98,37 @@ impl AdamW {
     }
 }
 
+/// Elements per slice when summing squares in f64: bounds the temporary
+/// f64 copy of a large gradient (an 8B model's embedding) to 128 MiB.
+const NORM_CHUNK: i64 = 1 << 24;
+
+/// The L2 norm of `g`, its squares summed in f64: an f32 sum over millions of
+/// elements (the stacked modulation heads' gradient) drifts by ~1e-4 relative,
+/// which moves the clipping threshold.
+pub fn l2_norm_f64(g: &Tensor) -> f64 {
+    l2_norm_f64_in_chunks(g, NORM_CHUNK)
+}
+
+fn l2_norm_f64_in_chunks(g: &Tensor, chunk: i64) -> f64 {
+    let flat = g.reshape([-1]);
+    let n = flat.size()[0];
+    let mut sum_sq = 0.0;
+    let mut start = 0;
+    while start < n {
+        let len = chunk.min(n - start);
+        sum_sq += flat.narrow(0, start, len).to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]);
+        start += len;
+    }
+    sum_sq.sqrt()
+}
+
 /// Scales gradients so that their global L2 norm is at most `max_norm` (0 = no
-/// clipping); returns the norm before clipping, as `torch.nn.utils.clip_grad_norm_`.
+/// clipping); returns the norm before clipping, as `torch.nn.utils.clip_grad_norm_`
+/// computes it but accumulated in f64.
 pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> f64 {
     let _guard = tch::no_grad_guard();
     let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).filter(|g| g.defined()).collect();
-    if grads.is_empty() {
-        return 0.0;
-    }
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
-    let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+    let total = grads.iter().map(|g| l2_norm_f64(g).powi(2)).sum::<f64>().sqrt();
     if max_norm > 0.0 {
         let coef = (max_norm / (total + 1e-6)).min(1.0);
         if coef < 1.0 {
@@ -117,13 +140,124 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> f64 {
     total
 }
 
-/// Learning rate at optimizer step `step` (0-based): linear warmup from 0, then
-/// linear decay to `final_lr` at `total` steps (transformers' linear schedule,
-/// ending at `final_lr` instead of 0).
-pub fn learning_rate(step: u64, total: u64, warmup: u64, lr: f64, final_lr: f64) -> f64 {
-    if step < warmup {
-        return lr * step as f64 / warmup.max(1) as f64;
+/// The learning-rate schedule: warmup (of [`WarmupType`]) to `lr`, then linear
+/// decay to `final_lr` at `total` steps.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Steps the schedule spans.
+    pub total: u64,
+    /// Warmup steps.
+    pub warmup: u64,
+    /// The warmup's shape.
+    pub warmup_type: WarmupType,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning rate at the end (and, for `log`, at the start).
+    pub final_lr: f64,
+}
+
+impl Schedule {
+    /// The schedule `[train]` describes over `total` steps.
+    pub fn new(t: &TrainConfig, total: u64) -> Self {
+        Self { total, warmup: t.warmup_steps, warmup_type: t.warmup_type, lr: t.lr, final_lr: t.final_lr }
     }
-    let remaining = total.saturating_sub(step) as f64 / total.saturating_sub(warmup).max(1) as f64;
-    final_lr + (lr - final_lr) * remaining.clamp(0.0, 1.0)
+
+    /// Learning rate at optimizer step `step` (0-based).
+    pub fn at(&self, step: u64) -> f64 {
+        match self.warmup_type {
+            WarmupType::Linear => self.linear_at(step),
+            WarmupType::Log => self.deepspeed_log_at(step),
+        }
+    }
+
+    /// transformers' linear schedule (warmup from 0), ending at `final_lr` instead of 0.
+    fn linear_at(&self, step: u64) -> f64 {
+        if step < self.warmup {
+            return self.lr * step as f64 / self.warmup.max(1) as f64;
+        }
+        let remaining = self.total.saturating_sub(step) as f64 / self.total.saturating_sub(self.warmup).max(1) as f64;
+        self.final_lr + (self.lr - self.final_lr) * remaining.clamp(0.0, 1.0)
+    }
+
+    /// DeepSpeed 0.16's `WarmupDecayLR(warmup_type="log")` with `warmup_min_lr =
+    /// final_lr`, `warmup_max_lr = lr`. The engine sets the LR at construction
+    /// (index -1: the min LR) and steps the scheduler after each optimizer step,
+    /// so step `s` runs at scheduler index `k = s - 1`: steps 0 and 1 both at
+    /// `final_lr`. DeepSpeed raises a warmup below 2 steps to 2.
+    fn deepspeed_log_at(&self, step: u64) -> f64 {
+        let Some(k) = step.checked_sub(1) else {
+            return self.final_lr;
+        };
+        let warmup = self.warmup.max(2);
+        let gamma = if k < warmup {
+            ((k + 1) as f64).ln() / (warmup as f64).ln()
+        } else {
+            (self.total as f64 - k as f64).max(0.0) / (self.total as f64 - warmup as f64).max(1.0)
+        };
+        self.final_lr + (self.lr - self.final_lr) * gamma
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(warmup_type: WarmupType) -> Schedule {
+        Schedule { total: 30, warmup: 5, warmup_type, lr: 1e-3, final_lr: 1e-5 }
+    }
+
+    /// Every step of a 30-step schedule with warmup 5, written out from
+    /// DeepSpeed's `_get_gamma` (log) and transformers' linear schedule.
+    #[test]
+    fn every_step_of_both_warmup_types() {
+        let (peak, fin): (f64, f64) = (1e-3, 1e-5);
+        let log = schedule(WarmupType::Log);
+        let lin = schedule(WarmupType::Linear);
+        for s in 0..30u64 {
+            let want_log = match s {
+                0 | 1 => fin,
+                _ if s - 1 < 5 => fin + (peak - fin) * (s as f64).ln() / 5f64.ln(),
+                _ => fin + (peak - fin) * (30.0 - (s - 1) as f64) / 25.0,
+            };
+            let want_lin = if s < 5 { peak * s as f64 / 5.0 } else { fin + (peak - fin) * (30 - s) as f64 / 25.0 };
+            assert!((log.at(s) - want_log).abs() <= 1e-15, "log step {s}: {} vs {want_log}", log.at(s));
+            assert!((lin.at(s) - want_lin).abs() <= 1e-15, "linear step {s}: {} vs {want_lin}", lin.at(s));
+        }
+        // Spot values a reader can check by hand.
+        assert_eq!(log.at(1), fin);
+        assert!((log.at(5) - (fin + (peak - fin) * 5f64.ln() / 5f64.ln())).abs() < 1e-18);
+        assert!((log.at(6) - peak).abs() < 1e-15, "index 5 is the first decay step, gamma (30-5)/25 = 1");
+        assert_eq!(lin.at(0), 0.0);
+    }
+
+    #[test]
+    fn log_warmup_below_two_steps_is_two_as_in_deepspeed() {
+        let s = Schedule { total: 10, warmup: 0, warmup_type: WarmupType::Log, lr: 1.0, final_lr: 0.0 };
+        assert_eq!([s.at(0), s.at(1), s.at(2), s.at(3)], [0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(s.at(9), 2.0 / 8.0);
+    }
+
+    /// The norm against a float64 reference summed in Rust, on a tensor the
+    /// shape of the small model's stacked modulation-head gradient with values
+    /// spread over six orders of magnitude.
+    #[test]
+    fn gradient_norm_matches_a_float64_reference() {
+        let n = 4 * 1536 * 256;
+        let values: Vec<f32> = (0..n)
+            .map(|i| {
+                let x = ((i as u64).wrapping_mul(2654435761) % 1_000_003) as f32 / 1_000_003.0;
+                (x - 0.5) * 10f32.powi((i % 7) as i32 - 4)
+            })
+            .collect();
+        let reference = values.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+        let g = Tensor::from_slice(&values).reshape([4, 1536, 256]);
+        let got = l2_norm_f64(&g);
+        assert!(((got - reference) / reference).abs() < 1e-9, "{got} vs {reference}");
+        let chunked = l2_norm_f64_in_chunks(&g, 100_003);
+        assert!(((chunked - reference) / reference).abs() < 1e-9, "in chunks: {chunked} vs {reference}");
+        // Summed across several tensors as the clip does.
+        let parts = [g.narrow(0, 0, 1), g.narrow(0, 1, 3)];
+        let combined = parts.iter().map(|p| l2_norm_f64(p).powi(2)).sum::<f64>().sqrt();
+        assert!(((combined - reference) / reference).abs() < 1e-9);
+    }
 }

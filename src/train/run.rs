@@ -2,8 +2,6 @@
 //! AdamW, the schedule, validation, metrics, crash-safe checkpoints and resume.
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
+use super::checkpoint::{self, Checkpoint};
 use super::data::{micro_seed, BatchPlan, Source, TrainExample};
-use super::optim::{clip_grad_norm, learning_rate, AdamW};
+use super::identity::{self, Identity};
+use super::optim::{clip_grad_norm, AdamW, Schedule};
+use crate::progress::{Progress, ProgressMode};
 use super::tensorboard::EventWriter;
 use super::Mode;
 use crate::config::Config;
@@ -30,6 +31,8 @@ pub struct Outcome {
     pub steps: u64,
     /// Whether a signal stopped the run early (a checkpoint was saved).
     pub interrupted: bool,
+    /// The last validation loss (at t ~ U(0,1) for L2D), when a valid split exists.
+    pub valid_loss: Option<f64>,
     /// The trained result (L2D checkpoint or model directory), when the run completed.
     /// A `lora` run's adapter directory is `adapter` beside its merged model.
     pub result: Option<PathBuf>,
@@ -182,18 +185,7 @@ pub fn optimizer_step(
     Ok(StepStats { loss, grad_norm })
 }
 
-/// `state.json` of a training checkpoint.
-#[derive(Debug, Serialize, Deserialize)]
-struct State {
-    step: u64,
-    total_steps: u64,
-    mode: String,
-    seed: u64,
-}
-
 const CHECKPOINTS: &str = "checkpoints";
-const METRICS: &str = "metrics.jsonl";
-const TENSORBOARD: &str = "tb";
 
 /// The training data `data.out` names (prepared shards or a pretokenized JSONL
 /// file), checked to exist; `None` when unset.
@@ -211,8 +203,9 @@ pub fn data_path(cfg: &Config) -> Result<Option<PathBuf>> {
     Ok(Some(path))
 }
 
-/// Trains as `cfg` says, writing into `out`; `resume` continues from the newest checkpoint there.
-pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> Result<Outcome> {
+/// Trains as `cfg` says, writing into `out`; `resume` continues from the
+/// newest valid checkpoint there (see [`identity`] for what it may change).
+pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, shown: ProgressMode) -> Result<Outcome> {
     super::keep_freed_memory();
     let dist = Dist::single();
     let mode = Mode::parse(&cfg.train.mode)?;
@@ -233,58 +226,69 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
     if data_path.is_dir() {
         crate::data::shards::check_tokenizer(&data_path, &base_dir)?;
     }
-    let model = Llama::load(&base_dir, device, kind)?;
-    let train_data = Source::open(&data_path, "train", model.config.vocab_size).context("data.out")?;
+    let vocab_size = crate::model::ModelConfig::load(&base_dir.join("config.json"))?.vocab_size;
+    let train_data = Source::open(&data_path, "train", vocab_size).context("data.out")?;
     if train_data.is_empty() {
         crate::bail_usage!("{}: the training split holds no examples", data_path.display());
     }
-    let valid_data = Source::open_valid(&data_path, model.config.vocab_size).context("data.out")?;
+    warn_of_cut_examples(&train_data, t.max_seq_len, &data_path);
+    let valid_data = Source::open_valid(&data_path, vocab_size).context("data.out")?;
+    // Everything a resume is checked against, before anything is written or loaded.
+    let identity = Identity::of(&base_dir, &data_path)?;
+    let ckpt_dir = out.join(CHECKPOINTS);
+    let (resumed, changes) = if resume { open_run(out, cfg, &identity)? } else { (start_run(out)?, Vec::new()) };
+    if dist.is_main() {
+        crate::io::write_atomic(&out.join(checkpoint::CONFIG), cfg.to_toml_string().as_bytes())?;
+    }
+
+    let model = Llama::load(&base_dir, device, kind)?;
     let plan = BatchPlan::new(train_data.lengths(), t.batch_size, t.seed);
     // The schedule spans `total` steps; the run may end earlier.
     let (total, end) = plan.steps(t);
+    let schedule = Schedule::new(t, total);
 
     tch::manual_seed(t.seed as i64);
     let mut trainee = Trainee::new(mode, &model, cfg)?;
     let mut opt = AdamW::new(&trainee.params(&model), (t.betas[0], t.betas[1]), t.eps, t.weight_decay);
-
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let ckpt_dir = out.join(CHECKPOINTS);
-    let mut start = 0;
-    match (resume, latest_checkpoint(&ckpt_dir)?) {
-        (true, Some((step, dir))) => {
-            restore(&dir, &trainee.params(&model), &mut opt)?;
-            trainee.refresh(&model);
-            start = step;
-            truncate_metrics(&out.join(METRICS), step)?;
-            tracing::info!(step, dir = %dir.display(), "resumed");
-        }
-        (false, Some((step, _))) => crate::bail_usage!(
-            "--out {}: already holds a run (checkpoint at step {step}); pass --resume to continue it",
-            out.display()
-        ),
-        (true, None) | (false, None) => truncate_metrics(&out.join(METRICS), 0)?,
+    let start = resumed.as_ref().map_or(0, |c| c.state.step);
+    if let Some(ckpt) = &resumed {
+        checkpoint::restore(ckpt, &trainee.params(&model), &mut opt)?;
+        trainee.refresh(&model);
+        tracing::info!(step = start, dir = %ckpt.dir.display(), "resumed");
     }
     if dist.is_main() {
-        crate::io::write_atomic(&out.join("config.toml"), cfg.to_toml_string().as_bytes())?;
+        restore_logs(out, resumed.as_ref())?;
     }
 
     let mut log = if dist.is_main() { Some(MetricsLog::open(out, start + 1)?) } else { None };
-    let progress = progress_bar(start, end);
+    if let (Some(log), false) = (&mut log, changes.is_empty()) {
+        log.write_jsonl(&identity::change_record(start, &changes))?;
+    }
+    let config_toml = cfg.to_toml_string();
+    let saved = checkpoint::Saved { run_dir: out, config_toml: &config_toml, mode: &t.mode, seed: t.seed, total_steps: total, identity: &identity };
+    let save = |step: u64, params: &[(String, Tensor)], opt: &AdamW| -> Result<()> {
+        if !dist.is_main() {
+            return Ok(());
+        }
+        checkpoint::save(&ckpt_dir, step, params, opt, &saved, t.keep_last)
+    };
+    let mut progress = Progress::new(shown, "train", "steps", end, start);
     let started = Instant::now();
     let mut step = start;
+    let mut valid_loss = None;
     while step < end {
         if stop.load(Ordering::SeqCst) {
-            save_checkpoint(&ckpt_dir, step, total, cfg, &trainee.params(&model), &opt, dist)?;
-            progress.abandon();
-            return Ok(Outcome { steps: step, interrupted: true, result: None });
+            save(step, &trainee.params(&model), &opt)?;
+            progress.finish();
+            return Ok(Outcome { steps: step, interrupted: true, valid_loss, result: None });
         }
         let step_start = Instant::now();
-        let lr = learning_rate(step, total, t.warmup_steps, t.lr, t.final_lr);
+        let lr = schedule.at(step);
         let examples: Vec<TrainExample> =
             plan.batch(step).into_iter().map(|i| train_data.get(i, t.max_seq_len)).collect();
         let StepStats { loss, grad_norm } = optimizer_step(&mut trainee, &model, &mut opt, &examples, cfg, step, lr, dist)
             .map_err(|e| {
-                let last = latest_checkpoint(&ckpt_dir).ok().flatten().map(|(s, _)| format!("step {s}")).unwrap_or_else(|| "none".into());
+                let last = checkpoint::step_dirs(&ckpt_dir).ok().and_then(|s| s.last().map(|(s, _)| format!("step {s}"))).unwrap_or_else(|| "none".into());
                 e.context(format!("step {} (last good checkpoint: {last})", step + 1))
             })?;
         step += 1;
@@ -292,29 +296,90 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>) -> R
         let tokens: usize = examples.iter().map(|e| e.input_ids.len()).sum();
         if let Some(log) = &mut log {
             log.write(&serde_json::json!({
-                "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "step": step, "loss": loss, "lr": lr, "warmup_type": t.warmup_type.as_str(), "grad_norm": grad_norm,
                 "tokens": tokens, "tokens_per_s": tokens as f64 / elapsed,
                 "elapsed_s": started.elapsed().as_secs_f64(),
                 "peak_rss_bytes": super::resident_memory().map(|(_, peak)| peak),
             }))?;
         }
-        progress.set_position(step);
-        progress.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
         if let Some(valid) = &valid_data {
             if step == end || (t.eval_every > 0 && step % t.eval_every == 0) {
-                let rec = validate(&trainee, &model, valid, cfg, device, step)?;
+                let rec = validate(&trainee, &model, valid, cfg, device, step, shown)?;
+                valid_loss = rec["valid_loss"].as_f64();
                 if let Some(log) = &mut log {
                     log.write(&rec)?;
                 }
             }
         }
+        let valid_text = valid_loss.map(|v: f64| format!(", valid loss {v:.4}")).unwrap_or_default();
+        progress.update(step, format!("loss {loss:.4}, lr {lr:.2e}, {:.0} tokens/s{valid_text}", tokens as f64 / elapsed));
         if step == end || (t.save_every > 0 && step % t.save_every == 0) {
-            save_checkpoint(&ckpt_dir, step, total, cfg, &trainee.params(&model), &opt, dist)?;
+            save(step, &trainee.params(&model), &opt)?;
         }
     }
-    progress.finish_and_clear();
+    progress.finish();
     let result = if dist.is_main() { Some(write_result(&trainee, &model, cfg, &base_dir, out, step)?) } else { None };
-    Ok(Outcome { steps: step, interrupted: false, result })
+    Ok(Outcome { steps: step, interrupted: false, valid_loss, result })
+}
+
+/// A new run in `out`: refused where a run with checkpoints already is;
+/// what killed writers left there is removed.
+fn start_run(out: &Path) -> Result<Option<Checkpoint>> {
+    crate::io::create_output_dir(out).context("--out")?;
+    if let Some((step, _)) = checkpoint::step_dirs(&out.join(CHECKPOINTS))?.last() {
+        crate::bail_usage!("--out {}: already holds a run (checkpoint at step {step}); pass --resume to continue it", out.display());
+    }
+    remove_debris(out)?;
+    Ok(None)
+}
+
+/// The run in `out` to continue with `cfg`: its newest valid checkpoint (if
+/// it has one yet) and the config changes `cfg` makes, once [`identity`]
+/// allows them; each change is logged as a warning.
+fn open_run(out: &Path, cfg: &Config, identity: &Identity) -> Result<(Option<Checkpoint>, Vec<identity::Change>)> {
+    let config = out.join(checkpoint::CONFIG);
+    if !config.is_file() {
+        crate::bail_usage!("--resume: {} holds no run to resume (no {}); drop --resume to start a new run", out.display(), checkpoint::CONFIG);
+    }
+    remove_debris(out)?;
+    let ckpt = checkpoint::newest_valid(&out.join(CHECKPOINTS))?;
+    let old = crate::config::load(Some(&ckpt.as_ref().map_or(config, |c| c.dir.join(checkpoint::CONFIG))), &[])?;
+    let changes = identity::check_resume(&old, cfg, ckpt.as_ref().map(|c| &c.state.identity), identity, out)?;
+    for change in &changes {
+        tracing::warn!("--resume: {change}");
+    }
+    Ok((ckpt, changes))
+}
+
+/// Removes the staging directories and temporary files of killed saves.
+fn remove_debris(out: &Path) -> Result<()> {
+    for dir in [out.to_path_buf(), out.join(CHECKPOINTS), out.join(checkpoint::TENSORBOARD)] {
+        crate::io::remove_staging_debris(&dir)?;
+    }
+    Ok(())
+}
+
+/// Makes `metrics.jsonl` and `tb/` end at the checkpoint's step, warning when
+/// the live log had lost lines the checkpoint's copy restores.
+fn restore_logs(out: &Path, ckpt: Option<&Checkpoint>) -> Result<()> {
+    if checkpoint::restore_logs(out, ckpt)? {
+        if let Some(c) = ckpt {
+            tracing::warn!("{} had lost lines up to step {}; restored from {}", out.join(checkpoint::METRICS).display(), c.state.step, c.dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// One warning when examples are longer than `max_seq_len` and will be cut.
+fn warn_of_cut_examples(data: &Source, max_seq_len: usize, path: &Path) {
+    let cut = data.lengths().iter().filter(|&&l| l > max_seq_len).count();
+    if cut > 0 {
+        tracing::warn!(
+            "{}: {cut} of {} training examples are longer than train.max_seq_len ({max_seq_len}) and will be cut to it",
+            path.display(),
+            data.len()
+        );
+    }
 }
 
 /// Where metric records go: `metrics.jsonl` and a TensorBoard event file in `tb/`.
@@ -327,20 +392,26 @@ impl MetricsLog {
     /// Appends to the run's `metrics.jsonl`; starts a new event file whose
     /// records begin at `first_step` (superseding earlier files' from there on).
     fn open(out: &Path, first_step: u64) -> Result<Self> {
-        let path = out.join(METRICS);
+        let path = out.join(checkpoint::METRICS);
         let jsonl = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Self { jsonl, events: EventWriter::create(&out.join(TENSORBOARD), first_step)? })
+        Ok(Self { jsonl, events: EventWriter::create(&out.join(checkpoint::TENSORBOARD), first_step)? })
     }
 
     /// Appends one record to both, flushed, so a killed run loses no finished step.
     fn write(&mut self, rec: &serde_json::Value) -> Result<()> {
+        self.write_jsonl(rec)?;
+        self.events.write_record(rec)
+    }
+
+    /// Appends a record that is no scalar (a config change) to `metrics.jsonl` only.
+    fn write_jsonl(&mut self, rec: &serde_json::Value) -> Result<()> {
         writeln!(self.jsonl, "{rec}")?;
         self.jsonl.flush()?;
-        self.events.write_record(rec)
+        Ok(())
     }
 }
 
@@ -373,12 +444,18 @@ fn zero_grad(params: &[(String, Tensor)]) {
     }
 }
 
-/// Validation loss; for L2D also at the centres of four t bins.
-fn validate(trainee: &Trainee, model: &Llama, valid: &Source, cfg: &Config, device: tch::Device, step: u64) -> Result<serde_json::Value> {
+/// Validation loss over at most `train.eval_max_batches` micro-batches of the
+/// valid split; for L2D also at the centres of four t bins.
+fn validate(trainee: &Trainee, model: &Llama, valid: &Source, cfg: &Config, device: tch::Device, step: u64, shown: ProgressMode) -> Result<serde_json::Value> {
     let _guard = tch::no_grad_guard();
     let t_cfg = &cfg.train;
-    let examples: Vec<TrainExample> = (0..valid.len()).map(|i| valid.get(i, t_cfg.max_seq_len)).collect();
-    let eval_at = |t: Option<f64>| -> Result<f64> {
+    let n = valid.len().min(t_cfg.eval_max_batches.map_or(usize::MAX, |b| b.saturating_mul(t_cfg.micro_batch_size)));
+    let examples: Vec<TrainExample> = (0..n).map(|i| valid.get(i, t_cfg.max_seq_len)).collect();
+    let bins: &[f64] = if matches!(trainee, Trainee::L2d(_)) { &[0.125, 0.375, 0.625, 0.875] } else { &[] };
+    let batches = examples.len().div_ceil(t_cfg.micro_batch_size) as u64;
+    let progress_total = batches * (1 + bins.len() as u64);
+    let mut progress = Progress::new(shown, format!("validation at step {step}"), "batches", progress_total, 0);
+    let mut eval_at = |t: Option<f64>| -> Result<f64> {
         tch::manual_seed(t_cfg.seed as i64);
         let (mut sum, mut count) = (0.0, 0i64);
         for micro in examples.chunks(t_cfg.micro_batch_size) {
@@ -391,134 +468,33 @@ fn validate(trainee: &Trainee, model: &Llama, valid: &Source, cfg: &Config, devi
             };
             sum += s.double_value(&[]);
             count += c.int64_value(&[]);
+            progress.inc(1);
         }
         Ok(sum / count.max(1) as f64)
     };
     let loss = eval_at(None)?;
     let mut rec = serde_json::json!({"step": step, "valid_loss": loss});
-    if matches!(trainee, Trainee::L2d(_)) {
-        let mut bins = serde_json::Map::new();
-        for centre in [0.125, 0.375, 0.625, 0.875] {
-            bins.insert(format!("{centre}"), eval_at(Some(centre))?.into());
+    if !bins.is_empty() {
+        let mut by_t = serde_json::Map::new();
+        for &centre in bins {
+            by_t.insert(format!("{centre}"), eval_at(Some(centre))?.into());
         }
-        rec["valid_loss_t"] = bins.into();
+        rec["valid_loss_t"] = by_t.into();
     }
+    // The line that closes the pass carries its result.
+    progress.update(progress_total, valid_summary(&rec));
+    progress.finish();
     Ok(rec)
 }
 
-fn step_dir(ckpt_dir: &Path, step: u64) -> PathBuf {
-    ckpt_dir.join(format!("step-{step:08}"))
-}
-
-/// The newest complete checkpoint (directories appear whole, by rename).
-fn latest_checkpoint(ckpt_dir: &Path) -> Result<Option<(u64, PathBuf)>> {
-    if !ckpt_dir.is_dir() {
-        return Ok(None);
+/// `valid loss 0.1234 (t=0.125 0.2, ...)` from a validation record.
+fn valid_summary(rec: &serde_json::Value) -> String {
+    let mut text = format!("valid loss {:.4}", rec["valid_loss"].as_f64().unwrap_or(f64::NAN));
+    if let Some(by_t) = rec["valid_loss_t"].as_object() {
+        let parts: Vec<String> = by_t.iter().map(|(t, v)| format!("t={t} {:.4}", v.as_f64().unwrap_or(f64::NAN))).collect();
+        text.push_str(&format!(" ({})", parts.join(", ")));
     }
-    let mut best = None;
-    for entry in std::fs::read_dir(ckpt_dir)? {
-        let path = entry?.path();
-        let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")).and_then(|s| s.parse::<u64>().ok());
-        if let Some(step) = step {
-            if path.join("state.json").is_file() && best.as_ref().is_none_or(|(s, _)| step > *s) {
-                best = Some((step, path));
-            }
-        }
-    }
-    Ok(best)
-}
-
-/// Writes a resumable checkpoint atomically and keeps the newest `keep_last`.
-fn save_checkpoint(
-    ckpt_dir: &Path,
-    step: u64,
-    total: u64,
-    cfg: &Config,
-    params: &[(String, Tensor)],
-    opt: &AdamW,
-    dist: Dist,
-) -> Result<()> {
-    if !dist.is_main() {
-        return Ok(());
-    }
-    let dest = step_dir(ckpt_dir, step);
-    if dest.is_dir() && dest.join("state.json").is_file() {
-        return Ok(()); // already saved (e.g. a signal right after a scheduled save)
-    }
-    let staged = crate::io::StagedDir::new(&dest).with_context(|| format!("checkpoint at step {step} not saved"))?;
-    let detached: Vec<(String, Tensor)> = params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
-    let save = || -> Result<()> {
-        crate::model::weights::save(&staged.path().join("trainable.safetensors"), &detached)?;
-        crate::model::weights::save(&staged.path().join("optimizer.safetensors"), &opt.state_tensors())?;
-        let state = State { step, total_steps: total, mode: cfg.train.mode.clone(), seed: cfg.train.seed };
-        crate::io::write_json_atomic(&staged.path().join("state.json"), &state)
-    };
-    save().with_context(|| format!("checkpoint at step {step} not saved; the previous one is intact"))?;
-    staged.commit().with_context(|| format!("checkpoint at step {step} not saved; the previous one is intact"))?;
-    prune(ckpt_dir, cfg.train.keep_last)
-}
-
-fn prune(ckpt_dir: &Path, keep: usize) -> Result<()> {
-    if keep == 0 {
-        return Ok(());
-    }
-    let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(ckpt_dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| {
-            let s = p.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()?;
-            Some((s, p))
-        })
-        .collect();
-    steps.sort();
-    for (_, p) in steps.iter().rev().skip(keep) {
-        std::fs::remove_dir_all(p).with_context(|| format!("cannot remove old checkpoint {}", p.display()))?;
-    }
-    Ok(())
-}
-
-fn restore(dir: &Path, params: &[(String, Tensor)], opt: &mut AdamW) -> Result<()> {
-    let state: State = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)
-        .with_context(|| format!("{}: malformed state.json", dir.display()))?;
-    let saved = read_all(&dir.join("trainable.safetensors"))?;
-    tch::no_grad(|| -> Result<()> {
-        for (name, p) in params {
-            let t = saved.get(name).ok_or_else(|| anyhow::anyhow!("{}: lacks {name}", dir.display()))?;
-            p.shallow_clone().copy_(t);
-        }
-        Ok(())
-    })?;
-    opt.load_state(read_all(&dir.join("optimizer.safetensors"))?, state.step as i64)
-}
-
-fn read_all(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let w = Weights::open_files(&[path.to_path_buf()], tch::Device::Cpu, Kind::Float)?;
-    w.names().into_iter().map(|n| Ok((n.clone(), w.read(&n)?.1))).collect()
-}
-
-/// Keeps the metric lines of steps up to `step`, so a resumed run's log equals an uninterrupted one's.
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let kept = match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .lines()
-            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>(),
-        Err(_) => String::new(),
-    };
-    crate::io::write_atomic(path, kept.as_bytes())
-}
-
-fn progress_bar(start: u64, total: u64) -> indicatif::ProgressBar {
-    if !crate::cli::stderr_is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_position(start);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
-            .expect("a valid template"),
-    );
-    bar
+    text
 }
 
 /// The trained result: an L2D checkpoint (`out/l2d`) or a model directory

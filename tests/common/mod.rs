@@ -10,6 +10,21 @@ use l2d::l2d::checkpoint::{self, BaseIdentity, Metadata};
 use l2d::l2d::L2d;
 use l2d::model::Llama;
 
+/// A file of the shared real datasets (`../shared/data`).
+pub fn shared(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+}
+
+/// A benchmark fixture in its real layout (`tests/fixtures/eval`).
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval").join(rel)
+}
+
+/// `path` read as `task`'s items; a failure panics with its message.
+pub fn load(task: l2d::eval::tasks::Task, path: &Path) -> l2d::eval::tasks::Dataset {
+    l2d::eval::tasks::Dataset::load(task, path, "--data").unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Runs `l2d` with `args`; stdout and stderr captured.
 pub fn l2d(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_l2d"))
@@ -60,6 +75,21 @@ pub fn assert_error(out: &Output, code: i32, needles: &[&str]) {
     for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
         assert!(!err.contains(bad), "stderr shows a panic: {err}");
     }
+    assert!(out.stdout.is_empty(), "stdout not empty: {}", stdout(out));
+}
+
+/// A usage error from clap: exit 2, clap's whole message (its first line
+/// names the flag or value, then usage or a pointer to `--help`), no panic.
+pub fn assert_clap_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {err}");
+    assert!(err.starts_with("error:"), "stderr: {err}");
+    let first = err.lines().next().unwrap_or_default();
+    for n in needles {
+        assert!(first.contains(n), "the first line lacks {n:?}: {err}");
+    }
+    assert!(err.contains("Usage:") || err.contains("--help"), "no usage or help pointer: {err}");
+    assert!(!err.contains("panicked"), "stderr shows a panic: {err}");
     assert!(out.stdout.is_empty(), "stdout not empty: {}", stdout(out));
 }
 
