@@ -315,6 +315,23 @@ pub struct DataConfig {
     pub out: Option<String>,
     /// Most tokens per shard file of `l2d prepare` (an example is never split).
     pub shard_tokens: u64,
+    /// `[data.columns]`: which fields of a single-turn record hold the turns, for
+    /// records without `messages`; unset detects Alpaca, question/answer and prompt/response.
+    pub columns: Option<ColumnMap>,
+}
+
+/// `[data.columns]`: a single-turn layout, like torchtune's `column_map`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnMap {
+    /// Field holding the user's turn (`instruction`, `question`, `prompt`).
+    pub user: String,
+    /// Field appended to the user's turn after a blank line when non-empty (Alpaca's `input`).
+    pub input: Option<String>,
+    /// Field holding the assistant's answer (`output`, `answer`, `response`).
+    pub assistant: String,
+    /// Field holding a system prompt, if the data has one.
+    pub system: Option<String>,
 }
 
 impl Default for DataConfig {
@@ -330,6 +347,7 @@ impl Default for DataConfig {
             class_map: BTreeMap::new(),
             out: None,
             shard_tokens: 1 << 26,
+            columns: None,
         }
     }
 }

@@ -697,4 +697,113 @@ fn progress_line_without_a_terminal() {
     let total = text.len();
     let line = err.lines().find(|l| l.contains(&format!("prepare: {total}/{total} bytes (100%)"))).unwrap_or_else(|| panic!("{err}"));
     assert!(line.contains("30 records") && line.contains("records/s"), "{line}");
+
+// ---------------------------------------------------------------- single-turn layouts
+
+/// Prepares `records` (one per line) and checks each example against the chat it should be:
+/// context = rendered [system,] user turn + generation prompt, loss = assistant's reply + eot.
+fn check_single_turn(name: &str, file: &str, text: &[u8], args: &[&str], expected: &[(Option<&str>, &str, &str)]) {
+    let model = tiny_model("qwen2");
+    let dir = scratch(name);
+    let input = dir.join(file);
+    std::fs::write(&input, text).unwrap();
+    let out = dir.join("shards");
+    let mut all = vec!["--input", s(&input)];
+    all.extend_from_slice(args);
+    ok(prepare(&model, &out, &all));
+    let split = Split::open(&out, "train").unwrap();
+    let tok = Tokenizer::load(&model).unwrap();
+    let template = chat_template(&model).unwrap().unwrap();
+    let mut got: Vec<(Vec<i64>, Vec<i64>)> = all_examples(&split)
+        .iter()
+        .map(|ex| (ex.input_ids[..prompt_len(ex)].to_vec(), loss_tokens(ex)))
+        .collect();
+    let mut want: Vec<(Vec<i64>, Vec<i64>)> = expected
+        .iter()
+        .map(|&(system, user, reply)| {
+            let history: Vec<Message> = system
+                .map(|s| Message::new("system", s))
+                .into_iter()
+                .chain([Message::new("user", user)])
+                .collect();
+            let context = tok.encode(&template.render(&history, true).unwrap(), false).unwrap();
+            let mut loss = tok.encode(reply, false).unwrap();
+            loss.extend(tok.encode(eot_token("qwen2"), false).unwrap());
+            (context, loss)
+        })
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "{name}: examples are the mapped single-turn chats");
+}
+
+#[test]
+fn gsm8k_question_answer_jsonl_gz_prepares_without_configuration() {
+    // GSM8K's own file (question/answer), read through gzip as `eval` reads it.
+    let text = std::fs::read_to_string("../shared/data/gsm8k/train.jsonl").unwrap();
+    let lines: Vec<&str> = text.lines().take(20).collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, (lines.join("\n") + "\n").as_bytes()).unwrap();
+    let records: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let expected: Vec<(Option<&str>, &str, &str)> = records
+        .iter()
+        .map(|r| (None, r["question"].as_str().unwrap(), r["answer"].as_str().unwrap()))
+        .collect();
+    check_single_turn("prepare-gsm8k", "gsm8k.jsonl.gz", &gz.finish().unwrap(), &[], &expected);
+}
+
+#[test]
+fn alpaca_and_prompt_response_layouts_are_detected() {
+    let text = [
+        serde_json::json!({"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}),
+        serde_json::json!({"instruction": "Say hi.", "input": "", "output": "hi"}),
+        serde_json::json!({"prompt": "Capital of France?", "response": "Paris", "system": "Be brief."}),
+    ]
+    .map(|r| r.to_string() + "\n")
+    .concat();
+    let expected = [
+        (None, "Add the numbers.\n\n2 and 3", "5"),
+        (None, "Say hi.", "hi"),
+        (Some("Be brief."), "Capital of France?", "Paris"),
+    ];
+    check_single_turn("prepare-detected", "mixed.jsonl", text.as_bytes(), &[], &expected);
+}
+
+#[test]
+fn data_columns_maps_other_field_names() {
+    let text = serde_json::json!({"query": "2+2?", "sys": "You do sums.", "resp": "4", "prompt": "ignored"}).to_string() + "\n";
+    let args = ["--set", "data.columns.user=\"query\"", "--set", "data.columns.assistant=\"resp\"", "--set", "data.columns.system=\"sys\""];
+    check_single_turn("prepare-columns", "custom.jsonl", text.as_bytes(), &args, &[(Some("You do sums."), "2+2?", "4")]);
+}
+
+#[test]
+fn data_columns_missing_field_is_a_counted_reason() {
+    let model = tiny_model("llama");
+    let dir = scratch("prepare-columns-missing");
+    let input = write(&dir, "qa.jsonl", "{\"question\": \"q\", \"answer\": \"a\"}\n{\"question\": \"q\", \"answer\": 3}\n");
+    let out = dir.join("shards");
+    let o = prepare(&model, &out, &["--input", s(&input), "--set", "data.columns.user=\"q\"", "--set", "data.columns.assistant=\"a\""]);
+    assert_error(&o, 2, &["no training examples left", "2 malformed", "missing_column (2)"]);
+    assert!(!out.exists());
+}
+
+#[test]
+fn when_every_record_is_rejected_the_error_names_the_top_reasons() {
+    let model = tiny_model("llama");
+    let dir = scratch("prepare-all-rejected");
+    let text = "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"c\"}\n{not json\n{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n";
+    let input = write(&dir, "bad.jsonl", text);
+    let out = dir.join("shards");
+    let o = prepare(&model, &out, &["--input", s(&input)]);
+    assert_error(&o, 2, &["6 malformed", "top reasons: missing_messages (3), no_assistant_turn (2), invalid_json (1)"]);
+    assert!(!out.exists());
+}
+
+#[test]
+fn data_columns_rejects_unknown_keys() {
+    let model = tiny_model("llama");
+    let dir = scratch("prepare-columns-unknown");
+    let input = write(&dir, "qa.jsonl", "{\"question\": \"q\", \"answer\": \"a\"}\n");
+    let o = prepare(&model, &dir.join("shards"), &["--input", s(&input), "--set", "data.columns.user=\"question\"", "--set", "data.columns.assistant=\"answer\"", "--set", "data.columns.reply=\"x\""]);
+    assert_error(&o, 2, &["data.columns", "reply"]);
 }

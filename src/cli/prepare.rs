@@ -26,7 +26,7 @@ pub struct Args {
     /// Model directory whose tokenizer and chat template to use (sets model.path).
     #[arg(long, value_name = "DIR")]
     pub model: Option<String>,
-    /// Training input file or glob: .jsonl, .json or .parquet (repeatable; replaces data.train).
+    /// Training input file or glob: .jsonl, .jsonl.gz, .json or .parquet (repeatable; replaces data.train).
     #[arg(long, value_name = "FILE_OR_GLOB")]
     pub input: Vec<String>,
     /// Validation input file or glob (repeatable; replaces data.valid).

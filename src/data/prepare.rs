@@ -38,7 +38,7 @@ use super::shards::{
     RecordCounts, ShardFile, SplitInfo, IGNORE_INDEX, TOKEN_BYTES,
 };
 use super::tokenizer::Tokenizer;
-use crate::config::Config;
+use crate::config::{ColumnMap, Config};
 use crate::error::usage;
 use crate::rng::SplitMix64;
 
@@ -180,6 +180,8 @@ impl Origin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     Jsonl,
+    /// Gzip-compressed JSON lines (`.jsonl.gz`).
+    JsonlGz,
     Json,
     Parquet,
 }
@@ -188,6 +190,7 @@ impl Format {
     fn name(self) -> &'static str {
         match self {
             Format::Jsonl => "jsonl",
+            Format::JsonlGz => "jsonl.gz",
             Format::Json => "json",
             Format::Parquet => "parquet",
         }
@@ -288,6 +291,7 @@ fn detect_format(path: &Path, key: &str) -> Result<Format> {
     match ext.as_str() {
         "jsonl" | "ndjson" => Ok(Format::Jsonl),
         "parquet" => Ok(Format::Parquet),
+        "gz" if has_jsonl_stem(path) => Ok(Format::JsonlGz),
         "json" => {
             let mut head = [0u8; 256];
             let n = File::open(path)
@@ -302,10 +306,20 @@ fn detect_format(path: &Path, key: &str) -> Result<Format> {
             })
         }
         _ => crate::bail_usage!(
-            "{key}: {}: unknown input format (expected .jsonl, .json or .parquet)",
+            "{key}: {}: unknown input format (expected .jsonl, .jsonl.gz, .json or .parquet)",
             path.display()
         ),
     }
+}
+
+/// `name.jsonl.gz`, `name.ndjson.gz` or `name.json.gz` (read as JSON lines).
+fn has_jsonl_stem(path: &Path) -> bool {
+    let stem = path.file_stem().map(Path::new);
+    let inner = stem.and_then(Path::extension).and_then(|e| e.to_str());
+    matches!(
+        inner.map(str::to_ascii_lowercase).as_deref(),
+        Some("jsonl" | "ndjson" | "json")
+    )
 }
 
 /// Training and validation must not share a file, or validation loss would be measured on training data.
@@ -380,7 +394,7 @@ fn read_file(
     let start = lock(progress).done();
     let advance = |done: u64| lock(progress).set_done(start + done.min(src.bytes));
     match src.format {
-        Format::Jsonl => read_jsonl(src, &advance, emit),
+        Format::Jsonl | Format::JsonlGz => read_jsonl(src, &advance, emit),
         Format::Json => read_json(src, &advance, emit),
         Format::Parquet => read_parquet(src, &advance, emit),
     }?;
@@ -402,10 +416,13 @@ fn read_jsonl(
     advance: &dyn Fn(u64),
     emit: &mut dyn FnMut(Vec<Raw>) -> bool,
 ) -> Result<()> {
-    let mut reader = BufReader::with_capacity(
-        1 << 20,
-        File::open(&src.path).map_err(|e| open_error(src, e))?,
-    );
+    let file = File::open(&src.path).map_err(|e| open_error(src, e))?;
+    // Progress counts decompressed bytes for gzip; `advance` caps it at the file size.
+    let plain: Box<dyn Read> = match src.format {
+        Format::JsonlGz => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        _ => Box::new(file),
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, plain);
     let (mut chunk, mut chunk_bytes, mut done, mut line) = (Vec::new(), 0usize, 0u64, 0u64);
     loop {
         let mut buf = Vec::new();
@@ -686,8 +703,13 @@ impl Record {
     }
 }
 
-/// Chat if it has `messages`, pretokenized if it has `input_ids`; other fields are ignored.
-fn parse_record(value: Value, vocab: u64) -> Result<Record, Malformed> {
+/// Chat if it has `messages`, pretokenized if it has `input_ids`, else a single turn read
+/// through `columns` (or a detected common layout); other fields are ignored.
+fn parse_record(
+    value: Value,
+    vocab: u64,
+    columns: Option<&ColumnMap>,
+) -> Result<Record, Malformed> {
     let Value::Object(mut obj) = value else {
         return Err(Malformed::new(
             "not_an_object",
@@ -718,10 +740,82 @@ fn parse_record(value: Value, vocab: u64) -> Result<Record, Malformed> {
             category,
         });
     }
-    Err(Malformed::new(
-        "missing_messages",
-        "no `messages` (chat) or `input_ids` (pretokenized) field",
-    ))
+    let detected = columns.or_else(|| detect_layout(&obj));
+    let Some(columns) = detected else {
+        return Err(Malformed::new(
+            "missing_messages",
+            "no `messages` (chat), `input_ids` (pretokenized) or single-turn fields (set [data.columns])",
+        ));
+    };
+    Ok(Record::Chat {
+        messages: single_turn(&mut obj, columns)?,
+        category,
+    })
+}
+
+/// Single-turn layouts recognised without `[data.columns]`: (user, input, assistant).
+const LAYOUTS: [(&str, Option<&str>, &str); 3] = [
+    ("instruction", Some("input"), "output"),
+    ("question", None, "answer"),
+    ("prompt", None, "response"),
+];
+
+/// The first of [`LAYOUTS`] whose user and assistant fields the record has; a `system`
+/// field is used when present.
+fn detect_layout(obj: &serde_json::Map<String, Value>) -> Option<&'static ColumnMap> {
+    static MAPS: std::sync::OnceLock<Vec<ColumnMap>> = std::sync::OnceLock::new();
+    let maps = MAPS.get_or_init(|| {
+        LAYOUTS
+            .iter()
+            .map(|&(user, input, assistant)| ColumnMap {
+                user: user.into(),
+                input: input.map(Into::into),
+                assistant: assistant.into(),
+                system: Some("system".into()),
+            })
+            .collect()
+    });
+    maps.iter()
+        .find(|m| obj.contains_key(&m.user) && obj.contains_key(&m.assistant))
+}
+
+/// Builds `[system], user, assistant` from the mapped fields; the optional ones may be absent or null.
+fn single_turn(
+    obj: &mut serde_json::Map<String, Value>,
+    columns: &ColumnMap,
+) -> Result<Vec<Message>, Malformed> {
+    let mut field = |name: &str, required: bool| match obj.remove(name) {
+        Some(Value::String(s)) => Ok(Some(s)),
+        None | Some(Value::Null) if !required => Ok(None),
+        None => Err(Malformed::new(
+            "missing_column",
+            format!("no `{name}` field (see [data.columns])"),
+        )),
+        Some(other) => Err(Malformed::new(
+            "invalid_column",
+            format!("`{name}` must be a string, got {}", kind(&other)),
+        )),
+    };
+    let system = match &columns.system {
+        Some(name) => field(name, false)?,
+        None => None,
+    };
+    let mut user = field(&columns.user, true)?.unwrap_or_default();
+    if let Some(name) = &columns.input {
+        if let Some(input) = field(name, false)?.filter(|s| !s.trim().is_empty()) {
+            user = format!("{user}\n\n{input}");
+        }
+    }
+    let assistant = field(&columns.assistant, true)?.unwrap_or_default();
+    let turn = |role: &str, content: String| Message {
+        role: role.into(),
+        content,
+    };
+    Ok(system
+        .map(|s| turn("system", s))
+        .into_iter()
+        .chain([turn("user", user), turn("assistant", assistant)])
+        .collect())
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -885,6 +979,7 @@ struct Ctx<'a> {
     include: HashSet<String>,
     exclude: HashSet<String>,
     class_map: BTreeMap<String, i64>,
+    columns: Option<ColumnMap>,
 }
 
 impl<'a> Ctx<'a> {
@@ -908,6 +1003,7 @@ impl<'a> Ctx<'a> {
             include: cfg.data.include_categories.iter().cloned().collect(),
             exclude: cfg.data.exclude_categories.iter().cloned().collect(),
             class_map: cfg.data.class_map.clone(),
+            columns: cfg.data.columns.clone(),
         })
     }
 
@@ -926,7 +1022,7 @@ impl<'a> Ctx<'a> {
             Body::Value(v) => v,
             Body::Bad(m) => return Ok(Outcome::Malformed(m)),
         };
-        let record = match parse_record(value, self.vocab) {
+        let record = match parse_record(value, self.vocab, self.columns.as_ref()) {
             Ok(r) => r,
             Err(m) => return Ok(Outcome::Malformed(m)),
         };
@@ -1275,11 +1371,12 @@ fn finish(
     };
     if train.is_empty() {
         crate::bail_usage!(
-            "no training examples left: {} records read, {} malformed, {} filtered by category, {} examples dropped",
+            "no training examples left: {} records read, {} malformed, {} filtered by category, {} examples dropped{}",
             records.read,
             records.malformed,
             records.filtered,
-            dropped.values().sum::<u64>()
+            dropped.values().sum::<u64>(),
+            top_reasons(&malformed.by_reason, &filtered, &dropped)
         );
     }
     let (train_convs, valid_convs) = (count_conversations(&train), count_conversations(&valid));
@@ -1345,6 +1442,26 @@ fn finish(
 }
 
 /// Holds out `fraction` of the conversations (at least one when there are two or more).
+/// The three most frequent reasons records or examples were lost, as `; top reasons: a (n), ...`.
+fn top_reasons(
+    malformed: &BTreeMap<String, u64>,
+    filtered: &BTreeMap<String, u64>,
+    dropped: &BTreeMap<String, u64>,
+) -> String {
+    let mut all: Vec<(&String, u64)> = [malformed, filtered, dropped]
+        .into_iter()
+        .flatten()
+        .map(|(r, &n)| (r, n))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    if all.is_empty() {
+        return String::new();
+    }
+    all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let listed: Vec<String> = all.iter().take(3).map(|(r, n)| format!("{r} ({n})")).collect();
+    format!("; top reasons: {}", listed.join(", "))
+}
+
 fn split_by_conversation(
     entries: Vec<Entry>,
     fraction: f64,
