@@ -697,6 +697,7 @@ fn progress_line_without_a_terminal() {
     let total = text.len();
     let line = err.lines().find(|l| l.contains(&format!("prepare: {total}/{total} bytes (100%)"))).unwrap_or_else(|| panic!("{err}"));
     assert!(line.contains("30 records") && line.contains("records/s"), "{line}");
+}
 
 // ---------------------------------------------------------------- single-turn layouts
 

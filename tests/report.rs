@@ -244,7 +244,13 @@ fn plot_writes_svg_and_png_with_every_series() {
     for label in ["gsm8k base", "gsm8k midpoint", "gsm8k dopri5 (adaptive)", "math base", "math euler"] {
         assert!(texts.iter().any(|t| t == label), "legend lacks {label:?}: {texts:?}");
     }
-    for axis in ["diffusion evaluations per token", "accuracy", "accuracy vs diffusion evaluations per token"] {
+    // The title names the model, the checkpoint and n; the x axis is logarithmic.
+    for axis in [
+        "diffusion evaluations per token (log scale; the base LM at the left edge)",
+        "accuracy",
+        "accuracy vs diffusion evaluations per token — m, no checkpoint, n = 4",
+        "10",
+    ] {
         assert!(texts.iter().any(|t| t == axis), "lacks {axis:?}: {texts:?}");
     }
     assert!(!texts.iter().any(|t| t.contains("samples")), "the samples setting has no cost to plot at");
@@ -284,7 +290,7 @@ fn plot_picks_the_metric() {
     let report = write_report(&dir, "code.json", vec![r]);
     let out = dir.join("p.svg");
     ok(l2d(&["report", "plot", s(&report), "--out", s(&out)]));
-    assert!(svg_texts(&out).iter().any(|t| t == "pass@1 vs diffusion evaluations per token"));
+    assert!(svg_texts(&out).iter().any(|t| t == "pass@1 vs diffusion evaluations per token — m, no checkpoint, n = 1"));
     ok(l2d(&["report", "plot", s(&report), "--out", s(&out), "--metric", "pass@5"]));
     assert!(svg_texts(&out).iter().any(|t| t == "pass@5"));
 }

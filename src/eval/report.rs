@@ -34,6 +34,12 @@ pub struct Report {
     pub format: String,
     /// [`VERSION`].
     pub version: u32,
+    /// Identity of the model that generated the completions (`path`, hashes), if any.
+    #[serde(default)]
+    pub model: Option<serde_json::Value>,
+    /// Identity of the L2D checkpoint, if one was used.
+    #[serde(default)]
+    pub l2d: Option<serde_json::Value>,
     /// One per task and generation setting.
     pub results: Vec<TaskResult>,
 }

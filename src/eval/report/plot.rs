@@ -139,11 +139,24 @@ pub fn chart(report: &Report, task: Option<&str>, metric: Option<&str>) -> Resul
         s.points.sort_by(|a, b| a.x.total_cmp(&b.x));
     }
     let y_label = metrics.join(" / ");
-    let title = match task {
-        Some(task) => format!("{task}: {y_label} vs diffusion evaluations per token"),
-        None => format!("{y_label} vs diffusion evaluations per token"),
+    let what = match task {
+        Some(task) => format!("{task}: {y_label}"),
+        None => y_label.clone(),
     };
+    let title = format!("{what} vs diffusion evaluations per token — {}", provenance(report, &selected));
     Ok(Chart { title, y_label, series })
+}
+
+/// `model M, checkpoint C, n = N`: what a reader needs to place the chart.
+fn provenance(report: &Report, selected: &[&TaskResult]) -> String {
+    // The paths as the run was given them: a directory's last name alone ("model") says little.
+    let name = |identity: &Option<serde_json::Value>| identity.as_ref().and_then(|v| v["path"].as_str()).map(str::to_owned);
+    let model = name(&report.model).unwrap_or_else(|| "model unknown".into());
+    let checkpoint = name(&report.l2d).unwrap_or_else(|| "no checkpoint".into());
+    let sizes: Vec<usize> = selected.iter().map(|r| r.per_item.len()).collect();
+    let (lo, hi) = (sizes.iter().copied().min().unwrap_or(0), sizes.iter().copied().max().unwrap_or(0));
+    let n = if lo == hi { format!("n = {lo}") } else { format!("n = {lo}–{hi}") };
+    format!("{model}, {checkpoint}, {n}")
 }
 
 /// `--metric`, or the first of the default metrics the result has.
@@ -199,40 +212,55 @@ pub fn render(chart: &Chart, format: Format) -> Result<Vec<u8>> {
 
 type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
+/// Width of the legend column right of the plot, so that it never covers data.
+const LEGEND_WIDTH: u32 = 250;
+
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> DrawResult<DB> {
     root.fill(&WHITE)?;
+    let root = root.titled(&chart.title, (FAMILY, 20))?;
+    let (plot_area, legend_area) = root.split_horizontally(SIZE.0 - LEGEND_WIDTH);
     let (xs, ys) = axis_ranges(chart);
-    let mut ctx = ChartBuilder::on(&root)
-        .caption(&chart.title, (FAMILY, 22))
+    let mut ctx = ChartBuilder::on(&plot_area)
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d(xs.clone(), ys)?;
+        .build_cartesian_2d(xs.clone().log_scale(), ys)?;
     ctx.configure_mesh()
-        .x_desc("diffusion evaluations per token")
+        .x_desc("diffusion evaluations per token (log scale; the base LM at the left edge)")
         .y_desc(&chart.y_label)
         .x_label_formatter(&|x| format!("{}", (x * 100.0).round() / 100.0))
         .y_label_formatter(&|y| format!("{y:.2}"))
         .light_line_style(TRANSPARENT)
         .bold_line_style(BLACK.mix(0.12))
         .label_style((FAMILY, 14))
-        .axis_desc_style((FAMILY, 16))
+        .axis_desc_style((FAMILY, 15))
         .draw()?;
     for (i, s) in chart.series.iter().enumerate() {
-        draw_series(&mut ctx, s, COLORS[i % COLORS.len()].to_rgba(), &xs)?;
+        let color = COLORS[i % COLORS.len()].to_rgba();
+        draw_series(&mut ctx, s, color, &xs)?;
+        draw_legend_entry(&legend_area, i, s, color)?;
     }
-    ctx.configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FAMILY, 14))
-        .draw()?;
     root.present()
 }
 
-type Ctx<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+/// Entry `i` of the legend column: the series' line or marker and its label.
+fn draw_legend_entry<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, i: usize, s: &Series, color: RGBAColor) -> DrawResult<DB> {
+    let y = 40 + 26 * i as i32;
+    let line = color.stroke_width(2);
+    match s.style {
+        Style::Base => area.draw(&DashedPathElement::new([(8, y), (34, y)], 5, 3, line))?,
+        Style::FixedGrid => {
+            area.draw(&PathElement::new([(8, y), (34, y)], line))?;
+            area.draw(&Circle::new((21, y), 4, color.filled()))?
+        }
+        Style::Adaptive => area.draw(&TriangleMarker::new((21, y), 6, color.filled()))?,
+    }
+    area.draw(&Text::new(s.label.clone(), (42, y - 8), (FAMILY, 14)))
+}
 
-/// One series with its error bars and legend entry; `xs` spans the base LM's reference line.
+type Ctx<'a, DB> = ChartContext<'a, DB, Cartesian2d<LogCoord<f64>, RangedCoordf64>>;
+
+/// One series with its error bars; `xs` spans the base LM's reference line.
 fn draw_series<DB: DrawingBackend>(
     ctx: &mut Ctx<'_, DB>,
     s: &Series,
@@ -240,29 +268,25 @@ fn draw_series<DB: DrawingBackend>(
     xs: &Range<f64>,
 ) -> DrawResult<DB> {
     let line = color.stroke_width(2);
+    // A log axis has no 0: the base LM (0 evaluations) stands at its left edge.
+    let x_of = |p: &Point| if p.x > 0.0 { p.x } else { xs.start };
     let bars =
-        s.points.iter().map(|p| ErrorBar::new_vertical(p.x, p.ci95[0], p.y, p.ci95[1], color.stroke_width(1), 8));
+        s.points.iter().map(|p| ErrorBar::new_vertical(x_of(p), p.ci95[0], p.y, p.ci95[1], color.stroke_width(1), 8));
     ctx.draw_series(bars)?;
-    let at = |p: &Point| (p.x, p.y);
+    let at = |p: &Point| (x_of(p), p.y);
     match s.style {
         Style::Base => {
             ctx.draw_series(s.points.iter().map(|p| Circle::new(at(p), 5, color.filled())))?;
             let reference =
                 s.points.iter().flat_map(|p| DashedLineSeries::new([(xs.start, p.y), (xs.end, p.y)], 8, 6, line));
-            ctx.draw_series(reference)?
-                .label(&s.label)
-                .legend(move |(x, y)| DashedPathElement::new([(x, y), (x + 20, y)], 5, 3, line));
+            ctx.draw_series(reference)?;
         }
         Style::FixedGrid => {
             ctx.draw_series(s.points.iter().map(|p| Circle::new(at(p), 4, color.filled())))?;
-            ctx.draw_series(LineSeries::new(s.points.iter().map(at), line))?
-                .label(&s.label)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], line));
+            ctx.draw_series(LineSeries::new(s.points.iter().map(at), line))?;
         }
         Style::Adaptive => {
-            ctx.draw_series(s.points.iter().map(|p| TriangleMarker::new(at(p), 7, color.filled())))?
-                .label(&s.label)
-                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, color.filled()));
+            ctx.draw_series(s.points.iter().map(|p| TriangleMarker::new(at(p), 7, color.filled())))?;
         }
     }
     Ok(())
@@ -271,27 +295,21 @@ fn draw_series<DB: DrawingBackend>(
 /// The narrowest accuracy axis drawn.
 const MIN_Y_SPAN: f64 = 0.1;
 
-/// x from a little left of 0 (the base LM sits on 0) past the largest cost; y around
-/// every interval, kept inside [0, 1] when the values are.
+/// x on a log scale from below the smallest cost (where the base LM stands) past the
+/// largest; y around every point and interval with a margin, so that a series at 0
+/// or 1 and its error bars stay clear of the frame.
 fn axis_ranges(chart: &Chart) -> (Range<f64>, Range<f64>) {
     let points = || chart.series.iter().flat_map(|s| &s.points);
-    let x_max = points().map(|p| p.x).fold(0.0, f64::max);
-    let x_span = if x_max > 0.0 { x_max } else { 1.0 };
+    let costs = || points().map(|p| p.x).filter(|&x| x > 0.0);
+    let x_min = costs().fold(f64::INFINITY, f64::min);
+    let x_max = costs().fold(0.0, f64::max);
+    let xs = if x_max > 0.0 { x_min / 1.6..x_max * 1.6 } else { 0.5..2.0 };
     let lo = points().map(|p| p.ci95[0].min(p.y)).fold(f64::INFINITY, f64::min);
     let hi = points().map(|p| p.ci95[1].max(p.y)).fold(f64::NEG_INFINITY, f64::max);
-    let pad = ((hi - lo) * 0.08).max(0.02);
-    let mut y0 = if lo >= 0.0 { (lo - pad).max(0.0) } else { lo - pad };
-    let mut y1 = if hi <= 1.0 { (hi + pad).min(1.0) } else { hi + pad };
-    // Equal accuracies everywhere (e.g. all 1.0) would leave a sliver of an axis
-    // whose two-decimal labels repeat; widen it away from the [0, 1] bound it touches.
-    if y1 - y0 < MIN_Y_SPAN {
-        if y1 >= 1.0 {
-            y0 = y1 - MIN_Y_SPAN;
-        } else {
-            y1 = y0 + MIN_Y_SPAN;
-        }
-    }
-    (-0.04 * x_span..1.08 * x_span, y0..y1)
+    // Equal values everywhere (e.g. all 1.0) would leave a sliver of an axis whose
+    // two-decimal labels repeat: widen it around them.
+    let pad = ((hi - lo) * 0.08).max(0.03).max((MIN_Y_SPAN - (hi - lo)) / 2.0);
+    (xs, lo - pad..hi + pad)
 }
 
 fn encode_png(rgb: &[u8], (width, height): (u32, u32)) -> Result<Vec<u8>> {
@@ -316,12 +334,15 @@ mod tests {
     }
 
     #[test]
-    fn equal_accuracies_get_a_readable_axis_inside_0_1() {
+    fn axes_leave_a_margin_around_every_value() {
         let (_, y) = axis_ranges(&chart(&[1.0, 1.0]));
-        assert!((y.end - 1.0).abs() < 1e-12 && (y.start - 0.9).abs() < 1e-12, "{y:?}");
+        assert!(y.end > 1.0 && y.start < 1.0 && y.end - y.start >= MIN_Y_SPAN - 1e-12, "{y:?}");
         let (_, y) = axis_ranges(&chart(&[0.0, 0.0]));
-        assert!(y.start == 0.0 && (y.end - 0.1).abs() < 1e-12, "{y:?}");
+        assert!(y.start < 0.0 && y.end > 0.0, "a series at 0 is drawn inside the frame: {y:?}");
         let (_, y) = axis_ranges(&chart(&[0.2, 0.6]));
         assert!(y.start < 0.2 && y.end > 0.6 && y.end - y.start < 0.5, "{y:?}");
+        // Costs 0 (the base), 1, 2: a log axis below the smallest cost and past the largest.
+        let (x, _) = axis_ranges(&chart(&[0.3, 0.4, 0.5]));
+        assert!(x.start > 0.0 && x.start < 1.0 && x.end > 2.0, "{x:?}");
     }
 }
