@@ -128,7 +128,7 @@ impl Preset {
                 kv_heads: 2,
                 intermediate: 172,
                 vocab: 512,
-                max_positions: 1024,
+                max_positions: 4096,
             },
             Preset::Small => Shape {
                 hidden: 256,

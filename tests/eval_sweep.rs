@@ -210,7 +210,7 @@ fn a_prompt_longer_than_the_model_is_named() {
     let dir = scratch("eval-sweep-long");
     let cfg = config(&dir, 2);
     let out = dir.join("out");
-    // Shots from the full training split, 40 of them: far beyond the tiny model's 1024 positions.
+    // Shots from the full training split, 40 of them: far beyond the tiny model's 4096 positions.
     let long = ["eval", "--config", s(&cfg), "--steps", "0", "--set", "eval.num_shots=40", "--set",
         "eval.tasks.gsm8k.shots=\"../shared/data/gsm8k/train.jsonl\"", "--out", s(&out)];
     let clean = [&long[..], &["--protocol", "clean"]].concat();

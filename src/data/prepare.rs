@@ -122,7 +122,6 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
     for (i, src) in sources.iter().enumerate() {
         read_source(i, src, &ctx, &mut col, &progress)?;
     }
-    progress.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).finish();
     let manifest = finish(
         col,
         &sources,
@@ -132,6 +131,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
         &tokenizer_sha256,
         template_source,
     )?;
+    // Only after the checks: a refused input's error stays the one line on stderr.
+    progress.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).finish();
     shards::write_manifest(staged.path(), &manifest)?;
     staged.commit()?;
     Ok(manifest)
