@@ -60,12 +60,6 @@ impl Progress {
         Self { mode, bar, label, unit, total, done, first: done, started: now, last_line: now, message: String::new() }
     }
 
-    /// Changes the total (known only once the inputs are listed).
-    pub fn set_total(&mut self, total: u64) {
-        self.total = total;
-        self.bar.set_length(total);
-    }
-
     /// Sets the units done and the free-text part of the line (loss, rates).
     pub fn update(&mut self, done: u64, message: impl Into<String>) {
         self.done = done;
