@@ -38,7 +38,7 @@ use super::shards::{
     RecordCounts, ShardFile, SplitInfo, IGNORE_INDEX, TOKEN_BYTES,
 };
 use super::tokenizer::Tokenizer;
-use crate::config::{ColumnMap, Config};
+use crate::config::{ColumnMap, Config, SeqLenPolicy};
 use crate::error::usage;
 use crate::rng::SplitMix64;
 
@@ -1000,7 +1000,7 @@ impl<'a> Ctx<'a> {
             eos: tokenizer.eos_ids.iter().map(|&i| i as u32).collect(),
             vocab: tokenizer.vocab_size() as u64,
             max_len: cfg.train.max_seq_len,
-            drop_long: cfg.data.max_seq_len_policy == "drop",
+            drop_long: cfg.data.max_seq_len_policy == SeqLenPolicy::Drop,
             include: cfg.data.include_categories.iter().cloned().collect(),
             exclude: cfg.data.exclude_categories.iter().cloned().collect(),
             class_map: cfg.data.class_map.clone(),
@@ -1427,7 +1427,7 @@ fn finish(
         chat_template_sha256: template_source.map(|s| shards::sha256_hex(s.as_bytes())),
         vocab_size: ctx.vocab,
         max_seq_len: cfg.train.max_seq_len as u64,
-        max_seq_len_policy: cfg.data.max_seq_len_policy.clone(),
+        max_seq_len_policy: cfg.data.max_seq_len_policy.name().to_string(),
         seed: cfg.data.seed,
         shard_tokens,
         inputs: input_files,
