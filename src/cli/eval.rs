@@ -101,8 +101,13 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub workers: Option<usize>,
     /// Whose protocol: paper (the reference implementation's, the default) or clean (l2d's own; eval.protocol).
-    #[arg(long, value_name = "NAME", value_enum)]
+    #[arg(long, value_name = "NAME", value_parser = protocol_flag)]
     pub protocol: Option<Protocol>,
+}
+
+/// `--protocol`'s parser: clap's message then names the flag, the value and the choices on its first line.
+fn protocol_flag(s: &str) -> Result<Protocol, String> {
+    s.parse().map_err(|_| format!("unknown protocol {s:?} (expected one of {})", Protocol::NAMES.join(", ")))
 }
 
 /// The evaluations.

@@ -1,7 +1,7 @@
 //! Every enumerated choice a user makes in a config file or a flag, as a type.
 //!
-//! Each is defined once here with its spellings; parsing, serde, `Display`,
-//! clap's value list and the error message all come from that one list, so a
+//! Each is defined once here with its spellings; parsing, serde, `Display`
+//! and the error message all come from that one list, so a
 //! new solver or mode is one line in its enum plus the code that gives it meaning.
 
 use std::fmt;
@@ -16,7 +16,7 @@ fn expected_one_of(names: &[&str], got: &str) -> String {
 }
 
 /// Defines a choice enum: its variants with their config spellings, `ALL`,
-/// `NAMES`, `name()`, `FromStr`, `Display`, serde as the spelling, and clap's value list.
+/// `NAMES`, `name()`, `FromStr`, `Display` and serde as the spelling.
 macro_rules! choice {
     ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
         $(#[$meta])*
@@ -72,16 +72,6 @@ macro_rules! choice {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = String::deserialize(d)?;
                 s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-
-        impl clap::ValueEnum for $name {
-            fn value_variants<'a>() -> &'a [Self] {
-                Self::ALL
-            }
-
-            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-                Some(clap::builder::PossibleValue::new(self.name()))
             }
         }
     };

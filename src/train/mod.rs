@@ -36,7 +36,7 @@ pub fn param_counts(model: &ModelConfig, cfg: &Config) -> Result<ParamCounts> {
         }
         Mode::Full => ParamCounts { trainable_params: base, frozen_params: 0 },
         Mode::Lora => ParamCounts {
-            trainable_params: crate::model::lora::Settings::from_config(&cfg.lora)?.num_params(model),
+            trainable_params: crate::model::adapters::Settings::from_config(&cfg.lora)?.num_params(model),
             frozen_params: base,
         },
     })

@@ -19,7 +19,7 @@ use super::Mode;
 use crate::config::Config;
 use crate::l2d::checkpoint::{self as l2d_ckpt, BaseIdentity};
 use crate::l2d::{next_token_nll, L2d, Shape, TokenBatch};
-use crate::model::lora::{self, Adapters};
+use crate::model::adapters::{self, Adapters};
 use crate::model::weights::Weights;
 use crate::model::Llama;
 
@@ -85,7 +85,7 @@ impl Trainee {
     pub fn new(mode: Mode, model: &Llama, cfg: &Config) -> Result<Self> {
         Ok(match mode {
             Mode::L2dLora | Mode::L2dFull => Self::L2d(Box::new(L2d::init(model, Shape::from_config(&cfg.l2d), cfg.l2d.sigma)?)),
-            Mode::Lora => Self::Lora(Adapters::init(model, lora::Settings::from_config(&cfg.lora)?)?),
+            Mode::Lora => Self::Lora(Adapters::init(model, adapters::Settings::from_config(&cfg.lora)?)?),
             Mode::Full => {
                 let named = model.named_tensors();
                 // Updates of ~lr vanish when rounded into bf16 weights; f32 masters keep them.
@@ -210,7 +210,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
     let mode = cfg.train.mode;
     if mode == Mode::Lora {
         // Refuse unknown module names before loading anything heavy.
-        lora::Settings::from_config(&cfg.lora)?;
+        adapters::Settings::from_config(&cfg.lora)?;
     }
     let t = &cfg.train;
     let (device, kind) = crate::session::placement(&cfg.model)?;
