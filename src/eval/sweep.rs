@@ -316,7 +316,7 @@ impl Engine {
         });
         let (decoder, l2d_identity) = match ckpt {
             Some(ckpt) => {
-                let l2d = session.load_l2d(ckpt, &cfg.l2d)?;
+                let l2d = session.load_l2d(ckpt, &cfg.l2d).context("--l2d")?;
                 let id = serde_json::json!({
                     "path": ckpt.path().display().to_string(),
                     "step": ckpt.metadata().map(|m| m.step),
