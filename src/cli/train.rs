@@ -1,6 +1,6 @@
 //! `l2d train`: finetuning runs from a config (`--dry-run` plans one without weights).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::path::{Path, PathBuf};
@@ -8,9 +8,6 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::progress::ProgressMode;
 use crate::model::ModelConfig;
-use crate::train::data::{BatchPlan, Source};
-use crate::train::run::data_path;
-use crate::train::param_counts;
 
 /// Flags of `l2d train`.
 #[derive(Debug, clap::Args)]
@@ -42,30 +39,7 @@ pub fn run(args: Args, progress: ProgressMode) -> Result<()> {
     if !args.dry_run {
         return train(&cfg, &args, progress);
     }
-    let counts = param_counts(&model_cfg, &cfg)?;
-    let t = &cfg.train;
-    let mut plan = serde_json::json!({
-        "mode": t.mode,
-        "model": cfg.model.path,
-        "model_type": model_cfg.model_type,
-        "trainable_params": counts.trainable_params,
-        "frozen_params": counts.frozen_params,
-        "batch_size": t.batch_size,
-        "micro_batch_size": t.micro_batch_size,
-        "grad_accumulation_steps": t.batch_size / t.micro_batch_size,
-        "max_seq_len": t.max_seq_len,
-        "max_tokens_per_step": t.batch_size * t.max_seq_len,
-        "epochs": t.epochs,
-        "max_steps": t.max_steps,
-        "stop_at_step": t.stop_at_step,
-        "lr": t.lr,
-        "final_lr": t.final_lr,
-        "warmup_steps": t.warmup_steps,
-        "warmup_type": t.warmup_type.name(),
-        "decay": t.decay,
-    });
-    let budget = serde_json::to_value(DataBudget::of(&cfg, &model_cfg)?)?;
-    plan.as_object_mut().expect("an object").extend(budget.as_object().expect("a struct").clone());
+    let plan = crate::train::plan::dry_run(&cfg, &model_cfg)?;
     if args.json {
         println!("{plan}");
     } else {
@@ -90,45 +64,6 @@ fn load_config(args: &Args) -> Result<Config> {
         crate::bail_usage!("--resume: {} holds no run to resume (no {}); drop --resume to start a new run", out.display(), crate::train::checkpoint::CONFIG);
     }
     crate::config::load(Some(&saved), &args.config.set)
-}
-
-/// What the run would go through of `data.out` (all `None` while it is unset,
-/// so a run can be planned before its data is prepared).
-#[derive(Default, serde::Serialize)]
-struct DataBudget {
-    data: Option<String>,
-    train_examples: Option<usize>,
-    steps_per_epoch: Option<u64>,
-    /// Steps the learning-rate schedule spans.
-    schedule_steps: Option<u64>,
-    /// Steps the run takes (`train.stop_at_step` may end it before the schedule does).
-    planned_steps: Option<u64>,
-    /// The examples' tokens over the planned steps.
-    planned_tokens: Option<u64>,
-    /// The same padded into micro-batches: what the steps compute on.
-    planned_padded_tokens: Option<u64>,
-}
-
-impl DataBudget {
-    fn of(cfg: &Config, model_cfg: &ModelConfig) -> Result<Self> {
-        let Some(path) = data_path(cfg)? else {
-            return Ok(Self::default());
-        };
-        let t = &cfg.train;
-        let source = Source::open(&path, "train", model_cfg.vocab_size).context("data.out")?;
-        let plan = BatchPlan::new(source.lengths(), t.batch_size, t.seed);
-        let (total, end) = plan.steps(t);
-        let (tokens, padded) = plan.tokens(end, t.max_seq_len, t.micro_batch_size);
-        Ok(Self {
-            data: Some(path.display().to_string()),
-            train_examples: Some(source.len()),
-            steps_per_epoch: Some(plan.steps_per_epoch),
-            schedule_steps: Some(total),
-            planned_steps: Some(end),
-            planned_tokens: Some(tokens),
-            planned_padded_tokens: Some(padded),
-        })
-    }
 }
 
 /// Runs the training; SIGINT/SIGTERM finish the current step, save and exit

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod identity;
 pub mod optim;
+pub mod plan;
 pub mod run;
 pub mod tensorboard;
 
