@@ -6,7 +6,8 @@
 # build's libtorch cache, often in a home directory others cannot read, is needed.
 #
 #   scripts/install.sh [PREFIX]          build target/release/l2d, install it (PREFIX: /usr/local)
-#   scripts/install.sh --binary FILE     install FILE (an l2d built by this checkout) instead
+#   scripts/install.sh --binary FILE     install FILE (an l2d built by this checkout) instead,
+#                                        e.g. `sudo scripts/install.sh --binary target/release/l2d`
 #   scripts/install.sh --link            hard-link the libraries from the libtorch cache instead
 #                                        of copying them (~3.5 GB; same filesystem only)
 #
@@ -25,7 +26,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --binary) [[ $# -ge 2 ]] || die "--binary needs a FILE (see --help)" 2; binary="$2"; shift ;;
     --link) link=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     -*) die "unknown option '$1' (see --help)" 2 ;;
     *) [[ -z "$prefix" ]] || die "one PREFIX only, got '$prefix' and '$1' (see --help)" 2; prefix="$1" ;;
   esac
@@ -44,8 +45,9 @@ check_writable "$prefix/bin"
 check_writable "$prefix/lib"
 
 if [[ -z "$binary" ]]; then
-  "$repo/scripts/setup.sh"
-  (cd "$repo" && cargo build --release --locked)
+  # Not setup.sh: under sudo it would fill root's cache and repoint .libtorch.
+  [[ -e "$repo/.libtorch" ]] || die "$repo/.libtorch missing: run scripts/setup.sh first" 2
+  (cd "$repo" && cargo build --release --locked) || die "cargo build --release failed"
   binary="$repo/target/release/l2d"
 fi
 [[ -f "$binary" && -x "$binary" ]] || die "--binary $binary: not an executable file" 2
