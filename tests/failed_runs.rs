@@ -7,7 +7,7 @@ mod common;
 use common::{assert_error, l2d, prepared, scratch, stderr, tiny_model};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn s(p: &Path) -> &str {
@@ -38,8 +38,10 @@ fn eval(cfg: &Path, out: &Path) -> Command {
     cmd
 }
 
-/// Waits until `ready` holds, then sends SIGINT to `child` and returns its output.
-fn interrupt_when(mut child: Child, ready: impl Fn() -> bool) -> Output {
+/// Runs the eval of `cfg` into `out`, sends it SIGINT once `ready` holds and
+/// asserts that it stopped with 130 (128 + SIGINT) and no error.
+fn interrupted_eval(cfg: &Path, out: &Path, ready: impl Fn() -> bool) {
+    let mut child = eval(cfg, out).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let start = Instant::now();
     while !ready() {
         assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
@@ -48,7 +50,9 @@ fn interrupt_when(mut child: Child, ready: impl Fn() -> bool) -> Output {
     }
     // SAFETY: kill only sends a signal.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    child.wait_with_output().unwrap()
+    let stopped = child.wait_with_output().unwrap();
+    assert_eq!(stopped.status.code(), Some(130), "stderr: {}", stderr(&stopped));
+    assert!(!stderr(&stopped).contains("error"), "{}", stderr(&stopped));
 }
 
 fn journal_lines(out: &Path) -> usize {
@@ -98,10 +102,7 @@ fn an_eval_interrupted_before_its_first_completion_leaves_nothing() {
     let cfg = eval_config(&dir, 2, 200);
     let new = dir.join("new");
     let out = new.join("run");
-    let child = eval(&cfg, &out).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let stopped = interrupt_when(child, || out.join("journal-identity.json").exists());
-    assert_eq!(stopped.status.code(), Some(130), "stderr: {}", stderr(&stopped));
-    assert!(!stderr(&stopped).contains("error"), "{}", stderr(&stopped));
+    interrupted_eval(&cfg, &out, || out.join("journal-identity.json").exists());
     assert!(!new.exists(), "the interrupted eval left {}", new.display());
 }
 
@@ -110,9 +111,7 @@ fn an_eval_interrupted_after_completions_keeps_its_journal() {
     let dir = scratch("failed-eval-sigint-late");
     let cfg = eval_config(&dir, 20, 4);
     let out = dir.join("run");
-    let child = eval(&cfg, &out).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let stopped = interrupt_when(child, || journal_lines(&out) >= 1);
-    assert_eq!(stopped.status.code(), Some(130), "stderr: {}", stderr(&stopped));
+    interrupted_eval(&cfg, &out, || journal_lines(&out) >= 1);
     let kept = journal_lines(&out);
     assert!((1..20).contains(&kept), "{kept} completions kept");
     assert!(out.join("journal-identity.json").is_file());
