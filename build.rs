@@ -4,6 +4,11 @@
 //! `libtorch_cuda.so` (nothing references its symbols directly); CUDA would
 //! then be silently unavailable. We link it explicitly with `--no-as-needed`
 //! and set an rpath so the binary runs without `LD_LIBRARY_PATH`.
+//!
+//! The rpath's first entry, `$ORIGIN/../lib/l2d/torch/lib`, is where
+//! `scripts/install.sh` puts the libraries beside an installed binary (any
+//! user can run it there); the second is the libtorch the build used, which
+//! serves `target/release/l2d` in the checkout.
 
 use std::path::PathBuf;
 
@@ -19,6 +24,8 @@ fn main() {
     let lib = root.join("lib");
     let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rustc-link-search=native={}", lib.display());
+    // Passed to the linker without a shell, so `$ORIGIN` arrives literally.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib/l2d/torch/lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");

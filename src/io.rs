@@ -28,9 +28,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Creates `dir` and its parents. A location that cannot hold output (a
 /// missing or read-only filesystem, a file in the way, no permission) is the
 /// user's to fix, so it is a usage error (exit code 2) in every subcommand;
-/// other failures (a full disk) are runtime failures.
-pub fn create_output_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| output_location_error(e, &format!("cannot create {}", dir.display())))
+/// other failures (a full disk) are runtime failures. Returns the directories
+/// it made, so that a run failing before it produced anything can take them away.
+pub fn create_output_dir(dir: &Path) -> Result<CreatedDirs> {
+    let mut made = Vec::new();
+    let mut missing = Some(dir);
+    while let Some(d) = missing.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        made.push(d.to_path_buf());
+        missing = d.parent();
+    }
+    fs::create_dir_all(dir).map_err(|e| output_location_error(e, &format!("cannot create {}", dir.display())))?;
+    Ok(CreatedDirs(made))
+}
+
+/// The directories [`create_output_dir`] made, innermost first (none when the
+/// directory was there already).
+#[derive(Debug, Clone, Default)]
+pub struct CreatedDirs(Vec<PathBuf>);
+
+impl CreatedDirs {
+    /// Whether any directory was made (then the requested one was).
+    pub fn any(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Removes the made directories that are empty, innermost first, stopping at
+    /// the first that holds something: a failed run leaves no empty directories.
+    pub fn remove_empty(&self) {
+        for dir in &self.0 {
+            if fs::remove_dir(dir).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 fn output_location_error(e: std::io::Error, what: &str) -> anyhow::Error {
@@ -62,10 +92,12 @@ pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> Result<(
 /// A directory being built under a temporary name beside its destination.
 ///
 /// Files go into [`StagedDir::path`]; [`StagedDir::commit`] syncs them and
-/// renames the directory into place. Dropped without commit, it is removed.
+/// renames the directory into place. Dropped without commit, it is removed,
+/// and so are the parent directories made for it.
 pub struct StagedDir {
     tmp: Option<tempfile::TempDir>,
     dest: PathBuf,
+    made_parents: CreatedDirs,
 }
 
 impl StagedDir {
@@ -75,12 +107,12 @@ impl StagedDir {
             crate::bail_usage!("output directory {} already exists", dest.display());
         }
         let parent = parent_dir(dest);
-        create_output_dir(&parent)?;
+        let made_parents = create_output_dir(&parent)?;
         let tmp = tempfile::Builder::new()
             .prefix(&staging_prefix(dest))
             .tempdir_in(&parent)
             .map_err(|e| output_location_error(e, &format!("cannot create a temporary directory in {}", parent.display())))?;
-        Ok(Self { tmp: Some(tmp), dest: dest.to_path_buf() })
+        Ok(Self { tmp: Some(tmp), dest: dest.to_path_buf(), made_parents })
     }
 
     /// Where to write the files while staging.
@@ -102,6 +134,15 @@ impl StagedDir {
             .with_context(|| format!("cannot move the output into {}", self.dest.display()))?;
         sync_dir(&parent_dir(&self.dest));
         Ok(self.dest.clone())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            drop(tmp); // removes the staged files first
+            self.made_parents.remove_empty();
+        }
     }
 }
 
@@ -159,13 +200,23 @@ pub fn dir_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 /// 128 + the signal's number, so that an interrupted command leaves no
 /// half-written output behind.
 pub fn remove_staging_on_signal(dest: &Path) -> Result<()> {
+    let dest = dest.to_path_buf();
+    on_signal(move || {
+        let _ = remove_staging_debris_of(&dest);
+    })
+}
+
+/// On SIGINT or SIGTERM, runs `tidy` and exits with 128 + the signal's number.
+pub fn on_signal(tidy: impl FnOnce() + Send + 'static) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
-    let dest = dest.to_path_buf();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            let _ = remove_staging_debris_of(&dest);
-            std::process::exit(128 + sig);
+            tidy();
+            // Not process::exit: its exit handlers tear down libtorch while the
+            // main thread may still be computing, which then fails loudly.
+            // SAFETY: _exit ends the process at once; nothing runs after it.
+            unsafe { libc::_exit(128 + sig) };
         }
     });
     Ok(())

@@ -113,7 +113,8 @@ fn plot(args: PlotArgs) -> Result<()> {
 fn create_parent(path: &Path) -> Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => {
-            crate::io::create_output_dir(dir).context("--out")
+            crate::io::create_output_dir(dir).context("--out")?;
+            Ok(())
         }
         _ => Ok(()),
     }

@@ -298,6 +298,45 @@ impl Journal {
     }
 }
 
+/// A run directory this run made, taken away again (with the parents made for
+/// it) when the run ends by an error, SIGINT or SIGTERM before its first
+/// completion: a failed run leaves no directory behind, one stopped later keeps
+/// its journal to resume.
+#[derive(Clone)]
+struct DiscardIfNothingDone {
+    dir: PathBuf,
+    made: crate::io::CreatedDirs,
+}
+
+impl DiscardIfNothingDone {
+    fn arm(dir: &Path, made: crate::io::CreatedDirs) -> Result<Self> {
+        let guard = Self { dir: dir.to_path_buf(), made };
+        if guard.made.any() {
+            let on_signal = guard.clone();
+            crate::io::on_signal(move || on_signal.discard())?;
+        }
+        Ok(guard)
+    }
+
+    fn discard(&self) {
+        let started = std::fs::metadata(self.dir.join(EXAMPLES)).is_ok_and(|m| m.len() > 0);
+        if started || !self.made.any() {
+            return;
+        }
+        for name in [EXAMPLES, identity::IDENTITY_FILE] {
+            let _ = std::fs::remove_file(self.dir.join(name));
+        }
+        let _ = crate::io::remove_staging_debris(&self.dir);
+        self.made.remove_empty();
+    }
+}
+
+impl Drop for DiscardIfNothingDone {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
 /// The model, tokenizer and optional L2D path a sweep generates with.
 struct Engine {
     session: Session,
@@ -366,7 +405,8 @@ pub fn run(cfg: &Config, ckpt: Option<&Checkpoint>, out: &SweepOutput) -> Result
     for data in &tasks {
         data.check_class(engine.decoder.as_ref())?;
     }
-    crate::io::create_output_dir(&out.dir).context("--out")?;
+    let made = crate::io::create_output_dir(&out.dir).context("--out")?;
+    let _discard = DiscardIfNothingDone::arm(&out.dir, made)?;
     crate::io::remove_staging_debris(&out.dir)?; // temporary files of a killed run
     let journal_path = out.dir.join(EXAMPLES);
     let mut done: BTreeMap<Key, Line> = read_journal(&journal_path)?.into_iter().map(|l| (key(&l), l)).collect();

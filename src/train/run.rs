@@ -234,12 +234,18 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
     // Everything a resume is checked against, before anything is written or loaded.
     let identity = Identity::of(&base_dir, &data_path)?;
     let ckpt_dir = out.join(CHECKPOINTS);
-    let (resumed, changes) = if resume { open_run(out, cfg, &identity)? } else { (start_run(out)?, Vec::new()) };
+    let (resumed, changes, made) = if resume {
+        let (resumed, changes) = open_run(out, cfg, &identity)?;
+        (resumed, changes, crate::io::CreatedDirs::default())
+    } else {
+        let made = start_run(out)?;
+        (None, Vec::new(), made)
+    };
+    // A model that does not load leaves no run directory behind.
+    let model = Llama::load(&base_dir, device, kind).inspect_err(|_| made.remove_empty())?;
     if dist.is_main() {
         crate::io::write_atomic(&out.join(checkpoint::CONFIG), cfg.to_toml_string().as_bytes())?;
     }
-
-    let model = Llama::load(&base_dir, device, kind)?;
     let plan = BatchPlan::new(train_data.lengths(), t.batch_size, t.seed);
     // The schedule spans `total` steps; the run may end earlier.
     let (total, end) = plan.steps(t);
@@ -321,14 +327,14 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
 }
 
 /// A new run in `out`: refused where a run with checkpoints already is;
-/// what killed writers left there is removed.
-fn start_run(out: &Path) -> Result<Option<Checkpoint>> {
-    crate::io::create_output_dir(out).context("--out")?;
+/// what killed writers left there is removed. Returns the directories made.
+fn start_run(out: &Path) -> Result<crate::io::CreatedDirs> {
+    let made = crate::io::create_output_dir(out).context("--out")?;
     if let Some((step, _)) = checkpoint::step_dirs(&out.join(CHECKPOINTS))?.last() {
         crate::bail_usage!("--out {}: already holds a run (checkpoint at step {step}); pass --resume to continue it", out.display());
     }
     remove_debris(out)?;
-    Ok(None)
+    Ok(made)
 }
 
 /// The run in `out` to continue with `cfg`: its newest valid checkpoint (if
