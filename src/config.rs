@@ -54,6 +54,34 @@ pub struct Config {
     pub generate: GenerateConfig,
     /// `[eval]`: benchmarks and the sweep of `l2d eval --config`.
     pub eval: EvalConfig,
+    /// `[dist]`: data-parallel collectives (used when a launcher starts several ranks).
+    pub dist: DistConfig,
+}
+
+/// `[dist]` section: how ranks started by torchrun talk to each other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistConfig {
+    /// Seconds the rendezvous and any one collective may take before the run fails.
+    pub timeout_s: f64,
+    /// Size of the flat buffers gradients are summed in (MiB; PyTorch DDP's default is 25).
+    pub bucket_mb: f64,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        Self { timeout_s: 600.0, bucket_mb: 25.0 }
+    }
+}
+
+impl DistConfig {
+    /// The collectives' settings.
+    pub fn settings(&self) -> crate::dist::Settings {
+        crate::dist::Settings {
+            timeout: std::time::Duration::from_secs_f64(self.timeout_s),
+            bucket_bytes: (self.bucket_mb * (1 << 20) as f64) as usize,
+        }
+    }
 }
 
 /// `[model]` section.
@@ -675,6 +703,9 @@ impl Config {
             "must name at least one module".into()
         })?;
         non_empty_items("lora.target_modules", &r.target_modules)?;
+
+        positive("dist.timeout_s", self.dist.timeout_s)?;
+        positive("dist.bucket_mb", self.dist.bucket_mb)?;
 
         let t = &self.train;
         one_of("train.mode", &t.mode, MODES)?;

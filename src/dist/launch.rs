@@ -80,12 +80,13 @@ impl Launch {
         !self.agent_store && self.rank == 0
     }
 
-    /// `device` for this rank: a bare `cuda` is `cuda:LOCAL_RANK`.
+    /// `device` for this rank: a bare `cuda` (or `auto` where CUDA is
+    /// available) is `cuda:LOCAL_RANK`.
     pub fn device_spec(&self, device: &str) -> String {
-        if device == "cuda" {
-            format!("cuda:{}", self.local_rank)
-        } else {
-            device.to_string()
+        match device {
+            "cuda" => format!("cuda:{}", self.local_rank),
+            "auto" if tch::Cuda::is_available() => format!("cuda:{}", self.local_rank),
+            other => other.to_string(),
         }
     }
 }
