@@ -246,6 +246,7 @@ fn a_killed_rank_stops_the_others_naming_it_and_the_last_checkpoint_resumes() {
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains("failed on rank 0 of 2: rank 1 stopped answering"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    eprintln!("rank 0, {waited:?} after the kill: {}", errors[0]);
     // The newest checkpoint is whole: one process resumes from it for one more step.
     let newest = final_trainable_step(&out);
     let more = format!("train.max_steps={}", newest + 1);
@@ -259,4 +260,17 @@ fn final_trainable_step(out: &Path) -> u64 {
     let state = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().path().join("state.json")).max().unwrap();
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
     v["step"].as_u64().unwrap()
+}
+
+#[test]
+fn bad_dist_settings_are_usage_errors_naming_the_key() {
+    let d = data("dist-settings-data", 4);
+    let out = scratch("dist-settings").join("run");
+    for (set, needle) in [
+        ("dist.timeout_s=0", "dist.timeout_s: must be a finite number > 0, got 0"),
+        ("dist.bucket_mb=-1", "dist.bucket_mb: must be a finite number > 0, got -1"),
+        ("dist.buckets=1", "dist.buckets"),
+    ] {
+        assert_error(&single(&train_args("l2d-lora", &d, &out, &["--dry-run", "--set", set])), 2, &[needle]);
+    }
 }

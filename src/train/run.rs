@@ -118,6 +118,9 @@ pub struct StepStats {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Seconds spent summing gradients and the loss over ranks (waiting for
+    /// the slowest rank included); ~0 alone.
+    pub reduce_s: f64,
 }
 
 /// One optimizer step (0-based `step`) on the global batch `examples`: forward
@@ -146,7 +149,9 @@ pub fn optimizer_step(
         loss_sum += sum.double_value(&[]);
     }
     let named = trainee.params(model);
+    let reduce_start = Instant::now();
     let loss = reduce(dist, &named, loss_sum)? / loss_tokens.max(1) as f64;
+    let reduce_s = reduce_start.elapsed().as_secs_f64();
     let grad_norm = clip_grad_norm(&named, t.grad_clip);
     if !loss.is_finite() || !grad_norm.is_finite() {
         anyhow::bail!("loss {loss} / gradient norm {grad_norm} is not finite; stopped before updating");
@@ -154,7 +159,7 @@ pub fn optimizer_step(
     opt.step(&named, lr);
     zero_grad(&named);
     trainee.refresh(model);
-    Ok(StepStats { loss, grad_norm })
+    Ok(StepStats { loss, grad_norm, reduce_s })
 }
 
 /// Sums the gradients (each rank's loss is already divided by the global token
@@ -312,7 +317,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
         let lr = schedule.at(step);
         let examples: Vec<TrainExample> =
             plan.batch(step).into_iter().map(|i| train_data.get(i, t.max_seq_len)).collect();
-        let StepStats { loss, grad_norm } = optimizer_step(&mut trainee, &model, &mut opt, &examples, cfg, step, lr, &dist)
+        let StepStats { loss, grad_norm, reduce_s } = optimizer_step(&mut trainee, &model, &mut opt, &examples, cfg, step, lr, &dist)
             .map_err(|e| {
                 let last = checkpoint::step_dirs(&ckpt_dir).ok().and_then(|s| s.last().map(|(s, _)| format!("step {s}"))).unwrap_or_else(|| "none".into());
                 e.context(format!("step {} (last good checkpoint: {last})", step + 1))
@@ -321,12 +326,18 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
         let elapsed = step_start.elapsed().as_secs_f64();
         let tokens: usize = examples.iter().map(|e| e.input_ids.len()).sum();
         if let Some(log) = &mut log {
-            log.write(&serde_json::json!({
+            let mut rec = serde_json::json!({
                 "step": step, "loss": loss, "lr": lr, "warmup_type": t.warmup_type.as_str(), "grad_norm": grad_norm,
                 "tokens": tokens, "tokens_per_s": tokens as f64 / elapsed,
                 "elapsed_s": started.elapsed().as_secs_f64(),
                 "peak_rss_bytes": super::resident_memory().map(|(_, peak)| peak),
-            }))?;
+            });
+            if dist.world_size() > 1 {
+                // What data parallelism costs: the reduction's share of the step.
+                rec["step_s"] = elapsed.into();
+                rec["reduce_s"] = reduce_s.into();
+            }
+            log.write(&rec)?;
         }
         if let Some(valid) = &valid_data {
             if step == end || (t.eval_every > 0 && step % t.eval_every == 0) {
