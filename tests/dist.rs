@@ -220,39 +220,59 @@ fn a_launch_missing_master_addr_or_a_rank_fails_cleanly_within_the_timeout() {
     assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
 }
 
-#[test]
-fn a_killed_rank_stops_the_others_naming_it_and_the_last_checkpoint_resumes() {
-    let d = data("dist-kill-data", 200);
-    let out = scratch("dist-kill").join("run");
+/// Two ranks train until the first checkpoint appears, then rank `victim` is
+/// killed (SIGKILL); the survivor's output, how long it took to exit after the
+/// kill, and the run directory with the arguments it was started with.
+fn kill_mid_run(name: &str, victim: usize) -> (Output, Duration, PathBuf, Vec<String>) {
+    let d = data(&format!("{name}-data"), 200);
+    let out = scratch(name).join("run");
     let args = train_args("l2d-lora", &d, &out, &["--set", "train.max_steps=100000", "--set", "train.save_every=1", "--set", "dist.timeout_s=20"]);
     let port = free_port();
-    let rank0 = spawn_rank(0, 2, port, &args);
-    let mut rank1 = spawn_rank(1, 2, port, &args);
-    let ckpts = out.join("checkpoints");
+    let mut ranks = vec![spawn_rank(0, 2, port, &args), spawn_rank(1, 2, port, &args)];
     let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_dir(&ckpts).map_or(0, |d| d.count()) == 0 {
+    while std::fs::read_dir(out.join("checkpoints")).map_or(0, |d| d.count()) == 0 {
         assert!(Instant::now() < deadline, "no checkpoint after 120 s");
         std::thread::sleep(Duration::from_millis(100));
     }
-    rank1.kill().unwrap();
-    let killed = Instant::now();
-    let out0 = rank0.wait_with_output().unwrap();
-    let waited = killed.elapsed();
-    let _ = rank1.wait();
-    assert!(waited < Duration::from_secs(20), "rank 0 took {waited:?}");
-    assert_eq!(out0.status.code(), Some(1), "{}", stderr(&out0));
-    let err = stderr(&out0);
+    let mut killed = ranks.remove(victim);
+    killed.kill().unwrap();
+    let at = Instant::now();
+    let survivor = ranks.remove(0).wait_with_output().unwrap();
+    let waited = at.elapsed();
+    let _ = killed.wait();
+    (survivor, waited, out, args)
+}
+
+/// The survivor exited 1 within `dist.timeout_s` (20 s) with one error line
+/// containing `needle`, and no panic; returns that line.
+fn assert_failed_cleanly(survivor: &Output, waited: Duration, needle: &str) -> String {
+    let err = stderr(survivor);
+    assert!(waited < Duration::from_secs(20), "the survivor took {waited:?}: {err}");
+    assert_eq!(survivor.status.code(), Some(1), "{err}");
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{err}");
-    assert!(errors[0].contains("failed on rank 0 of 2: rank 1 stopped answering"), "{err}");
+    assert!(errors[0].contains(needle), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    eprintln!("rank 0, {waited:?} after the kill: {}", errors[0]);
+    eprintln!("{waited:?} after the kill: {}", errors[0]);
+    errors[0].to_string()
+}
+
+#[test]
+fn a_killed_rank_stops_the_others_naming_it_and_the_last_checkpoint_resumes() {
+    let (survivor, waited, out, args) = kill_mid_run("dist-kill-1", 1);
+    assert_failed_cleanly(&survivor, waited, "failed on rank 0 of 2: rank 1 stopped answering");
     // The newest checkpoint is whole: one process resumes from it for one more step.
     let newest = final_trainable_step(&out);
     let more = format!("train.max_steps={}", newest + 1);
     let resume: Vec<String> = args.iter().cloned().chain(["--resume".into(), "--set".into(), more]).collect();
     ok(single(&resume));
     assert_eq!(loss_log(&out).last().unwrap().0, newest + 1);
+}
+
+#[test]
+fn a_killed_rank_0_is_named_as_the_store_host_that_is_gone() {
+    let (survivor, waited, _, _) = kill_mid_run("dist-kill-0", 0);
+    assert_failed_cleanly(&survivor, waited, "failed on rank 1 of 2: rank 0 (which hosts the store at 127.0.0.1:");
 }
 
 /// The step of the newest checkpoint.
