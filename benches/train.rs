@@ -26,7 +26,8 @@ use l2d::model::Llama;
 use l2d::runtime;
 use l2d::train::data::TrainExample;
 use l2d::train::optim::AdamW;
-use l2d::train::run::{optimizer_step, Dist, Trainee};
+use l2d::dist::Dist;
+use l2d::train::run::{optimizer_step, Trainee};
 use l2d::train::{keep_freed_memory, resident_memory};
 use tch::{Kind, Tensor};
 
@@ -101,7 +102,7 @@ fn measure(model: &Llama, cfg: &Config, prompt: usize) -> Result<(f64, f64)> {
         let start = Instant::now();
         for _ in 0..n {
             let examples = &batches[step as usize % batches.len()];
-            optimizer_step(&mut trainee, model, &mut opt, examples, cfg, step, 1e-4, Dist::single())?;
+            optimizer_step(&mut trainee, model, &mut opt, examples, cfg, step, 1e-4, &Dist::single())?;
             step += 1;
         }
         sync(model.device());

@@ -13,6 +13,10 @@
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
+# CUDA headers the torch wheel lacks but ProcessGroupNCCL.hpp includes
+# (cuda_runtime.h needs crt/host_config.h, cuda_fp16.h needs <nv/target>);
+# build.rs compiles the NCCL part of src/dist only when they are present.
+NCCL_HEADER_DEPS=(nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85)
 TEST_DEPS=(transformers==4.57.1 peft==0.17.1 tensorboard==2.21.0 safetensors numpy)
 want_test_deps=0
 for arg in "$@"; do
@@ -55,6 +59,13 @@ if [[ $want_test_deps == 1 && "$(cat "$test_deps_marker" 2>/dev/null)" != "${TES
 fi
 
 torch_dir="$("$py" -c "import os, torch; print(os.path.dirname(torch.__file__))" 2>/dev/null)"
+nccl_marker="$root/.nccl-headers-complete"
+if [[ -f "$torch_dir/lib/libtorch_cuda.so" && "$(cat "$nccl_marker" 2>/dev/null)" != "${NCCL_HEADER_DEPS[*]}" ]]; then
+  echo "setup: installing CUDA headers for NCCL (${NCCL_HEADER_DEPS[*]})" >&2
+  "$py" -m pip install --quiet --no-input --disable-pip-version-check "${NCCL_HEADER_DEPS[@]}"
+  printf '%s\n' "${NCCL_HEADER_DEPS[*]}" >"$nccl_marker"
+fi
+
 ln -sfn "$torch_dir" "$repo/.libtorch"
 ln -sfn "$venv" "$repo/.venv"
 echo "setup: libtorch $TORCH_VERSION at $torch_dir" >&2

@@ -137,6 +137,9 @@ impl Config {
         })?;
         non_empty_items("lora.target_modules", &r.target_modules)?;
 
+        positive("dist.timeout_s", self.dist.timeout_s)?;
+        positive("dist.bucket_mb", self.dist.bucket_mb)?;
+
         let t = &self.train;
         if let Some(v) = t.mode.l2d_variant() {
             // Two spellings of one choice must not disagree silently.

@@ -28,6 +28,24 @@ pub struct Config {
     pub generate: GenerateConfig,
     /// `[eval]`: benchmarks and the sweep of `l2d eval --config`.
     pub eval: EvalConfig,
+    /// `[dist]`: data-parallel collectives (used when a launcher starts several ranks).
+    pub dist: DistConfig,
+}
+
+/// `[dist]` section: how ranks started by torchrun talk to each other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistConfig {
+    /// Seconds the rendezvous and any one collective may take before the run fails.
+    pub timeout_s: f64,
+    /// Size of the flat buffers gradients are summed in (MiB; PyTorch DDP's default is 25).
+    pub bucket_mb: f64,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        Self { timeout_s: 600.0, bucket_mb: 25.0 }
+    }
 }
 
 /// `[model]` section.

@@ -35,8 +35,9 @@ const RESUMABLE: &[&str] = &[
     "train.decay",
     "train.out",
 ];
-/// Sections training never reads.
-const UNUSED_BY_TRAINING: &[&str] = &["generate.", "eval."];
+/// Sections training never reads, or (`dist.`) that change how ranks talk,
+/// not what they compute: a run may resume on another launch.
+const UNUSED_BY_TRAINING: &[&str] = &["generate.", "eval.", "dist."];
 /// Keys that locate the base model and the data: a new place holding the same
 /// files (by fingerprint) is the same run.
 const LOCATIONS: &[&str] = &["model.path", "data.out"];

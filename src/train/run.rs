@@ -17,6 +17,7 @@ use crate::progress::{Progress, ProgressMode};
 use super::tensorboard::EventWriter;
 use super::Mode;
 use crate::config::Config;
+use crate::dist::{Dist, Launch, Settings};
 use crate::l2d::checkpoint::{self as l2d_ckpt, BaseIdentity};
 use crate::l2d::{next_token_nll, L2d, Shape, TokenBatch};
 use crate::model::adapters::{self, Adapters};
@@ -35,34 +36,6 @@ pub struct Outcome {
     /// The trained result (L2D checkpoint or model directory), when the run completed.
     /// A `lora` run's adapter directory is `adapter` beside its merged model.
     pub result: Option<PathBuf>,
-}
-
-/// This process's place among data-parallel workers. Only rank 0 writes; a
-/// multi-process launcher plugs in by setting these and reducing gradients in
-/// [`Dist::reduce_gradients`].
-#[derive(Debug, Clone, Copy)]
-pub struct Dist {
-    /// This worker's index.
-    pub rank: usize,
-    /// Number of workers.
-    pub world: usize,
-}
-
-impl Dist {
-    /// A single process.
-    pub fn single() -> Self {
-        Self { rank: 0, world: 1 }
-    }
-
-    /// Whether this worker writes checkpoints, logs and outputs.
-    pub fn is_main(&self) -> bool {
-        self.rank == 0
-    }
-
-    /// Sums gradients over workers: the one place a process group would all-reduce.
-    fn reduce_gradients(&self, _params: &[(String, Tensor)]) {
-        debug_assert_eq!(self.world, 1, "multi-process reduction is not wired yet");
-    }
 }
 
 /// What is trained.
@@ -144,6 +117,9 @@ pub struct StepStats {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Seconds spent summing gradients and the loss over ranks (waiting for
+    /// the slowest rank included); ~0 alone.
+    pub reduce_s: f64,
 }
 
 /// One optimizer step (0-based `step`) on the global batch `examples`: forward
@@ -159,12 +135,12 @@ pub fn optimizer_step(
     cfg: &Config,
     step: u64,
     lr: f64,
-    dist: Dist,
+    dist: &Dist,
 ) -> Result<StepStats> {
     let t = &cfg.train;
     let loss_tokens: i64 = examples.iter().map(|e| e.labels.iter().skip(1).filter(|&&l| l != -100).count() as i64).sum();
     let mut loss_sum = 0.0;
-    for (m, micro) in examples.chunks(t.micro_batch_size).enumerate().filter(|(m, _)| m % dist.world == dist.rank) {
+    for (m, micro) in examples.chunks(t.micro_batch_size).enumerate().filter(|(m, _)| m % dist.world_size() == dist.rank()) {
         tch::manual_seed(micro_seed(t.seed, step, m));
         let batch = to_batch(micro, cfg, model.device());
         let (sum, _) = trainee.nll(model, &batch, true)?;
@@ -172,8 +148,9 @@ pub fn optimizer_step(
         loss_sum += sum.double_value(&[]);
     }
     let named = trainee.params(model);
-    dist.reduce_gradients(&named);
-    let loss = loss_sum / loss_tokens.max(1) as f64;
+    let reduce_start = Instant::now();
+    let loss = reduce(dist, &named, loss_sum)? / loss_tokens.max(1) as f64;
+    let reduce_s = reduce_start.elapsed().as_secs_f64();
     let grad_norm = clip_grad_norm(&named, t.grad_clip);
     if !loss.is_finite() || !grad_norm.is_finite() {
         anyhow::bail!("loss {loss} / gradient norm {grad_norm} is not finite; stopped before updating");
@@ -181,7 +158,53 @@ pub fn optimizer_step(
     opt.step(&named, lr);
     zero_grad(&named);
     trainee.refresh(model);
-    Ok(StepStats { loss, grad_norm })
+    Ok(StepStats { loss, grad_norm, reduce_s })
+}
+
+/// Sums the gradients (each rank's loss is already divided by the global token
+/// count) and the summed loss over workers, returning the latter. A gradient
+/// that only some workers computed counts as zeros on the others; one that
+/// none computed stays undefined, as alone.
+fn reduce(dist: &Dist, named: &[(String, Tensor)], loss_sum: f64) -> Result<f64> {
+    let mut values = vec![loss_sum];
+    values.extend(named.iter().map(|(_, p)| f64::from(u8::from(p.grad().defined()))));
+    let summed = dist.sum_f64(&values, "the loss and gradient flags")?;
+    let missing: Vec<&Tensor> =
+        named.iter().zip(&summed[1..]).filter(|((_, p), &computed)| computed > 0.0 && !p.grad().defined()).map(|((_, p), _)| p).collect();
+    define_zero_grads(&missing);
+    let grads: Vec<Tensor> = named.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect();
+    dist.sum(&grads, "gradients")?;
+    Ok(summed[0])
+}
+
+/// Gives `params` zero gradients (tch cannot assign `.grad` directly).
+fn define_zero_grads(params: &[&Tensor]) {
+    if let Some(zero) = params.iter().map(|p| p.sum(Kind::Float) * 0.0).reduce(|a, b| a + b) {
+        zero.backward();
+    }
+}
+
+/// Joins the group a launcher (torchrun) described in the environment, on
+/// `cfg.model.device` (a bare `cuda` is this rank's `cuda:LOCAL_RANK`), and
+/// checks that every rank runs the same config; alone without a launcher.
+fn join(cfg: &Config) -> Result<(Dist, Device)> {
+    let Some(launch) = Launch::from_env()? else {
+        return Ok((Dist::single(), crate::runtime::parse_device(&cfg.model.device)?));
+    };
+    let device = crate::runtime::parse_device(&launch.device_spec(&cfg.model.device))?;
+    let dist = Dist::connect(&launch, Settings::from(&cfg.dist), device)?;
+    dist.check_same_config(&cfg.to_toml_string())?;
+    Ok((dist, device))
+}
+
+/// Makes every rank start from rank 0's state: the step it resumes at, the
+/// trainable weights and the optimizer's moments. Returns the start step.
+fn start_from_main(dist: &Dist, start: u64, params: &[(String, Tensor)], opt: &mut AdamW) -> Result<u64> {
+    let start = dist.sum_f64(&[if dist.is_main() { start as f64 } else { 0.0 }], "the start step")?[0] as u64;
+    let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).chain(opt.state_tensors().into_iter().map(|(_, t)| t)).collect();
+    dist.broadcast_from_main(&tensors, "the start weights and optimizer state")?;
+    opt.step = start as i64;
+    Ok(start)
 }
 
 const CHECKPOINTS: &str = "checkpoints";
@@ -206,14 +229,15 @@ pub fn data_path(cfg: &Config) -> Result<Option<PathBuf>> {
 /// newest valid checkpoint there (see [`identity`] for what it may change).
 pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, shown: ProgressMode) -> Result<Outcome> {
     super::keep_freed_memory();
-    let dist = Dist::single();
     let mode = cfg.train.mode;
     if mode == Mode::Lora {
         // Refuse unknown module names before loading anything heavy.
         adapters::Settings::from_config(&cfg.lora)?;
     }
     let t = &cfg.train;
-    let (device, kind) = crate::session::placement(&cfg.model)?;
+    let (dist, device) = join(cfg)?;
+    let shown = if dist.is_main() { shown } else { ProgressMode::quiet() };
+    let kind = crate::runtime::kind_of(cfg.model.dtype, device)?;
     let base_dir = PathBuf::from(&cfg.model.path);
     let data_path = data_path(cfg)?.ok_or_else(|| {
         crate::error::usage(
@@ -234,12 +258,14 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
     // Everything a resume is checked against, before anything is written or loaded.
     let identity = Identity::of(&base_dir, &data_path)?;
     let ckpt_dir = out.join(CHECKPOINTS);
-    let (resumed, changes, made) = if resume {
-        let (resumed, changes) = open_run(out, cfg, &identity)?;
-        (resumed, changes, crate::io::CreatedDirs::default())
-    } else {
-        let made = start_run(out)?;
-        (None, Vec::new(), made)
+    // Only rank 0 touches the run directory; the others get its state by broadcast.
+    let (resumed, changes, made) = match (dist.is_main(), resume) {
+        (false, _) => (None, Vec::new(), crate::io::CreatedDirs::default()),
+        (true, true) => {
+            let (resumed, changes) = open_run(out, cfg, &identity)?;
+            (resumed, changes, crate::io::CreatedDirs::default())
+        }
+        (true, false) => (None, Vec::new(), start_run(out)?),
     };
     // A model that does not load leaves no run directory behind.
     let model = Llama::load(&base_dir, device, kind).inspect_err(|_| made.remove_empty())?;
@@ -257,9 +283,10 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
     let start = resumed.as_ref().map_or(0, |c| c.state.step);
     if let Some(ckpt) = &resumed {
         checkpoint::restore(ckpt, &trainee.params(&model), &mut opt)?;
-        trainee.refresh(&model);
         tracing::info!(step = start, dir = %ckpt.dir.display(), "resumed");
     }
+    let start = start_from_main(&dist, start, &trainee.params(&model), &mut opt)?;
+    trainee.refresh(&model);
     if dist.is_main() {
         restore_logs(out, resumed.as_ref())?;
     }
@@ -281,7 +308,9 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
     let mut step = start;
     let mut valid_loss = None;
     while step < end {
-        if stop.load(Ordering::SeqCst) {
+        // A signal to any rank stops them all at the same step.
+        let stopping = dist.sum_f64(&[f64::from(u8::from(stop.load(Ordering::SeqCst)))], "the stop flag")?[0] > 0.0;
+        if stopping {
             save(step, &trainee.params(&model), &opt)?;
             progress.finish();
             return Ok(Outcome { steps: step, interrupted: true, valid_loss, result: None });
@@ -290,7 +319,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
         let lr = schedule.at(step);
         let examples: Vec<TrainExample> =
             plan.batch(step).into_iter().map(|i| train_data.get(i, t.max_seq_len)).collect();
-        let StepStats { loss, grad_norm } = optimizer_step(&mut trainee, &model, &mut opt, &examples, cfg, step, lr, dist)
+        let StepStats { loss, grad_norm, reduce_s } = optimizer_step(&mut trainee, &model, &mut opt, &examples, cfg, step, lr, &dist)
             .map_err(|e| {
                 let last = checkpoint::step_dirs(&ckpt_dir).ok().and_then(|s| s.last().map(|(s, _)| format!("step {s}"))).unwrap_or_else(|| "none".into());
                 e.context(format!("step {} (last good checkpoint: {last})", step + 1))
@@ -299,12 +328,18 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
         let elapsed = step_start.elapsed().as_secs_f64();
         let tokens: usize = examples.iter().map(|e| e.input_ids.len()).sum();
         if let Some(log) = &mut log {
-            log.write(&serde_json::json!({
+            let mut rec = serde_json::json!({
                 "step": step, "loss": loss, "lr": lr, "warmup_type": t.warmup_type.name(), "grad_norm": grad_norm,
                 "tokens": tokens, "tokens_per_s": tokens as f64 / elapsed,
                 "elapsed_s": started.elapsed().as_secs_f64(),
                 "peak_rss_bytes": super::resident_memory().map(|(_, peak)| peak),
-            }))?;
+            });
+            if dist.world_size() > 1 {
+                // What data parallelism costs: the reduction's share of the step.
+                rec["step_s"] = elapsed.into();
+                rec["reduce_s"] = reduce_s.into();
+            }
+            log.write(&rec)?;
         }
         if let Some(valid) = &valid_data {
             if step == end || (t.eval_every > 0 && step % t.eval_every == 0) {

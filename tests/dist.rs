@@ -1,0 +1,296 @@
+//! Data-parallel `l2d train`: two Gloo ranks on loopback (launched by hand
+//! and by torchrun) against one process with the same global batch, resume
+//! across world sizes, and the failures of a group.
+
+mod common;
+use common::*;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tch::Tensor;
+
+/// Pretokenized random sequences of 8-24 tokens for the tiny model.
+fn data(name: &str, n: usize) -> PathBuf {
+    let path = scratch(name).join("data.jsonl");
+    let mut state = 987654321u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as i64
+    };
+    let lines: Vec<String> = (0..n)
+        .map(|_| {
+            let ids: Vec<i64> = (0..8 + next() % 17).map(|_| 3 + next() % 490).collect();
+            serde_json::json!({ "input_ids": ids }).to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// `l2d train` in `mode` on the tiny model: a global batch of 8 in micro-batches
+/// of 2 (four per step, two per rank on two ranks), a checkpoint every 2 steps.
+fn train_args(mode: &str, data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let variant = if mode == "l2d-full" { "full" } else { "lora" };
+    let mut args: Vec<String> = vec!["train".into(), "--config".into(), format!("{root}/configs/tiny-l2d-lora.toml")];
+    for set in [
+        format!("model.path={}", tiny_model("llama").display()),
+        format!("data.out={}", data.display()),
+        format!("train.mode={mode}"),
+        format!("l2d.variant={variant}"),
+        "l2d.flow_dim=32".into(),
+        "l2d.lora_rank=4".into(),
+        "lora.rank=4".into(),
+        "train.batch_size=8".into(),
+        "train.micro_batch_size=2".into(),
+        "train.max_steps=4".into(),
+        "train.warmup_steps=2".into(),
+        "train.save_every=2".into(),
+        "dist.timeout_s=60".into(),
+    ] {
+        args.extend(["--set".into(), set]);
+    }
+    args.extend(["--out".into(), out.display().to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts rank `rank` of `world` (env set by hand, as a launcher would).
+fn spawn_rank(rank: usize, world: usize, port: u16, args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_l2d"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        // Two ranks share this machine's cores.
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start l2d")
+}
+
+/// Runs one rank per argument list, all in one group; their outputs in rank order.
+fn run_ranks(args: &[Vec<String>]) -> Vec<Output> {
+    let port = free_port();
+    let children: Vec<Child> = args.iter().enumerate().map(|(r, a)| spawn_rank(r, args.len(), port, a)).collect();
+    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+}
+
+fn single(args: &[String]) -> Output {
+    l2d(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn all_ok(outs: Vec<Output>) {
+    for (rank, out) in outs.into_iter().enumerate() {
+        assert!(out.status.success(), "rank {rank} failed: {}", stderr(&out));
+    }
+}
+
+/// `(step, loss)` of every training record in the run's metrics.jsonl.
+fn loss_log(out: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r.get("loss").is_some())
+        .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// The trainable tensors of the newest checkpoint, by name.
+fn final_trainable(out: &Path) -> Vec<(String, Tensor)> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    let mut t = Tensor::read_safetensors(dirs.last().unwrap().join("trainable.safetensors")).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+/// Loss logs equal to 1e-6 relative and trainable tensors to 1e-6 absolute
+/// (weights of order 0.01-1). Two ranks sum each gradient in another order
+/// than one process's accumulation (micro-batches 0+2 and 1+3, then the sum),
+/// which moves f32 results by rounding (~1e-7 relative); four AdamW steps at
+/// lr 1e-4 cannot turn that into more than ~1e-7 of weight.
+fn assert_same_run(a: &Path, b: &Path, what: &str) {
+    let (la, lb) = (loss_log(a), loss_log(b));
+    assert_eq!(la.len(), lb.len(), "{what}: {la:?} vs {lb:?}");
+    for ((sa, xa), (sb, xb)) in la.iter().zip(&lb) {
+        assert_eq!(sa, sb, "{what}");
+        assert!((xa - xb).abs() <= 1e-6 * xa.abs(), "{what}: step {sa} loss {xa} vs {xb}");
+    }
+    let (ta, tb) = (final_trainable(a), final_trainable(b));
+    assert_eq!(ta.len(), tb.len(), "{what}");
+    let mut worst = 0.0f64;
+    for ((na, xa), (nb, xb)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb, "{what}");
+        worst = worst.max((xa - xb).abs().max().double_value(&[]));
+    }
+    eprintln!("{what}: largest trainable difference {worst:e}");
+    assert!(worst <= 1e-6, "{what}: trainable tensors differ by {worst:e}");
+}
+
+#[test]
+fn two_ranks_equal_one_rank_with_the_same_global_batch_in_every_mode() {
+    let d = data("dist-modes-data", 40);
+    for mode in ["l2d-lora", "l2d-full", "lora", "full"] {
+        let dir = scratch(&format!("dist-modes-{mode}"));
+        let (one, two) = (dir.join("one"), dir.join("two"));
+        ok(single(&train_args(mode, &d, &one, &[])));
+        all_ok(run_ranks(&[train_args(mode, &d, &two, &[]), train_args(mode, &d, &two, &[])]));
+        assert_eq!(loss_log(&two).len(), 4, "{mode}: rank 0 alone logs each step once");
+        assert_same_run(&one, &two, mode);
+    }
+}
+
+#[test]
+fn torchrun_launches_the_same_binary_as_a_group() {
+    let d = data("dist-torchrun-data", 40);
+    let dir = scratch("dist-torchrun");
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    ok(single(&train_args("l2d-lora", &d, &one, &[])));
+    let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
+    assert!(torchrun.exists(), "{} missing: run scripts/setup.sh", torchrun.display());
+    let out = Command::new(torchrun)
+        .args(["--no-python", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", &free_port().to_string()])
+        .arg(env!("CARGO_BIN_EXE_l2d"))
+        .args(train_args("l2d-lora", &d, &two, &[]))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "torchrun: {}", stderr(&out));
+    assert_same_run(&one, &two, "torchrun");
+}
+
+#[test]
+fn a_run_resumes_at_another_world_size_and_ends_equal() {
+    let d = data("dist-resume-data", 40);
+    let dir = scratch("dist-resume");
+    let whole = dir.join("whole");
+    ok(single(&train_args("l2d-lora", &d, &whole, &[])));
+    let half = ["--set", "train.stop_at_step=2"];
+    // Two ranks, then one.
+    let two_one = dir.join("two-one");
+    all_ok(run_ranks(&[train_args("l2d-lora", &d, &two_one, &half), train_args("l2d-lora", &d, &two_one, &half)]));
+    ok(single(&train_args("l2d-lora", &d, &two_one, &["--resume"])));
+    assert_same_run(&whole, &two_one, "2 ranks then 1");
+    // One rank, then two.
+    let one_two = dir.join("one-two");
+    ok(single(&train_args("l2d-lora", &d, &one_two, &half)));
+    all_ok(run_ranks(&[train_args("l2d-lora", &d, &one_two, &["--resume"]), train_args("l2d-lora", &d, &one_two, &["--resume"])]));
+    assert_same_run(&whole, &one_two, "1 rank then 2");
+}
+
+#[test]
+fn ranks_with_different_configs_refuse_naming_the_keys() {
+    let d = data("dist-configs-data", 40);
+    let out = scratch("dist-configs").join("run");
+    let outs = run_ranks(&[train_args("l2d-lora", &d, &out, &[]), train_args("l2d-lora", &d, &out, &["--set", "train.lr=2e-4", "--set", "train.seed=5"])]);
+    for o in &outs {
+        assert_error(o, 2, &["dist: the ranks were started with different configs: rank 1 differs from rank 0 in train.lr, train.seed"]);
+    }
+    assert!(!out.join("checkpoints").exists());
+}
+
+#[test]
+fn a_launch_missing_master_addr_or_a_rank_fails_cleanly_within_the_timeout() {
+    let d = data("dist-missing-data", 40);
+    let out = scratch("dist-missing").join("run");
+    let args = train_args("l2d-lora", &d, &out, &["--set", "dist.timeout_s=3"]);
+    let no_addr = Command::new(env!("CARGO_BIN_EXE_l2d"))
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .env_remove("MASTER_ADDR")
+        .envs([("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "29500")])
+        .output()
+        .unwrap();
+    assert_error(&no_addr, 2, &["dist: MASTER_ADDR is not set"]);
+    let started = Instant::now();
+    let alone = spawn_rank(0, 2, free_port(), &args).wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    assert_error(&alone, 1, &["dist: rank 0 of 2 could not join the process group", "within 3 s"]);
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+}
+
+/// Two ranks train until the first checkpoint appears, then rank `victim` is
+/// killed (SIGKILL); the survivor's output, how long it took to exit after the
+/// kill, and the run directory with the arguments it was started with.
+fn kill_mid_run(name: &str, victim: usize) -> (Output, Duration, PathBuf, Vec<String>) {
+    let d = data(&format!("{name}-data"), 200);
+    let out = scratch(name).join("run");
+    let args = train_args("l2d-lora", &d, &out, &["--set", "train.max_steps=100000", "--set", "train.save_every=1", "--set", "dist.timeout_s=20"]);
+    let port = free_port();
+    let mut ranks = vec![spawn_rank(0, 2, port, &args), spawn_rank(1, 2, port, &args)];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_dir(out.join("checkpoints")).map_or(0, |d| d.count()) == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint after 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut killed = ranks.remove(victim);
+    killed.kill().unwrap();
+    let at = Instant::now();
+    let survivor = ranks.remove(0).wait_with_output().unwrap();
+    let waited = at.elapsed();
+    let _ = killed.wait();
+    (survivor, waited, out, args)
+}
+
+/// The survivor exited 1 within `dist.timeout_s` (20 s) with one error line
+/// containing `needle`, and no panic; returns that line.
+fn assert_failed_cleanly(survivor: &Output, waited: Duration, needle: &str) -> String {
+    let err = stderr(survivor);
+    assert!(waited < Duration::from_secs(20), "the survivor took {waited:?}: {err}");
+    assert_eq!(survivor.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains(needle), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    eprintln!("{waited:?} after the kill: {}", errors[0]);
+    errors[0].to_string()
+}
+
+#[test]
+fn a_killed_rank_stops_the_others_naming_it_and_the_last_checkpoint_resumes() {
+    let (survivor, waited, out, args) = kill_mid_run("dist-kill-1", 1);
+    assert_failed_cleanly(&survivor, waited, "failed on rank 0 of 2: rank 1 stopped answering");
+    // The newest checkpoint is whole: one process resumes from it for one more step.
+    let newest = final_trainable_step(&out);
+    let more = format!("train.max_steps={}", newest + 1);
+    let resume: Vec<String> = args.iter().cloned().chain(["--resume".into(), "--set".into(), more]).collect();
+    ok(single(&resume));
+    assert_eq!(loss_log(&out).last().unwrap().0, newest + 1);
+}
+
+#[test]
+fn a_killed_rank_0_is_named_as_the_store_host_that_is_gone() {
+    let (survivor, waited, _, _) = kill_mid_run("dist-kill-0", 0);
+    assert_failed_cleanly(&survivor, waited, "failed on rank 1 of 2: rank 0 (which hosts the store at 127.0.0.1:");
+}
+
+/// The step of the newest checkpoint.
+fn final_trainable_step(out: &Path) -> u64 {
+    let state = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().path().join("state.json")).max().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
+    v["step"].as_u64().unwrap()
+}
+
+#[test]
+fn bad_dist_settings_are_usage_errors_naming_the_key() {
+    let d = data("dist-settings-data", 4);
+    let out = scratch("dist-settings").join("run");
+    for (set, needle) in [
+        ("dist.timeout_s=0", "dist.timeout_s: must be a finite number > 0, got 0"),
+        ("dist.bucket_mb=-1", "dist.bucket_mb: must be a finite number > 0, got -1"),
+        ("dist.buckets=1", "dist.buckets"),
+    ] {
+        assert_error(&single(&train_args("l2d-lora", &d, &out, &["--dry-run", "--set", set])), 2, &[needle]);
+    }
+}
