@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -399,9 +400,12 @@ fn mmlu_pro_jsonl(dir: &Path) -> (PathBuf, PathBuf) {
     (t, v)
 }
 
-#[test]
-fn paper_prompt_ids_equal_transformers_rendering_of_the_reference_conversations() {
-    let dir = fresh_dir("paper-prompts");
+/// `(task, task_id) → prompt_ids` of a paper-protocol run of `model` over two items of each of the six
+/// tasks with one shot (five of the tiny byte-level tokenizer's HumanEval prompts are over 2048 tokens),
+/// beside the same items' prompts as `scripts/reference_eval_prompts.py` builds them with transformers
+/// and `template` (a file, or `own` for the model's).
+fn paper_prompts_beside_transformers(name: &str, model: &Path, template: &str) -> [BTreeMap<(String, String), Value>; 2] {
+    let dir = fresh_dir(name);
     let gsm_test = dir.join("gsm8k_test.jsonl");
     let gsm_train = dir.join("gsm8k_train.jsonl");
     for (src, dst, n) in [("gsm8k/test.jsonl", &gsm_test, 2), ("gsm8k/train.jsonl", &gsm_train, 5)] {
@@ -417,10 +421,7 @@ fn paper_prompt_ids_equal_transformers_rendering_of_the_reference_conversations(
         "humaneval": {"data": shared("humaneval/HumanEval.jsonl.gz"), "shots": shared("humaneval/HumanEval.jsonl.gz"), "limit": 2},
         "mbpp": {"data": fixture("mbpp/mbpp.jsonl"), "shots": fixture("mbpp/mbpp.jsonl"), "limit": 2},
     });
-    // One shot: five of the tiny byte-level tokenizer's HumanEval prompts are all over 2048 tokens.
     let spec = json!({"num_shots": 1, "tasks": tasks});
-    // The tiny model as `l2d init` writes it (4096 positions, room for the paper's 2048-token filter).
-    let model = tiny_model("llama");
     let mut cfg = format!(
         "[model]\npath = {:?}\ndevice = \"cpu\"\ndtype = \"f32\"\n\n[eval]\nlimit = 2\nmax_new_tokens = 1\nsamples = 1\nnum_shots = 1\n",
         model.to_str().unwrap()
@@ -433,29 +434,51 @@ fn paper_prompt_ids_equal_transformers_rendering_of_the_reference_conversations(
     std::fs::write(&cfg_path, cfg).unwrap();
     let out = dir.join("out");
     ok(l2d(&["eval", "--config", cfg_path.to_str().unwrap(), "--steps", "0", "--out", out.to_str().unwrap()]));
-    let ours: std::collections::BTreeMap<(String, String), Value> = std::fs::read_to_string(out.join("examples.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .map(|e| ((e["task"].as_str().unwrap().to_string(), e["task_id"].as_str().unwrap().to_string()), e["prompt_ids"].clone()))
-        .collect();
+    let by_item = |rows: Vec<Value>, field: &str| -> BTreeMap<(String, String), Value> {
+        rows.into_iter()
+            .map(|e| ((e["task"].as_str().unwrap().to_string(), e["task_id"].as_str().unwrap().to_string()), e[field].clone()))
+            .collect()
+    };
+    let jsonl = |text: &str| text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>();
+    let ours = by_item(jsonl(&std::fs::read_to_string(out.join("examples.jsonl")).unwrap()), "prompt_ids");
 
-    // The reference's FIXED_DATE_LLAMA3_TEMPLATE: Llama 3.1's template, "26 Jul 2024" written in.
-    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates/llama-3.1.jinja");
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference_eval_prompts.py");
-    let py = std::process::Command::new(python()).arg(&script).arg(&model).arg(&template).arg(&spec_path).output().unwrap();
+    let py = std::process::Command::new(python()).arg(&script).arg(model).arg(template).arg(&spec_path).output().unwrap();
     assert!(py.status.success(), "reference prompts: {}", String::from_utf8_lossy(&py.stderr));
-    let theirs: std::collections::BTreeMap<(String, String), Value> = String::from_utf8(py.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .map(|e| ((e["task"].as_str().unwrap().to_string(), e["task_id"].as_str().unwrap().to_string()), e["ids"].clone()))
-        .collect();
+    let theirs = by_item(jsonl(&String::from_utf8(py.stdout).unwrap()), "ids");
     assert_eq!(theirs.len(), 12, "two items of each of the six tasks");
+    [ours, theirs]
+}
+
+fn assert_same_prompts([ours, theirs]: &[BTreeMap<(String, String), Value>; 2]) {
     assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
-    for (key, ids) in &theirs {
+    for (key, ids) in theirs {
         assert_eq!(&ours[key], ids, "{key:?}: prompt ids differ from transformers' rendering of the reference's chat");
     }
+}
+
+#[test]
+fn paper_llama_prompts_are_the_reference_fixed_date_template_not_the_models_own() {
+    // The model's own template says something else, which the paper protocol must not show.
+    let model = fresh_dir("paper-prompts-llama-model");
+    copy_dir(&tiny_model("llama"), &model);
+    edit_json(&model.join("tokenizer_config.json"), |v| {
+        let own = v["chat_template"].as_str().unwrap().replace("Cutting Knowledge Date: December 2023", "Knowledge: none");
+        v["chat_template"] = own.into();
+    });
+    // Meta's Llama 3.1 template, whose `date_string` defaults to "26 Jul 2024": the reference's
+    // FIXED_DATE_LLAMA3_TEMPLATE renders the same (it has that date written in).
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates/llama-3.1.jinja");
+    let prompts = paper_prompts_beside_transformers("paper-prompts-llama", &model, template.to_str().unwrap());
+    assert_same_prompts(&prompts);
+}
+
+#[test]
+fn paper_qwen2_prompts_are_its_own_template_with_the_default_system_prompt() {
+    let model = tiny_model("qwen2");
+    // Its template does not trim turns: HumanEval's continued turn loses the context's trailing
+    // newline only by 4.46.3's cut, which the script makes.
+    assert_same_prompts(&paper_prompts_beside_transformers("paper-prompts-qwen2", &model, "own"));
 }

@@ -15,7 +15,7 @@ use super::score::{
     self, Example, GenerationStats, LeftOut, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT,
 };
 use super::tasks::{build_messages, is_shot, select_shots, Check, Dataset, Item, Task};
-use super::{identity, Protocol};
+use super::{identity, paper, Protocol};
 use crate::config::{Config, X1Schedule};
 use crate::data::tokenizer::Tokenizer;
 use crate::l2d::checkpoint::{self, BaseIdentity};
@@ -311,7 +311,9 @@ struct Engine {
 }
 
 impl Engine {
-    fn load(cfg: &Config) -> Result<Engine> {
+    /// Loads the model, its tokenizer (in the paper protocol with the reference's chat template for
+    /// the model's architecture) and the L2D checkpoint.
+    fn load(cfg: &Config, protocol: Protocol) -> Result<Engine> {
         if cfg.model.path.is_empty() {
             crate::bail_usage!("model.path: missing (give --model DIR or set it in the config)");
         }
@@ -319,7 +321,12 @@ impl Engine {
         let kind = runtime::parse_dtype(&cfg.model.dtype, device)?;
         let dir = Path::new(&cfg.model.path);
         let model = Llama::load(dir, device, kind)?;
-        let tokenizer = Tokenizer::load(dir)?;
+        let mut tokenizer = Tokenizer::load(dir)?;
+        if protocol == Protocol::Paper {
+            if let Some(source) = paper::reference_chat_template(model.config.arch()?) {
+                tokenizer.set_chat_template(source).with_context(|| format!("{}", dir.display()))?;
+            }
+        }
         let base = BaseIdentity::of(&model, dir)?;
         let identity = serde_json::json!({
             "path": cfg.model.path, "dtype": cfg.model.dtype, "device": cfg.model.device,
@@ -367,7 +374,7 @@ pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
     }
     let protocol: Protocol = cfg.eval.protocol.parse().map_err(|e: String| crate::error::usage(format!("eval.protocol: {e}")))?;
     let mut tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
-    let engine = Engine::load(cfg)?;
+    let engine = Engine::load(cfg, protocol)?;
     let max_pos = engine.model.config.max_position_embeddings as usize;
     for data in &mut tasks {
         data.prepare(cfg, protocol, &engine.tokenizer, max_pos)?;
