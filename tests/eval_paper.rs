@@ -111,6 +111,42 @@ fn math_float_fallback_and_fraction_rounding() {
     assert!(paper::math_correct(&MathAnswer::Text("18".into()), &MathAnswer::Number(18.0)));
 }
 
+/// A MATH test file of the problems `(problem, solution)`, in the layout of `math_item`.
+fn math_file(rows: &[(&str, &str)]) -> PathBuf {
+    let path = fresh_dir("paper-math-file").join("test.jsonl");
+    write_jsonl(&path, &rows.iter().map(|(p, s)| json!({"problem": p, "solution": s})).collect::<Vec<_>>());
+    path
+}
+
+#[test]
+fn math_item_whose_gold_does_not_parse_is_out_of_the_denominator() {
+    // benchmark.py:91-92 counts an item only `if ref is not None`: an `\fbox` gold gives None.
+    let data = math_file(&[("What is 2 + 3?", "It is $\\fbox{5}$."), ("What is 2 + 2?", "So $\\boxed{4}$.")]);
+    let samples = [("0", "\\boxed{5}"), ("1", "\\boxed{4}")];
+    let (examples, result) = score_given("math", &data, &samples, "paper");
+    assert_eq!(scored_ids(&examples), ["1"]);
+    assert_eq!(result["left_out"]["no_gold_answer"], 1);
+    assert_eq!((result["items"].as_u64(), result["dataset_items"].as_u64()), (Some(1), Some(1)));
+    assert_eq!((&result["metrics"][0]["name"], &result["metrics"][0]["value"]), (&json!("accuracy"), &json!(1.0)), "{result}");
+    // The generation path leaves it out before prompting, and the table says so.
+    let dir = fresh_dir("paper-math-gold");
+    let cfg = format!(
+        "[model]\npath = {:?}\ndevice = \"cpu\"\ndtype = \"f32\"\n\n[eval]\nmax_new_tokens = 1\nnum_shots = 0\n\n\
+         [eval.tasks.math]\ndata = {:?}\n",
+        tiny_model("llama").to_str().unwrap(),
+        data.to_str().unwrap()
+    );
+    std::fs::write(dir.join("eval.toml"), cfg).unwrap();
+    let out = dir.join("out");
+    let table = ok(l2d(&["eval", "--config", dir.join("eval.toml").to_str().unwrap(), "--steps", "0", "--out", out.to_str().unwrap()]));
+    assert!(table.contains("(math: 1 items left out: 0 shots, 0 with prompt + answer over 2048 tokens, 1 without a gold answer)"), "{table}");
+    let lines = std::fs::read_to_string(out.join("examples.jsonl")).unwrap();
+    assert_eq!(scored_ids(&lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<Value>>()), ["1"]);
+    // The clean protocol reads `\fbox{5}` and keeps the item.
+    let (examples, _) = score_given("math", &data, &samples, "clean");
+    assert_eq!(scored_ids(&examples), ["0", "1"]);
+}
+
 #[test]
 fn math_rejects_fbox_and_boxes_without_a_brace() {
     let item = math_item("$\\boxed{5}$");
@@ -168,17 +204,58 @@ fn write_samples(dir: &Path, name: &str, samples: &[Value]) -> PathBuf {
     path
 }
 
-/// Statuses of `completions` (each for `task_id`) scored under `protocol`.
-fn code_statuses(task: &str, data: &Path, task_id: &str, completions: &[&str], protocol: &str) -> Vec<String> {
-    let dir = fresh_dir(&format!("paper-code-{task}-{protocol}"));
-    let samples: Vec<Value> = completions.iter().map(|c| json!({"task_id": task_id, "completion": c})).collect();
+/// `samples` (`[task_id, completion]`) scored by `l2d eval --task --samples` under `protocol`: the
+/// lines of examples.jsonl and the one result of report.json.
+fn score_given(task: &str, data: &Path, samples: &[(&str, &str)], protocol: &str) -> (Vec<Value>, Value) {
+    let dir = fresh_dir(&format!("paper-given-{task}-{protocol}"));
+    let samples: Vec<Value> = samples.iter().map(|(id, c)| json!({"task_id": id, "completion": c})).collect();
     let samples = write_samples(&dir, "s.jsonl", &samples);
     let out = dir.join("out");
     let args =
         ["eval", "--task", task, "--data", data.to_str().unwrap(), "--samples", samples.to_str().unwrap(), "--protocol", protocol, "--out", out.to_str().unwrap()];
     ok(l2d(&args));
     let text = std::fs::read_to_string(out.join("examples.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["status"].as_str().unwrap().to_string()).collect()
+    let examples = text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect();
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    (examples, report["results"][0].clone())
+}
+
+/// Statuses of `completions` (each for `task_id`) scored under `protocol`.
+fn code_statuses(task: &str, data: &Path, task_id: &str, completions: &[&str], protocol: &str) -> Vec<String> {
+    let samples: Vec<(&str, &str)> = completions.iter().map(|c| (task_id, *c)).collect();
+    let (examples, _) = score_given(task, data, &samples, protocol);
+    examples.iter().map(|e| e["status"].as_str().unwrap().to_string()).collect()
+}
+
+fn scored_ids(examples: &[Value]) -> Vec<&str> {
+    examples.iter().map(|e| e["task_id"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn given_samples_of_humaneval_shots_are_not_scored() {
+    let data = shared("humaneval/HumanEval.jsonl.gz");
+    let samples = [("HumanEval/0", HE0_BODY), ("HumanEval/4", "    return 0.0\n"), ("HumanEval/5", "    return []\n")];
+    let (examples, result) = score_given("humaneval", &data, &samples, "paper");
+    assert_eq!(scored_ids(&examples), ["HumanEval/5"]);
+    assert_eq!((result["left_out"]["shots"].as_u64(), result["dataset_items"].as_u64()), (Some(5), Some(159)));
+    // The clean protocol has no shots for HumanEval: all three count.
+    let (examples, result) = score_given("humaneval", &data, &samples, "clean");
+    assert_eq!(scored_ids(&examples), ["HumanEval/0", "HumanEval/4", "HumanEval/5"]);
+    assert!(result["left_out"].is_null());
+}
+
+#[test]
+fn given_samples_of_mbpp_shots_are_not_scored_and_only_shots_is_an_error() {
+    let data = fixture("mbpp/mbpp.jsonl");
+    let code = "def remove_occ(s, ch):\n    return s.replace(ch, '', 1)[::-1].replace(ch, '', 1)[::-1]";
+    let (examples, result) = score_given("mbpp", &data, &[("3", "def is_not_prime(n):\n    return False"), ("11", code)], "paper");
+    assert_eq!(scored_ids(&examples), ["11"]);
+    assert_eq!(examples[0]["status"], "passed");
+    assert_eq!((result["left_out"]["shots"].as_u64(), result["dataset_items"].as_u64()), (Some(5), Some(9)));
+    let dir = fresh_dir("paper-given-only-shots");
+    let samples = write_samples(&dir, "s.jsonl", &[json!({"task_id": 1, "completion": "pass"})]);
+    let out = l2d(&["eval", "--task", "mbpp", "--data", data.to_str().unwrap(), "--samples", samples.to_str().unwrap()]);
+    assert_error(&out, 2, &["--samples", "paper protocol leaves out (5 shots, 0 without a gold answer)", "--protocol clean"]);
 }
 
 const HE0_BODY: &str = "    for i, a in enumerate(numbers):\n        for b in numbers[i + 1:]:\n            if abs(a - b) < threshold:\n                return True\n    return False\n";

@@ -14,7 +14,7 @@ use super::sandbox::SandboxOptions;
 use super::score::{
     self, Example, GenerationStats, LeftOut, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT,
 };
-use super::tasks::{build_messages, is_shot, select_shots, Check, Dataset, Item, Task};
+use super::tasks::{build_messages, select_shots, Check, Dataset, Item, Task};
 use super::{identity, paper, Protocol};
 use crate::config::{Config, X1Schedule};
 use crate::data::tokenizer::Tokenizer;
@@ -144,8 +144,7 @@ impl TaskData {
                 break;
             }
             let shots = select_shots(protocol, self.task, item, &pool.items, num_shots);
-            if is_shot(protocol, self.task, item, &shots) {
-                left_out.shots += 1;
+            if score::leave_out(protocol, self.task, item, &shots, &mut left_out) {
                 continue;
             }
             let text = tokenizer.render_prompt(&build_messages(protocol, self.task, item, &shots))?;
@@ -167,12 +166,14 @@ impl TaskData {
         }
         if kept.is_empty() {
             crate::bail_usage!(
-                "eval.tasks.{}: no item left to evaluate: {} are shots of the others and {} have prompt + answer \
-                 over {PAPER_MAX_SEQ_LEN} tokens ({} shots); lower eval.num_shots",
+                "eval.tasks.{}: no item left to evaluate: {} are shots of the others, {} have prompt + answer \
+                 over {PAPER_MAX_SEQ_LEN} tokens ({} shots; lower eval.num_shots) and {} have no gold answer the \
+                 reference can read",
                 self.task.name(),
                 left_out.shots,
                 left_out.too_long,
-                num_shots
+                num_shots,
+                left_out.no_gold_answer
             );
         }
         let ids: HashSet<String> = kept.iter().map(|(id, _)| id.clone()).collect();
