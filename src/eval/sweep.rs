@@ -336,8 +336,11 @@ impl Engine {
         let (l2d, l2d_identity) = match &cfg.eval.l2d {
             Some(p) => {
                 let (l2d, meta) = checkpoint::load(Path::new(p), &model, dir, &cfg.l2d)?;
+                // The tensors' own bytes: another checkpoint written to the same path is another run.
+                let tensors = if Path::new(p).is_dir() { Path::new(p).join(checkpoint::TENSORS) } else { PathBuf::from(p) };
                 let id = serde_json::json!({
                     "path": p,
+                    "tensors_sha256": crate::data::shards::sha256_file(&tensors)?,
                     "step": meta.as_ref().map(|m| m.step),
                     "variant": l2d.shape.variant,
                     "trainable_params": l2d.num_params(),
