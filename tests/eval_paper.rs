@@ -559,3 +559,55 @@ fn paper_qwen2_prompts_are_its_own_template_with_the_default_system_prompt() {
     // newline only by 4.46.3's cut, which the script makes.
     assert_same_prompts(&paper_prompts_beside_transformers("paper-prompts-qwen2", &model, "own"));
 }
+
+// ---------------------------------------------------------------- attention masking (doc §1.4, §3 item 3)
+
+#[test]
+fn paper_llama_eval_keeps_prompt_eot_tokens_out_of_attention_as_the_reference() {
+    let dir = fresh_dir("paper-mask");
+    let test = dir.join("gsm8k_test.jsonl");
+    let text = std::fs::read_to_string(shared("gsm8k/test.jsonl")).unwrap();
+    std::fs::write(&test, text.lines().take(3).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let model = tiny_model("llama");
+    let cfg = dir.join("eval.toml");
+    let new_tokens = 8;
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\npath = {:?}\ndevice = \"cpu\"\ndtype = \"f32\"\n\n[generate]\ntemperature = 0\n\n\
+             [eval]\nmax_new_tokens = {new_tokens}\nnum_shots = 2\n\n[eval.tasks.gsm8k]\ndata = {:?}\nshots = {:?}\n",
+            model.to_str().unwrap(),
+            test.to_str().unwrap(),
+            shared("gsm8k/train.jsonl").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // Greedy completions, in item order, of the paper protocol as it is (masking on) and with it off.
+    let run = |name: &str, extra: &[&str]| -> (Vec<String>, Vec<Value>) {
+        let out = dir.join(name);
+        let mut args = vec!["eval", "--config", cfg.to_str().unwrap(), "--steps", "0", "--out", out.to_str().unwrap()];
+        args.extend(extra);
+        ok(l2d(&args));
+        let mut rows: Vec<Value> =
+            std::fs::read_to_string(out.join("examples.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        rows.sort_by_key(|e| e["task_id"].as_str().unwrap().parse::<u32>().unwrap());
+        (rows.iter().map(|e| e["completion"].as_str().unwrap().to_string()).collect(), rows.iter().map(|e| e["prompt_ids"].clone()).collect())
+    };
+    let (masked, prompts) = run("masked", &[]);
+    let (attended, _) = run("attended", &["--set", "eval.mask_prompt_pad=false"]);
+    let tokenizer: Value = serde_json::from_str(&std::fs::read_to_string(model.join("tokenizer.json")).unwrap()).unwrap();
+    let eot = &tokenizer["added_tokens"].as_array().unwrap().iter().find(|t| t["content"] == "<|eot_id|>").unwrap()["id"];
+    // The system turn, two shots' user and assistant turns and the question end with it: 6 per prompt.
+    assert!(prompts.iter().all(|p| p.as_array().unwrap().iter().filter(|&t| t == eot).count() == 6), "{prompts:?}");
+
+    let prompts_path = dir.join("prompts.json");
+    std::fs::write(&prompts_path, Value::Array(prompts).to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference_greedy.py");
+    let py = std::process::Command::new(python()).arg(&script).arg(&model).arg(&prompts_path).arg(new_tokens.to_string()).output().unwrap();
+    assert!(py.status.success(), "reference greedy: {}", String::from_utf8_lossy(&py.stderr));
+    let theirs: Vec<Value> = serde_json::from_slice(&py.stdout).unwrap();
+    let field = |k: &str| theirs.iter().map(|r| r[k].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(masked, field("masked"), "paper protocol against transformers with attention_mask = ids != pad");
+    assert_eq!(attended, field("attended"), "eval.mask_prompt_pad = false against transformers attending to all");
+    assert_ne!(masked, attended, "the mask changes what this model generates");
+}
