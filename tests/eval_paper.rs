@@ -234,7 +234,7 @@ fn scored_ids(examples: &[Value]) -> Vec<&str> {
 #[test]
 fn given_samples_of_humaneval_shots_are_not_scored() {
     let data = shared("humaneval/HumanEval.jsonl.gz");
-    let samples = [("HumanEval/0", HE0_BODY), ("HumanEval/4", "    return 0.0\n"), ("HumanEval/5", "    return []\n")];
+    let samples = [("HumanEval/0", HE5_BODY), ("HumanEval/4", "    return 0.0\n"), ("HumanEval/5", "    return []\n")];
     let (examples, result) = score_given("humaneval", &data, &samples, "paper");
     assert_eq!(scored_ids(&examples), ["HumanEval/5"]);
     assert_eq!((result["left_out"]["shots"].as_u64(), result["dataset_items"].as_u64()), (Some(5), Some(159)));
@@ -258,25 +258,26 @@ fn given_samples_of_mbpp_shots_are_not_scored_and_only_shots_is_an_error() {
     assert_error(&out, 2, &["--samples", "paper protocol leaves out (5 shots, 0 without a gold answer)", "--protocol clean"]);
 }
 
-const HE0_BODY: &str = "    for i, a in enumerate(numbers):\n        for b in numbers[i + 1:]:\n            if abs(a - b) < threshold:\n                return True\n    return False\n";
+/// A right body for HumanEval/5 (`intersperse`; HumanEval/0-4 are the paper protocol's shots, not scored).
+const HE5_BODY: &str = "    result = []\n    for n in numbers[:-1]:\n        result.extend([n, delimeter])\n    return result + numbers[-1:]\n";
 
 #[test]
 fn humaneval_appends_the_raw_completion_to_the_prompt() {
     let data = shared("humaneval/HumanEval.jsonl.gz");
-    let fenced = format!("```python\n{HE0_BODY}```");
-    let statuses = code_statuses("humaneval", &data, "HumanEval/0", &[HE0_BODY, &fenced], "paper");
+    let fenced = format!("```python\n{HE5_BODY}```");
+    let statuses = code_statuses("humaneval", &data, "HumanEval/5", &[HE5_BODY, &fenced], "paper");
     // The fence is Python syntax error once appended to the prompt; the clean protocol extracts it.
     assert_eq!(statuses, ["passed", "failed"]);
-    assert_eq!(code_statuses("humaneval", &data, "HumanEval/0", &[&fenced], "clean"), ["passed"]);
+    assert_eq!(code_statuses("humaneval", &data, "HumanEval/5", &[&fenced], "clean"), ["passed"]);
 }
 
 #[test]
 fn humaneval_runs_under_exec_where_name_is_not_main() {
     let data = shared("humaneval/HumanEval.jsonl.gz");
     // exec(program, {}): `__name__` is builtins', so a main guard's body never runs; builtins.exit is None.
-    let guarded = format!("{HE0_BODY}\n\nif __name__ == \"__main__\":\n    raise ValueError\n");
-    let exits = format!("{HE0_BODY}\nexit(0)\n");
-    let statuses = code_statuses("humaneval", &data, "HumanEval/0", &[&guarded, &exits], "paper");
+    let guarded = format!("{HE5_BODY}\n\nif __name__ == \"__main__\":\n    raise ValueError\n");
+    let exits = format!("{HE5_BODY}\nexit(0)\n");
+    let statuses = code_statuses("humaneval", &data, "HumanEval/5", &[&guarded, &exits], "paper");
     assert_eq!(statuses, ["passed", "failed"]);
 }
 
@@ -305,10 +306,10 @@ fn programs_that_stop_before_their_tests_fail() {
     ];
     let stoppers: Vec<&str> = stoppers.iter().map(String::as_str).collect();
     for protocol in ["paper", "clean"] {
-        let statuses = code_statuses("humaneval", &he, "HumanEval/0", &stoppers, protocol);
+        let statuses = code_statuses("humaneval", &he, "HumanEval/5", &stoppers, protocol);
         assert!(statuses.iter().all(|s| s == "failed"), "{protocol}: {statuses:?}");
         // The right body still passes with the marker check on.
-        assert_eq!(code_statuses("humaneval", &he, "HumanEval/0", &[HE0_BODY], protocol), ["passed"]);
+        assert_eq!(code_statuses("humaneval", &he, "HumanEval/5", &[HE5_BODY], protocol), ["passed"]);
     }
     let mbpp = fixture("mbpp/mbpp.jsonl");
     let stoppers = [
