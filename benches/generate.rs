@@ -13,6 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use l2d::config::L2dConfig;
 use l2d::l2d::sampler::{L2dHead, SamplerOptions};
+use l2d::l2d::L2dDecoder;
 use l2d::l2d::{L2d, Shape};
 use l2d::model::Llama;
 use l2d::runtime;
@@ -35,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     let heads: Vec<&str> = heads.split(',').collect();
     tch::set_num_threads(threads);
     let device = runtime::parse_device(&device_name)?;
-    let model = Llama::load(&dir, device, runtime::parse_dtype(&dtype, device)?)?;
+    let model = Llama::load(&dir, device, runtime::kind_of(dtype.parse().map_err(anyhow::Error::msg)?, device)?)?;
     let opts = GenerateOptions {
         sampler: TokenSampler { temperature: 0.0, top_k: 0, top_p: 1.0 },
         max_new_tokens: NEW_TOKENS,
@@ -55,16 +56,17 @@ fn main() -> anyhow::Result<()> {
     let guided = L2dConfig { num_classes: 2, guidance_class: Some(1), guidance_weight: 2.0, ..L2dConfig::default() };
     for (name, cfg) in [("l2d", plain), ("l2d+g", guided)].into_iter().filter(|(name, _)| heads.contains(name)) {
         tch::manual_seed(0);
-        let l2d = L2d::init(&model, Shape::from_config(&cfg)?, cfg.sigma)?;
+        let l2d = L2d::init(&model, Shape::from_config(&cfg), cfg.sigma)?;
         tch::no_grad(|| {
             for (_, p) in &l2d.params {
                 let mut p = p.shallow_clone();
                 let _ = p.g_add_(&(Tensor::randn_like(&p) * 0.02));
             }
         });
-        let sampler = SamplerOptions::from_config(&cfg)?;
+        let sampler = SamplerOptions::from_config(&cfg);
+        let decoder = L2dDecoder::new(&model, &l2d);
         for &batch in &batches {
-            let mut make = || -> Box<dyn NextTokenLogits + '_> { Box::new(L2dHead::new(&model, &l2d, sampler.clone()).unwrap()) };
+            let mut make = || -> Box<dyn NextTokenLogits + '_> { Box::new(L2dHead::new(&model, &decoder, sampler.clone())) };
             let (p, d) = measure(&model, &opts, batch, 3, &mut make)?;
             println!("{name:>6} {batch:>6} {p:>18.1} {d:>18.1}");
         }

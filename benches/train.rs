@@ -27,7 +27,7 @@ use l2d::runtime;
 use l2d::train::data::TrainExample;
 use l2d::train::optim::AdamW;
 use l2d::train::run::{optimizer_step, Dist, Trainee};
-use l2d::train::{keep_freed_memory, resident_memory, Mode};
+use l2d::train::{keep_freed_memory, resident_memory};
 use tch::{Kind, Tensor};
 
 const BATCH: usize = 4;
@@ -47,7 +47,7 @@ fn main() -> Result<()> {
     tch::set_num_threads(threads);
     keep_freed_memory();
     let device = runtime::parse_device(&device_name)?;
-    let kind = runtime::parse_dtype(&dtype, device)?;
+    let kind = runtime::kind_of(dtype.parse().map_err(anyhow::Error::msg)?, device)?;
 
     let tmp = tempfile::tempdir()?;
     let dir = match std::env::args().skip(1).find(|a| !a.starts_with("--")) {
@@ -71,7 +71,7 @@ fn main() -> Result<()> {
         let (rss_before, _) = reset_peak_memory().ok_or_else(|| anyhow::anyhow!("no /proc/self/status"))?;
         let model = Llama::load(&dir, device, kind)?;
         let mut cfg = Config::default();
-        cfg.train.mode = mode.to_string();
+        cfg.train.mode = mode.parse().map_err(anyhow::Error::msg)?;
         cfg.train.batch_size = BATCH;
         cfg.train.micro_batch_size = BATCH;
         let (best, median) = measure(&model, &cfg, prompt)?;
@@ -92,7 +92,7 @@ fn main() -> Result<()> {
 /// Seconds per optimizer step, fastest and median over `RUNS` runs of `TIMED_STEPS`, after warm-up.
 fn measure(model: &Llama, cfg: &Config, prompt: usize) -> Result<(f64, f64)> {
     tch::manual_seed(0);
-    let mut trainee = Trainee::new(Mode::parse(&cfg.train.mode)?, model, cfg)?;
+    let mut trainee = Trainee::new(cfg.train.mode, model, cfg)?;
     let t = &cfg.train;
     let mut opt = AdamW::new(&trainee.params(model), (t.betas[0], t.betas[1]), t.eps, t.weight_decay);
     let batches: Vec<Vec<TrainExample>> = (0..4).map(|_| random_batch(model.config.vocab_size, prompt)).collect();

@@ -16,4 +16,5 @@ pub mod progress;
 mod rng;
 pub mod runtime;
 pub mod sampling;
+pub mod session;
 pub mod train;

@@ -4,6 +4,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tch::{Device, Kind};
 
+use crate::config::Dtype;
 
 /// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA if available) and checks it exists.
 pub fn parse_device(spec: &str) -> Result<Device> {
@@ -28,14 +29,13 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     Ok(device)
 }
 
-/// Parses `f32`, `bf16`, `f16` or `auto` (bf16 on CUDA, f32 on CPU) and checks the device supports it.
-pub fn parse_dtype(spec: &str, device: Device) -> Result<Kind> {
-    let kind = match spec {
-        "auto" if device.is_cuda() => Kind::BFloat16,
-        "auto" | "f32" | "float32" => Kind::Float,
-        "bf16" | "bfloat16" => Kind::BFloat16,
-        "f16" | "float16" => Kind::Half,
-        s => crate::bail_usage!("--dtype: unknown dtype {s:?} (expected f32, bf16, f16 or auto)"),
+/// The tensor kind of `dtype` on `device` (`auto`: bf16 on CUDA, f32 on CPU), if the device supports it.
+pub fn kind_of(dtype: Dtype, device: Device) -> Result<Kind> {
+    let kind = match dtype {
+        Dtype::Auto if device.is_cuda() => Kind::BFloat16,
+        Dtype::Auto | Dtype::F32 => Kind::Float,
+        Dtype::Bf16 => Kind::BFloat16,
+        Dtype::F16 => Kind::Half,
     };
     if kind == Kind::Half && device == Device::Cpu {
         // libtorch's CPU kernels for f16 are partial and slow; bf16 is the CPU half type.

@@ -176,7 +176,7 @@ fn help_shows_the_defaults() {
         ("--top-p", format!("{:?}", g.top_p)),
         ("--seed", g.seed.to_string()),
         ("--steps", defaults.l2d.steps.to_string()),
-        ("--solver", defaults.l2d.solver.clone()),
+        ("--solver", defaults.l2d.solver.to_string()),
     ] {
         let start = help.find(&format!("{flag} <")).unwrap_or_else(|| panic!("{flag} missing: {help}"));
         let entry = &help[start..];

@@ -137,7 +137,7 @@ fn shipped_configs_carry_table3_values() {
                 assert_eq!((c.l2d.lora_rank, c.l2d.lora_alpha), (32, 32.0), "{name}");
                 assert_eq!((c.l2d.flow_dim, c.l2d.sigma), (256, 64.0), "{name}");
                 assert_eq!(
-                    (c.l2d.solver.as_str(), c.l2d.steps),
+                    (c.l2d.solver.name(), c.l2d.steps),
                     ("midpoint", 8),
                     "{name}"
                 );
@@ -159,7 +159,7 @@ fn tiny_configs_run_on_cpu() {
     for name in ["tiny-l2d-lora.toml", "tiny-full.toml"] {
         let c = shipped(name);
         assert_eq!(
-            (c.model.device.as_str(), c.model.dtype.as_str()),
+            (c.model.device.as_str(), c.model.dtype.name()),
             ("cpu", "f32"),
             "{name}"
         );
@@ -207,17 +207,17 @@ fn defaults_are_the_papers() {
         (32, 32.0, 0.2)
     );
     assert_eq!(
-        (c.l2d.solver.as_str(), c.l2d.steps, c.l2d.atol, c.l2d.rtol),
+        (c.l2d.solver.name(), c.l2d.steps, c.l2d.atol, c.l2d.rtol),
         ("midpoint", 8, 1e-5, 1e-5)
     );
     assert_eq!(
-        (c.l2d.x1_estimate.as_str(), c.l2d.x1_schedule.as_str()),
+        (c.l2d.x1_estimate.name(), c.l2d.x1_schedule.to_string().as_str()),
         ("sample", "constant")
     );
     assert_eq!((c.l2d.num_classes, c.l2d.guidance_class), (0, None));
     assert_eq!((c.lora.rank, c.lora.alpha, c.lora.dropout), (8, 64.0, 0.1));
     assert_eq!(
-        (c.model.dtype.as_str(), c.model.device.as_str()),
+        (c.model.dtype.name(), c.model.device.as_str()),
         ("auto", "auto")
     );
     assert_eq!(
@@ -493,10 +493,11 @@ fn resolved_config_round_trips() {
 #[test]
 fn validate_reports_usage_errors() {
     let mut c = Config::default();
-    c.l2d.solver = "leapfrog".into();
+    // A typed choice cannot hold a bad value; a range still can.
+    c.l2d.steps = 1;
     let err = c.validate().unwrap_err();
     assert_eq!(exit_code(&err), 2);
-    assert_contains(&err.to_string(), &["l2d.solver", "leapfrog"]);
+    assert_contains(&err.to_string(), &["l2d.steps", "1"]);
 }
 
 #[test]

@@ -287,7 +287,7 @@ fn checkpoint_round_trip_and_reference_export() {
     let dir = scratch("ckpt").join("ckpt");
     checkpoint::save(&dir, &l2d, &meta(&model, &fixture("llama"), &l2d)).unwrap();
     let mut cfg = l2d::config::L2dConfig::default();
-    let (back, m) = checkpoint::load(&dir, &model, &fixture("llama"), &cfg).unwrap();
+    let (back, m) = load_checkpoint(&dir, &model, &fixture("llama"), &cfg).unwrap();
     assert_eq!(m.unwrap().step, 7);
     for ((n1, a), (n2, b)) in l2d.params.iter().zip(&back.params) {
         assert_eq!(n1, n2);
@@ -299,17 +299,17 @@ fn checkpoint_round_trip_and_reference_export() {
     cfg.timestep_dim = 16;
     cfg.lora_rank = 4;
     cfg.lora_alpha = 4.0;
-    let (bare, meta) = checkpoint::load(&file, &model, &fixture("llama"), &cfg).unwrap();
+    let (bare, meta) = load_checkpoint(&file, &model, &fixture("llama"), &cfg).unwrap();
     assert!(meta.is_none());
     assert!(bare.params.iter().zip(&l2d.params).all(|((_, a), (_, b))| a.equal(b)));
     // The wrong rank names the first tensor whose shape disagrees.
     cfg.lora_rank = 8;
-    let err = checkpoint::load(&file, &model, &fixture("llama"), &cfg).err().unwrap().to_string();
+    let err = load_checkpoint(&file, &model, &fixture("llama"), &cfg).err().unwrap().to_string();
     assert!(err.contains("flow_q_proj.A") && err.contains("shape"), "{err}");
     // The wrong variant names a tensor too.
     cfg.lora_rank = 4;
-    cfg.variant = "full".into();
-    let err = checkpoint::load(&file, &model, &fixture("llama"), &cfg).err().unwrap().to_string();
+    cfg.variant = Variant::Full;
+    let err = load_checkpoint(&file, &model, &fixture("llama"), &cfg).err().unwrap().to_string();
     assert!(err.contains("flow_q_proj.weight") && err.contains("missing"), "{err}");
 }
 
@@ -329,20 +329,27 @@ fn checkpoint_refuses_another_base_model() {
     let mut tensors = Tensor::read_safetensors(&path).unwrap();
     tensors[0].1 = &tensors[0].1 + 1.0;
     l2d::model::weights::save(&path, &tensors).unwrap();
-    let err = checkpoint::load(&dir, &model, &other, &Default::default()).err().unwrap();
+    let err = load_checkpoint(&dir, &model, &other, &Default::default()).err().unwrap();
     assert_eq!(l2d::error::exit_code(&err), 2);
     assert!(err.to_string().contains("another base model"), "{err}");
     // A model of other shapes is refused by its config.
     let qwen = load("qwen2");
-    let err = checkpoint::load(&dir, &qwen, &fixture("qwen2"), &Default::default()).err().unwrap();
+    let err = load_checkpoint(&dir, &qwen, &fixture("qwen2"), &Default::default()).err().unwrap();
     assert!(err.to_string().contains("another config"), "{err}");
     // A damaged l2d.json whose checksum is no digest at all is refused, not a panic.
     let meta_path = dir.join(checkpoint::METADATA);
     let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
     meta["base"]["tensors_sha256"] = "é".into();
     std::fs::write(&meta_path, meta.to_string()).unwrap();
-    let err = checkpoint::load(&dir, &model, &fixture("llama"), &Default::default()).err().unwrap();
+    let err = load_checkpoint(&dir, &model, &fixture("llama"), &Default::default()).err().unwrap();
     assert!(err.to_string().contains("checksum é != "), "{err}");
 }
 
 
+
+/// A checkpoint's path and metadata, opened and loaded as the subcommands do.
+fn load_checkpoint(path: &std::path::Path, model: &Llama, base: &std::path::Path, cfg: &l2d::config::L2dConfig) -> anyhow::Result<(L2d, Option<checkpoint::Metadata>)> {
+    let ckpt = checkpoint::Checkpoint::open(path)?;
+    let l2d = ckpt.load(model, base, cfg)?;
+    Ok((l2d, ckpt.metadata().cloned()))
+}

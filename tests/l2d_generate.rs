@@ -6,8 +6,8 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use l2d::l2d::checkpoint;
-use l2d::l2d::sampler::{L2dHead, SamplerOptions};
-use l2d::l2d::{main_path, L2d, TokenBatch};
+use l2d::l2d::sampler::{L2dHead, SamplerOptions, X1Estimate};
+use l2d::l2d::{main_path, L2d, L2dDecoder, TokenBatch};
 use l2d::model::Llama;
 use l2d::sampling::{generate, GenerateOptions, NextTokenLogits, TokenSampler};
 
@@ -99,14 +99,15 @@ fn l2d_batch_with_padding_equals_one_by_one() {
     l2d_sigma0.sigma = 0.0; // x0 = 0 makes every row's ODE independent of the noise draw
     let a: Vec<i64> = vec![5, 9, 30, 41, 7, 2, 99];
     let b: Vec<i64> = vec![12, 4];
+    let decoder = L2dDecoder::new(&model, &l2d_sigma0);
     // Without guidance, and with it (the padded rows' mask repeated for the unconditional half).
     for (guidance, nfe) in [(None, 15.0), (Some(1), 29.0)] {
         (cfg.guidance_class, cfg.guidance_weight) = (guidance, 2.0);
-        let mut head = L2dHead::new(&model, &l2d_sigma0, SamplerOptions::from_config(&cfg).unwrap()).unwrap();
+        let mut head = L2dHead::new(&model, &decoder, SamplerOptions::from_config(&cfg));
         let batch = generate(&model, None, &mut head, &[a.clone(), b.clone()], &opts, &mut |_, _| {}).unwrap();
         assert_eq!(head.evals_per_token(), nfe);
         for (i, p) in [&a, &b].into_iter().enumerate() {
-            let mut head = L2dHead::new(&model, &l2d_sigma0, SamplerOptions::from_config(&cfg).unwrap()).unwrap();
+            let mut head = L2dHead::new(&model, &decoder, SamplerOptions::from_config(&cfg));
             let alone = generate(&model, None, &mut head, std::slice::from_ref(p), &opts, &mut |_, _| {}).unwrap();
             assert_eq!(batch[i].token_ids, alone[0].token_ids, "row {i}, guidance {guidance:?}");
         }
@@ -133,12 +134,13 @@ fn batched_guidance_equals_two_separate_evaluations() {
     });
     let (class, w) = (1, 2.5);
     let mut cfg = l2d::config::L2dConfig::default();
-    (cfg.steps, cfg.x1_estimate, cfg.guidance_class, cfg.guidance_weight) = (3, "average".into(), Some(class), w);
+    (cfg.steps, cfg.x1_estimate, cfg.guidance_class, cfg.guidance_weight) = (3, X1Estimate::Average, Some(class), w);
     let rows: Vec<i64> = vec![5, 9, 30, 41, 7, 2, 12, 4, 77, 3, 8, 60];
     let batch = TokenBatch::from_sequences(&[(&rows[..6], &rows[..6]), (&rows[6..], &rows[6..])], Device::Cpu);
     let (hidden, step, cache) = main_path(&model, &batch);
     let last = hidden.narrow(1, 5, 1);
-    let mut head = L2dHead::new(&model, &l2d, SamplerOptions::from_config(&cfg).unwrap()).unwrap();
+    let decoder = L2dDecoder::new(&model, &l2d);
+    let mut head = L2dHead::new(&model, &decoder, SamplerOptions::from_config(&cfg));
     tch::manual_seed(11);
     let got = tch::no_grad(|| head.logits(&model, &last, &cache, &step)).unwrap();
     assert_eq!(head.evals_per_token(), 9.0, "2 steps x 2 stages x 2 labels + 1");

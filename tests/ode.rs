@@ -251,12 +251,13 @@ fn l2d_field_reaches_its_target() {
 
 #[test]
 fn unknown_solver_is_a_usage_error() {
-    let err = Solver::parse("rk45").unwrap_err();
+    // Solvers are a typed choice, checked once where the config is read.
+    let err = l2d::config::load(None, &["l2d.solver=rk45".to_string()]).unwrap_err();
     assert_eq!(exit_code(&err), 2);
     let msg = err.to_string();
     assert!(msg.contains("rk45") && msg.contains("dopri5") && msg.contains("adaptive_heun"), "{msg}");
-    for solver in Solver::ALL {
-        assert_eq!(Solver::parse(solver.name()).unwrap(), solver);
+    for &solver in Solver::ALL {
+        assert_eq!(solver.name().parse::<Solver>().unwrap(), solver);
         assert_eq!(solver.is_adaptive(), ADAPTIVE.contains(&solver));
     }
     assert!(FIXED.iter().all(|s| !s.is_adaptive()));
@@ -275,8 +276,10 @@ fn solve_err(o: &OdeOptions, x0: &Tensor, mut f: impl FnMut(f64, &Tensor) -> Ten
 
 #[test]
 fn one_grid_point_is_a_usage_error() {
+    // Checked once, where the config is read: no integration ever sees it.
     for solver in [Solver::Midpoint, Solver::Dopri5] {
-        let err = solve_err(&opts(solver, 1, 1e-5), &state(&X0), decay);
+        let sets = [format!("l2d.solver={solver}"), "l2d.steps=1".to_string()];
+        let err = l2d::config::load(None, &sets).unwrap_err();
         assert_eq!(exit_code(&err), 2);
         assert!(err.to_string().contains("steps"), "{err}");
     }
@@ -285,7 +288,7 @@ fn one_grid_point_is_a_usage_error() {
 #[test]
 fn nan_velocity_is_a_runtime_error() {
     let nan_late = |t: f64, x: &Tensor| if t > 0.5 { x.full_like(f64::NAN) } else { -x };
-    for solver in Solver::ALL {
+    for &solver in Solver::ALL {
         let err = solve_err(&opts(solver, 8, 1e-5), &state(&X0), nan_late);
         assert_eq!(exit_code(&err), 1, "{solver}: {err}");
         assert!(err.to_string().contains("NaN"), "{solver}: {err}");

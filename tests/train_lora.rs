@@ -9,7 +9,7 @@ use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
 use l2d::config::LoraConfig;
-use l2d::model::lora::{Adapters, Settings};
+use l2d::model::adapters::{Adapters, Settings};
 use l2d::model::Llama;
 
 /// The `[lora]` settings the runs here use (passed with `--set` as well).

@@ -4,20 +4,17 @@
 //! completions without a model; `eval loss` is the diagnostic cross-entropy at
 //! fixed diffusion times.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
-use tch::{Kind, Tensor};
 
-use crate::train::data::{Source, TrainExample};
+use crate::eval::loss::Losses;
 use crate::eval::sandbox::SandboxOptions;
 use crate::eval::score::{self, Report, ResultEntry, Setting};
 use crate::eval::sweep::{self, SweepOutput};
 use crate::eval::tasks::{Dataset, Task};
 use crate::eval::Protocol;
-use crate::l2d::{checkpoint, next_token_nll, TokenBatch};
-use crate::model::Llama;
+use crate::l2d::checkpoint::Checkpoint;
 use crate::progress::ProgressMode;
-use crate::runtime;
 
 /// Flags of `l2d eval`: a subcommand, or the scoring flags at the top level.
 #[derive(Debug, clap::Args)]
@@ -104,8 +101,13 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub workers: Option<usize>,
     /// Whose protocol: paper (the reference implementation's, the default) or clean (l2d's own; eval.protocol).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = protocol_flag)]
     pub protocol: Option<Protocol>,
+}
+
+/// `--protocol`'s parser: clap's message then names the flag, the value and the choices on its first line.
+fn protocol_flag(s: &str) -> Result<Protocol, String> {
+    s.parse().map_err(|_| format!("unknown protocol {s:?} (expected one of {})", Protocol::NAMES.join(", ")))
 }
 
 /// The evaluations.
@@ -173,13 +175,13 @@ fn sweep(args: SweepArgs, common: ScoreArgs, progress: ProgressMode) -> Result<(
         e.steps = steps;
     }
     if let Some(solvers) = args.solvers {
-        e.solvers = solvers;
+        e.solvers = solvers.iter().map(|s| super::parse_flag("--solvers", "eval.solvers", s)).collect::<Result<_>>()?;
     }
     if args.limit.is_some() {
         e.limit = args.limit;
     }
     if let Some(protocol) = common.protocol {
-        e.protocol = protocol.name().into();
+        e.protocol = protocol;
     }
     if args.num_shots.is_some() {
         e.num_shots = args.num_shots;
@@ -193,15 +195,16 @@ fn sweep(args: SweepArgs, common: ScoreArgs, progress: ProgressMode) -> Result<(
     if common.workers.is_some() {
         e.workers = common.workers;
     }
-    if let Some(dir) = cfg.eval.l2d.as_deref().map(Path::new).filter(|p| p.is_dir()) {
-        checkpoint::apply_shape(&checkpoint::read_metadata(dir)?, &mut cfg.l2d);
+    let ckpt = cfg.eval.l2d.as_deref().map(|p| Checkpoint::open(Path::new(p))).transpose()?;
+    if let Some(ckpt) = &ckpt {
+        ckpt.apply_shape(&mut cfg.l2d);
     }
     cfg.validate().map_err(|err| super::name_flags(err, SWEEP_FLAG_KEYS))?;
     let Some(dir) = common.out.or_else(|| cfg.eval.out.as_ref().map(PathBuf::from)) else {
         crate::bail_usage!("--out: no output directory (flag or eval.out in the config)");
     };
     let out = SweepOutput { dir, progress };
-    let report = sweep::run(&cfg, &out)?;
+    let report = sweep::run(&cfg, ckpt.as_ref(), &out)?;
     if common.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -277,19 +280,6 @@ fn print_scores(result: &ResultEntry, json: bool, out: Option<&Path>) {
     }
 }
 
-/// The sequences `eval loss` scores: a pretokenized JSONL file, or the
-/// validation split of a prepared directory (its training split if it has none).
-fn loss_examples(data: &Path, model: &Llama) -> Result<Vec<TrainExample>> {
-    let vocab = model.config.vocab_size;
-    let open = || match Source::open_valid(data, vocab)? {
-        Some(valid) => Ok(valid),
-        None => Source::open(data, "train", vocab),
-    };
-    let source = open().context("--data")?;
-    let max_len = model.config.max_position_embeddings as usize;
-    Ok((0..source.len()).map(|i| source.get(i, max_len)).collect())
-}
-
 fn loss(args: LossArgs) -> Result<()> {
     let mut cfg = args.config.load()?;
     args.model.apply(&mut cfg.model)?;
@@ -299,54 +289,18 @@ fn loss(args: LossArgs) -> Result<()> {
     if args.batch_size == 0 {
         crate::bail_usage!("--batch-size: must be at least 1");
     }
-    let device = runtime::parse_device(&cfg.model.device)?;
-    let kind = runtime::parse_dtype(&cfg.model.dtype, device)?;
-    let dir = Path::new(&cfg.model.path);
-    let model = Llama::load(dir, device, kind)?;
-    let examples = loss_examples(&args.data, &model)?;
+    let model = crate::session::load_model(&cfg.model)?;
+    let examples = crate::eval::loss::examples(&args.data, &model)?;
     let l2d = match &args.l2d {
-        Some(p) => Some(checkpoint::load(p, &model, dir, &cfg.l2d)?.0),
+        Some(p) => Some(Checkpoint::open(p)?.load(&model, Path::new(&cfg.model.path), &cfg.l2d)?),
         None => None,
     };
-    let batches: Vec<TokenBatch> = examples
-        .chunks(args.batch_size)
-        .map(|c| TokenBatch::from_sequences(&c.iter().map(TrainExample::sequence).collect::<Vec<_>>(), device))
-        .collect();
-    let _guard = tch::no_grad_guard();
-    let (base, tokens) = mean_over(&batches, |b| {
-        let logits = model.forward(&b.input_ids);
-        Ok(next_token_nll(&logits, &b.labels))
-    })?;
-    let mut per_t = Vec::new();
-    if let Some(l2d) = &l2d {
-        for &t in &args.t {
-            // The same noise for every t, so the curve compares like with like.
-            tch::manual_seed(args.seed as i64);
-            let (loss, _) = mean_over(&batches, |b| {
-                let tt = Tensor::full(b.input_ids.size().as_slice(), t, (Kind::Float, device));
-                l2d.nll_at(&model, b, &tt)
-            })?;
-            per_t.push((t, loss));
-        }
-    }
-    print_losses(args.json, tokens, base, &per_t)
+    let losses = crate::eval::loss::losses(&model, l2d.as_ref(), &examples, args.batch_size, &args.t, args.seed)?;
+    print_losses(args.json, &losses)
 }
 
-/// Token-weighted mean of a per-batch (sum, count), and the count.
-fn mean_over(batches: &[TokenBatch], mut f: impl FnMut(&TokenBatch) -> Result<(Tensor, Tensor)>) -> Result<(f64, i64)> {
-    let (mut sum, mut count) = (0.0, 0i64);
-    for b in batches {
-        let (s, c) = f(b)?;
-        sum += s.double_value(&[]);
-        count += c.int64_value(&[]);
-    }
-    if count == 0 {
-        crate::bail_usage!("--data: every label is masked (-100); there is nothing to score");
-    }
-    Ok((sum / count as f64, count))
-}
-
-fn print_losses(json: bool, tokens: i64, base: f64, per_t: &[(f64, f64)]) -> Result<()> {
+fn print_losses(json: bool, losses: &Losses) -> Result<()> {
+    let Losses { tokens, base, per_t } = losses;
     if json {
         let rec = serde_json::json!({
             "tokens": tokens,

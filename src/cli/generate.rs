@@ -5,14 +5,16 @@ use serde::Deserialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::parse_flag;
 use crate::config::Config;
 use crate::data::chat::Message;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{usage, OrUsage};
-use crate::model::Llama;
-use crate::runtime;
+use crate::l2d::checkpoint::Checkpoint;
 use crate::l2d::sampler::{L2dHead, SamplerOptions};
+use crate::l2d::L2dDecoder;
 use crate::sampling::{generate, BaseLm, GenerateOptions, Generation, NextTokenLogits, TokenSampler};
+use crate::session::Session;
 
 /// Flags of `l2d generate`; each overrides the config's `[generate]` / `[model]` value.
 #[derive(Debug, clap::Args)]
@@ -119,8 +121,8 @@ enum Prompt {
 }
 
 impl Args {
-    /// The config with this command's flags applied on top.
-    fn resolved_config(&self) -> Result<Config> {
+    /// The config with this command's flags, then the checkpoint's shape, applied on top.
+    fn resolved_config(&self, ckpt: Option<&Checkpoint>) -> Result<Config> {
         let mut cfg = self.config.load()?;
         let g = &mut cfg.generate;
         set(&mut g.max_new_tokens, self.max_new_tokens);
@@ -134,15 +136,15 @@ impl Args {
         }
         let l = &mut cfg.l2d;
         let a = &self.l2d;
-        if let Some(dir) = a.l2d.as_deref().filter(|p| p.is_dir()) {
-            crate::l2d::checkpoint::apply_shape(&crate::l2d::checkpoint::read_metadata(dir)?, l);
+        if let Some(ckpt) = ckpt {
+            ckpt.apply_shape(l);
         }
         set(&mut l.steps, a.steps);
-        set(&mut l.solver, a.solver.clone());
-        set(&mut l.x1_estimate, a.x1_estimate.clone());
+        set(&mut l.solver, a.solver.as_deref().map(|s| parse_flag("--solver", "l2d.solver", s)).transpose()?);
+        set(&mut l.x1_estimate, a.x1_estimate.as_deref().map(|s| parse_flag("--x1-estimate", "l2d.x1_estimate", s)).transpose()?);
         set(&mut l.x1_temperature, a.x1_temperature);
         if let Some(s) = &a.x1_schedule {
-            l.x1_schedule = s.clone();
+            l.x1_schedule = parse_flag("--x1-schedule", "l2d.x1_schedule", s)?;
             l.x1_temperature = 1.0;
         }
         if a.guidance_class.is_some() {
@@ -153,7 +155,6 @@ impl Args {
         set(&mut l.rtol, a.rtol);
         self.model.apply(&mut cfg.model)?;
         cfg.validate().map_err(|e| super::name_flags(e, FLAG_KEYS))?;
-        validate_sampling(&cfg)?;
         Ok(cfg)
     }
 }
@@ -185,27 +186,10 @@ fn set<T>(slot: &mut T, value: Option<T>) {
     }
 }
 
-fn validate_sampling(cfg: &Config) -> Result<()> {
-    let g = &cfg.generate;
-    if !(g.temperature >= 0.0 && g.temperature.is_finite()) {
-        crate::bail_usage!("--temperature: must be >= 0, got {}", g.temperature);
-    }
-    if !(g.top_p > 0.0 && g.top_p <= 1.0) {
-        crate::bail_usage!("--top-p: must be in (0, 1], got {}", g.top_p);
-    }
-    if g.min_new_tokens > g.max_new_tokens {
-        crate::bail_usage!(
-            "--min-new-tokens {} exceeds --max-new-tokens {}",
-            g.min_new_tokens,
-            g.max_new_tokens
-        );
-    }
-    Ok(())
-}
-
 /// Loads the model, generates for every prompt, prints text or JSON lines.
 pub fn run(args: Args) -> Result<()> {
-    let cfg = args.resolved_config()?;
+    let ckpt = args.l2d.l2d.as_deref().map(Checkpoint::open).transpose()?;
+    let cfg = args.resolved_config(ckpt.as_ref())?;
     if args.batch_size == 0 {
         crate::bail_usage!("--batch-size: must be at least 1");
     }
@@ -214,14 +198,11 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(path)) => read_prompts(path, args.chat)?,
         _ => crate::bail_usage!("give --prompt TEXT or --prompts FILE.jsonl"),
     };
-    let device = runtime::parse_device(&cfg.model.device)?;
-    let kind = runtime::parse_dtype(&cfg.model.dtype, device)?;
-    let dir = Path::new(&cfg.model.path);
-    let model = Llama::load(dir, device, kind)?;
-    let tokenizer = Tokenizer::load(dir)?;
+    let session = Session::open(&cfg.model)?;
+    let (model, tokenizer) = (&session.model, &session.tokenizer);
     let encoded = prompts
         .iter()
-        .map(|(_, p)| encode(&tokenizer, p, args.system.as_deref()))
+        .map(|(_, p)| encode(tokenizer, p, args.system.as_deref()))
         .collect::<Result<Vec<_>>>()?;
     let g = &cfg.generate;
     let opts = GenerateOptions {
@@ -232,12 +213,12 @@ pub fn run(args: Args) -> Result<()> {
         eos_ids: tokenizer.eos_ids.clone(),
         pad_id: tokenizer.pad_id,
     };
-    let l2d = match &args.l2d.l2d {
-        Some(path) => Some(crate::l2d::checkpoint::load(path, &model, dir, &cfg.l2d)?.0),
+    let decoder = match &ckpt {
+        Some(ckpt) => Some(L2dDecoder::new(model, &session.load_l2d(ckpt, &cfg.l2d)?)),
         None => None,
     };
-    let mut head: Box<dyn NextTokenLogits + '_> = match &l2d {
-        Some(l2d) => Box::new(L2dHead::new(&model, l2d, SamplerOptions::from_config(&cfg.l2d)?)?),
+    let mut head: Box<dyn NextTokenLogits + '_> = match &decoder {
+        Some(decoder) => Box::new(L2dHead::new(model, decoder, SamplerOptions::from_config(&cfg.l2d))),
         None => Box::new(BaseLm),
     };
     tch::manual_seed(g.seed as i64);
@@ -250,7 +231,7 @@ pub fn run(args: Args) -> Result<()> {
                 let _ = o.write_all(delta.as_bytes()).and_then(|_| o.flush());
             }
         };
-        let results = generate(&model, Some(&tokenizer), head.as_mut(), chunk, &opts, &mut on_text)?;
+        let results = generate(model, Some(tokenizer), head.as_mut(), chunk, &opts, &mut on_text)?;
         for (i, gen) in results.iter().enumerate() {
             let (id, prompt) = &prompts[chunk_idx * args.batch_size + i];
             if args.json {

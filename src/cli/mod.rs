@@ -93,6 +93,11 @@ pub fn name_flags(err: anyhow::Error, flag_keys: &[(&str, &str)]) -> anyhow::Err
     err
 }
 
+/// Parses a flag's text as the config value `key` it sets; an error names both: "--flag (key): ...".
+pub(crate) fn parse_flag<T: std::str::FromStr<Err = String>>(flag: &str, key: &str, text: &str) -> Result<T> {
+    text.parse().map_err(|e| crate::error::usage(format!("{flag} ({key}): {e}")))
+}
+
 /// `--model DIR --device D --dtype T`, shared by the subcommands that load a model.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
@@ -117,7 +122,7 @@ impl ModelArgs {
             m.device = d.clone();
         }
         if let Some(d) = &self.dtype {
-            m.dtype = d.clone();
+            m.dtype = parse_flag("--dtype", "model.dtype", d)?;
         }
         if m.path.is_empty() {
             crate::bail_usage!("--model: no model directory given (flag or model.path in the config)");

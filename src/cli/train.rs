@@ -10,7 +10,7 @@ use crate::progress::ProgressMode;
 use crate::model::ModelConfig;
 use crate::train::data::{BatchPlan, Source};
 use crate::train::run::data_path;
-use crate::train::{param_counts, Mode};
+use crate::train::param_counts;
 
 /// Flags of `l2d train`.
 #[derive(Debug, clap::Args)]
@@ -45,7 +45,7 @@ pub fn run(args: Args, progress: ProgressMode) -> Result<()> {
     let counts = param_counts(&model_cfg, &cfg)?;
     let t = &cfg.train;
     let mut plan = serde_json::json!({
-        "mode": Mode::parse(&t.mode)?,
+        "mode": t.mode,
         "model": cfg.model.path,
         "model_type": model_cfg.model_type,
         "trainable_params": counts.trainable_params,
@@ -61,7 +61,7 @@ pub fn run(args: Args, progress: ProgressMode) -> Result<()> {
         "lr": t.lr,
         "final_lr": t.final_lr,
         "warmup_steps": t.warmup_steps,
-        "warmup_type": t.warmup_type.as_str(),
+        "warmup_type": t.warmup_type.name(),
         "decay": t.decay,
     });
     let budget = serde_json::to_value(DataBudget::of(&cfg, &model_cfg)?)?;

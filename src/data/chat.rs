@@ -43,6 +43,10 @@ impl Message {
     }
 }
 
+/// The date Llama 3 templates print ("Today Date"): fixed, as the reference fixes
+/// it, so that training, generation and evaluation prompts are reproducible.
+pub const TEMPLATE_DATE: (i32, u32, u32) = (2024, 7, 26);
+
 /// The parts of a Hugging Face `tokenizer_config.json` that prompt building needs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TokenizerConfig {
@@ -98,6 +102,17 @@ impl TokenizerConfig {
             ));
         };
         ChatTemplate::new(source, self.bos_token.clone(), self.eos_token.clone())
+    }
+
+    /// The chat template as l2d renders it everywhere: the model's own with the date
+    /// fixed to [`TEMPLATE_DATE`]; none if the config has none.
+    pub fn fixed_date_template(&self) -> anyhow::Result<Option<ChatTemplate>> {
+        if self.chat_template.is_none() {
+            return Ok(None);
+        }
+        let (y, m, d) = TEMPLATE_DATE;
+        let date = NaiveDate::from_ymd_opt(y, m, d).expect("a valid date");
+        Ok(Some(self.template()?.with_fixed_date(date)))
     }
 
     /// Extracts the fields; the error names the offending field.

@@ -32,14 +32,7 @@ impl Tokenizer {
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = if cfg_path.exists() { Some(TokenizerConfig::load(&cfg_path)?) } else { None };
         let chat = match &cfg {
-            Some(c) => match &c.chat_template {
-                Some(src) => Some(
-                    ChatTemplate::new(src, c.bos_token.clone(), c.eos_token.clone())
-                        .with_context(|| format!("{}: field chat_template", cfg_path.display()))?
-                        .with_fixed_date(template_date()),
-                ),
-                None => None,
-            },
+            Some(c) => c.fixed_date_template().with_context(|| format!("{}: field chat_template", cfg_path.display()))?,
             None => None,
         };
         let mut eos_ids = generation_eos_ids(dir)?;
@@ -144,13 +137,6 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
-}
-
-/// The date Llama 3 templates print: fixed (as the reference fixes it) so that
-/// training, generation and evaluation prompts are reproducible.
-fn template_date() -> chrono::NaiveDate {
-    let (y, m, d) = super::prepare::TEMPLATE_DATE;
-    chrono::NaiveDate::from_ymd_opt(y, m, d).expect("a valid date")
 }
 
 /// Parses a token id field that is an int, a list of ints, or absent.

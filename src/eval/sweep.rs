@@ -18,15 +18,13 @@ use super::tasks::{build_messages, select_shots, Check, Dataset, Item, Task};
 use super::{identity, paper, Protocol};
 use crate::config::{Config, X1Schedule};
 use crate::data::tokenizer::Tokenizer;
-use crate::l2d::checkpoint::{self, BaseIdentity};
+use crate::l2d::checkpoint::{self, BaseIdentity, Checkpoint};
 use crate::l2d::sampler::{L2dHead, SamplerOptions};
-use crate::l2d::L2d;
-use crate::model::Llama;
+use crate::l2d::L2dDecoder;
 use crate::progress::{Progress, ProgressMode};
-use crate::runtime;
 use crate::sampling::generate::{decode, prefill_masked, BaseLm, Finish, GenerateOptions, NextTokenLogits};
-use crate::sampling::ode::Solver;
 use crate::sampling::TokenSampler;
+use crate::session::Session;
 
 /// The journal and final per-completion file of a run directory.
 pub const EXAMPLES: &str = "examples.jsonl";
@@ -53,7 +51,7 @@ pub fn plans(cfg: &Config, has_l2d: bool) -> Result<Vec<Plan>> {
     };
     steps.sort_unstable();
     steps.dedup();
-    let mut solvers = if e.solvers.is_empty() { vec![cfg.l2d.solver.clone()] } else { e.solvers.clone() };
+    let mut solvers = if e.solvers.is_empty() { vec![cfg.l2d.solver] } else { e.solvers.clone() };
     solvers.dedup();
     let mut out = Vec::new();
     if steps.first() == Some(&0) {
@@ -61,23 +59,22 @@ pub fn plans(cfg: &Config, has_l2d: bool) -> Result<Vec<Plan>> {
         out.push(Plan { setting, sampler: None });
     }
     let levels: Vec<usize> = steps.into_iter().filter(|&s| s > 0).collect();
-    for name in &solvers {
-        let solver = Solver::parse(name)?;
+    for &solver in &solvers {
         let grids: Vec<Option<usize>> =
             if solver.is_adaptive() { vec![None] } else { levels.iter().map(|&k| Some(k)).collect() };
         for k in grids {
             if !has_l2d {
                 crate::bail_usage!(
-                    "eval.steps / eval.solvers: the L2D settings ({name}) need a checkpoint (eval.l2d or --l2d); \
+                    "eval.steps / eval.solvers: the L2D settings ({solver}) need a checkpoint (eval.l2d or --l2d); \
                      for the base LM alone give --steps 0 and no adaptive solver (e.g. --solvers midpoint)"
                 );
             }
             let mut l2d = cfg.l2d.clone();
-            l2d.solver = name.clone();
+            l2d.solver = solver;
             l2d.steps = k.unwrap_or(l2d.steps);
-            let label = k.map_or(name.clone(), |k| format!("{name}-{k}"));
-            let setting = Setting { label, steps: k, solver: Some(name.clone()), evals_per_token: None };
-            out.push(Plan { setting, sampler: Some(SamplerOptions::from_config(&l2d)?) });
+            let label = k.map_or(solver.to_string(), |k| format!("{solver}-{k}"));
+            let setting = Setting { label, steps: k, solver: Some(solver.to_string()), evals_per_token: None };
+            out.push(Plan { setting, sampler: Some(SamplerOptions::from_config(&l2d)) });
         }
     }
     if out.is_empty() {
@@ -184,9 +181,9 @@ impl TaskData {
     }
 
     /// Checks the task's guidance class against the checkpoint's classes.
-    fn check_class(&self, l2d: Option<&L2d>) -> Result<()> {
-        let (Some(class), Some(l2d)) = (self.class, l2d) else { return Ok(()) };
-        let n = l2d.shape.num_classes;
+    fn check_class(&self, decoder: Option<&L2dDecoder>) -> Result<()> {
+        let (Some(class), Some(decoder)) = (self.class, decoder) else { return Ok(()) };
+        let n = decoder.shape().num_classes;
         if !(0..n).contains(&class) {
             crate::bail_usage!(
                 "eval.class_map: class of {:?} must be in 0..{n} (the checkpoint's guidance classes), got {class}",
@@ -304,61 +301,54 @@ impl Journal {
 
 /// The model, tokenizer and optional L2D path a sweep generates with.
 struct Engine {
-    model: Llama,
-    tokenizer: Tokenizer,
-    l2d: Option<L2d>,
+    session: Session,
+    decoder: Option<L2dDecoder>,
     identity: serde_json::Value,
     l2d_identity: Option<serde_json::Value>,
 }
 
 impl Engine {
     /// Loads the model, its tokenizer (in the paper protocol with the reference's chat template for
-    /// the model's architecture) and the L2D checkpoint.
-    fn load(cfg: &Config, protocol: Protocol) -> Result<Engine> {
-        if cfg.model.path.is_empty() {
-            crate::bail_usage!("model.path: missing (give --model DIR or set it in the config)");
-        }
-        let device = runtime::parse_device(&cfg.model.device)?;
-        let kind = runtime::parse_dtype(&cfg.model.dtype, device)?;
-        let dir = Path::new(&cfg.model.path);
-        let model = Llama::load(dir, device, kind)?;
-        let mut tokenizer = Tokenizer::load(dir)?;
+    /// the model's architecture) and the L2D checkpoint `ckpt`.
+    fn load(cfg: &Config, protocol: Protocol, ckpt: Option<&Checkpoint>) -> Result<Engine> {
+        let mut session = Session::open(&cfg.model)?;
         if protocol == Protocol::Paper {
-            if let Some(source) = paper::reference_chat_template(model.config.arch()?) {
-                tokenizer.set_chat_template(source).with_context(|| format!("{}", dir.display()))?;
+            if let Some(source) = paper::reference_chat_template(session.model.config.arch()?) {
+                session.tokenizer.set_chat_template(source).with_context(|| session.dir.display().to_string())?;
             }
         }
-        let base = BaseIdentity::of(&model, dir)?;
+        let base = BaseIdentity::of(&session.model, &session.dir)?;
         let identity = serde_json::json!({
             "path": cfg.model.path, "dtype": cfg.model.dtype, "device": cfg.model.device,
             "config_sha256": base.config_sha256, "tensors_sha256": base.tensors_sha256,
         });
-        let (l2d, l2d_identity) = match &cfg.eval.l2d {
-            Some(p) => {
-                let (l2d, meta) = checkpoint::load(Path::new(p), &model, dir, &cfg.l2d)?;
+        let (decoder, l2d_identity) = match ckpt {
+            Some(ckpt) => {
+                let l2d = session.load_l2d(ckpt, &cfg.l2d)?;
                 // The tensors' own bytes: another checkpoint written to the same path is another run.
-                let tensors = if Path::new(p).is_dir() { Path::new(p).join(checkpoint::TENSORS) } else { PathBuf::from(p) };
+                let path = ckpt.path();
+                let tensors = if path.is_dir() { path.join(checkpoint::TENSORS) } else { path.to_path_buf() };
                 let id = serde_json::json!({
-                    "path": p,
+                    "path": path.display().to_string(),
                     "tensors_sha256": crate::data::shards::sha256_file(&tensors)?,
-                    "step": meta.as_ref().map(|m| m.step),
+                    "step": ckpt.metadata().map(|m| m.step),
                     "variant": l2d.shape.variant,
                     "trainable_params": l2d.num_params(),
                 });
-                (Some(l2d.for_sampling(&model)), Some(id))
+                (Some(L2dDecoder::new(&session.model, &l2d)), Some(id))
             }
             None => (None, None),
         };
-        Ok(Engine { model, tokenizer, l2d, identity, l2d_identity })
+        Ok(Engine { session, decoder, identity, l2d_identity })
     }
 
-    fn head(&self, sampler: Option<SamplerOptions>, class: Option<i64>, weight: f64) -> Result<Box<dyn NextTokenLogits + '_>> {
-        match (sampler, &self.l2d) {
-            (Some(mut opts), Some(l2d)) => {
+    fn head(&self, sampler: Option<SamplerOptions>, class: Option<i64>, weight: f64) -> Box<dyn NextTokenLogits + '_> {
+        match (sampler, &self.decoder) {
+            (Some(mut opts), Some(decoder)) => {
                 opts.guidance = class.map(|c| (c, weight));
-                Ok(Box::new(L2dHead::new(&self.model, l2d, opts)?))
+                Box::new(L2dHead::new(&self.session.model, decoder, opts))
             }
-            _ => Ok(Box::new(BaseLm)),
+            _ => Box::new(BaseLm),
         }
     }
 }
@@ -371,21 +361,22 @@ pub struct SweepOutput {
     pub progress: ProgressMode,
 }
 
-/// Generates, scores and reports every configured task under every planned setting.
-pub fn run(cfg: &Config, out: &SweepOutput) -> Result<Report> {
+/// Generates, scores and reports every configured task under every planned setting, with the
+/// L2D checkpoint `ckpt` (opened by the caller, which applied its shape to `cfg`) if any.
+pub fn run(cfg: &Config, ckpt: Option<&Checkpoint>, out: &SweepOutput) -> Result<Report> {
     if cfg.eval.tasks.is_empty() {
         crate::bail_usage!("eval.tasks: no task configured (add e.g. [eval.tasks.gsm8k] data = \"test.jsonl\")");
     }
-    let protocol: Protocol = cfg.eval.protocol.parse().map_err(|e: String| crate::error::usage(format!("eval.protocol: {e}")))?;
+    let protocol = cfg.eval.protocol;
     let mut tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
-    let engine = Engine::load(cfg, protocol)?;
-    let max_pos = engine.model.config.max_position_embeddings as usize;
+    let engine = Engine::load(cfg, protocol, ckpt)?;
+    let max_pos = engine.session.model.config.max_position_embeddings as usize;
     for data in &mut tasks {
-        data.prepare(cfg, protocol, &engine.tokenizer, max_pos)?;
+        data.prepare(cfg, protocol, &engine.session.tokenizer, max_pos)?;
     }
-    let plans = plans(cfg, engine.l2d.is_some())?;
+    let plans = plans(cfg, engine.decoder.is_some())?;
     for data in &tasks {
-        data.check_class(engine.l2d.as_ref())?;
+        data.check_class(engine.decoder.as_ref())?;
     }
     crate::io::create_output_dir(&out.dir).context("--out")?;
     crate::io::remove_staging_debris(&out.dir)?; // temporary files of a killed run
@@ -505,26 +496,26 @@ fn generate_task(
         min_new_tokens: g.min_new_tokens,
         stop_strings: g.stop.clone(),
         // The reference stops at the tokenizer's eos token only; l2d at every id generation_config.json lists.
-        eos_ids: match (protocol, engine.tokenizer.eos_token_id) {
+        eos_ids: match (protocol, engine.session.tokenizer.eos_token_id) {
             (Protocol::Paper, Some(id)) => vec![id],
-            _ => engine.tokenizer.eos_ids.clone(),
+            _ => engine.session.tokenizer.eos_ids.clone(),
         },
-        pad_id: engine.tokenizer.pad_id,
+        pad_id: engine.session.tokenizer.pad_id,
     };
-    let masked: Vec<i64> = match (mask_prompt_pad(cfg, protocol), engine.tokenizer.reference_pad_id()) {
+    let masked: Vec<i64> = match (mask_prompt_pad(cfg, protocol), engine.session.tokenizer.reference_pad_id()) {
         (true, Some(id)) => vec![id],
         _ => Vec::new(),
     };
     let mut heads = plans
         .iter()
         .map(|p| engine.head(p.sampler.as_ref().map(|o| task_sampler(protocol, task, o)), data.class, cfg.l2d.guidance_weight))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>();
     let per_setting = order.len() as u64;
     let mut progress = Progress::new(progress, format!("eval {}", task.name()), "completions", per_setting * plans.len() as u64, 0);
     let mut new_tokens = 0usize;
     for batch in order.chunks(cfg.eval.batch_size) {
         let batch_prompts: Vec<Vec<i64>> = batch.iter().map(|&(i, _)| prompts[i].ids.clone()).collect();
-        let state = prefill_masked(&engine.model, &batch_prompts, &opts, &masked)?;
+        let state = prefill_masked(&engine.session.model, &batch_prompts, &opts, &masked)?;
         for (plan, head) in plans.iter().zip(heads.iter_mut()) {
             progress.inc(batch.len() as u64);
             if !batch.iter().any(|u| missing(u, plan, done)) {
@@ -532,7 +523,7 @@ fn generate_task(
             }
             tch::manual_seed(batch_seed(g.seed, task, &plan.setting.label, &items[batch[0].0].id, batch[0].1));
             let start = Instant::now();
-            let gens = decode(&engine.model, Some(&engine.tokenizer), head.as_mut(), state.duplicate(), &opts, &mut |_, _| {})?;
+            let gens = decode(&engine.session.model, Some(&engine.session.tokenizer), head.as_mut(), state.duplicate(), &opts, &mut |_, _| {})?;
             let share = start.elapsed().as_secs_f64() / batch.len() as f64;
             let evals = if plan.sampler.is_some() { head.evals_per_token() } else { 0.0 };
             let lines: Vec<Line> = batch
@@ -656,7 +647,7 @@ mod tests {
 
     #[test]
     fn paper_x1_is_argmax_for_answers_and_polynomial_for_code() {
-        let configured = SamplerOptions::from_config(&L2dConfig::default()).unwrap();
+        let configured = SamplerOptions::from_config(&L2dConfig::default());
         let answer = task_sampler(Protocol::Paper, Task::Gsm8k, &configured);
         assert_eq!((answer.x1_temperature, answer.x1_schedule), (0.0, X1Schedule::Constant));
         let code = task_sampler(Protocol::Paper, Task::Mbpp, &configured);

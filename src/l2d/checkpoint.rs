@@ -5,7 +5,7 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use super::{L2d, Shape};
@@ -78,43 +78,67 @@ pub fn read_metadata(dir: &Path) -> Result<Metadata> {
     serde_json::from_str(&text).or_usage(|| format!("{}: malformed", path.display()))
 }
 
-/// Copies a checkpoint's shape and σ into the `[l2d]` section, so that sampler
-/// settings are validated against the checkpoint actually used.
-pub fn apply_shape(meta: &Metadata, cfg: &mut L2dConfig) {
-    let s = &meta.shape;
-    cfg.variant = match s.variant {
-        super::Variant::Lora => "lora".into(),
-        super::Variant::Full => "full".into(),
-    };
-    cfg.flow_dim = s.flow_dim;
-    cfg.timestep_dim = s.timestep_dim;
-    cfg.lora_rank = s.lora_rank;
-    cfg.lora_alpha = s.lora_alpha;
-    cfg.num_classes = s.num_classes;
-    cfg.sigma = meta.l2d.sigma;
+/// An L2D checkpoint named by the user, before its tensors are read: a
+/// checkpoint directory (its `l2d.json` read once, here), or a bare reference
+/// export (`*.safetensors`) whose hyper-parameters come from the `[l2d]` section.
+pub struct Checkpoint {
+    path: PathBuf,
+    meta: Option<Metadata>,
 }
 
-/// Loads a checkpoint directory, or a bare reference export (`*.safetensors`)
-/// whose hyper-parameters come from `config` (the `[l2d]` section after `--set`).
-///
-/// A directory's base identity must match `model` loaded from `base_dir`.
-pub fn load(path: &Path, model: &Llama, base_dir: &Path, config: &L2dConfig) -> Result<(L2d, Option<Metadata>)> {
-    if path.is_dir() {
-        let meta = read_metadata(path)?;
-        check_base(path, &meta.base, model, base_dir)?;
-        let tensors = read_tensors(&path.join(TENSORS))?;
-        let source = path.join(TENSORS).display().to_string();
-        let l2d = L2d::from_tensors(model, meta.shape.clone(), meta.l2d.sigma, tensors, &source)?;
-        Ok((l2d, Some(meta)))
-    } else if path.extension().is_some_and(|e| e == "safetensors") {
-        let tensors = read_tensors(path)?;
-        let shape = Shape::from_config(config)?;
-        let l2d = L2d::from_tensors(model, shape, config.sigma, tensors, &path.display().to_string())?;
-        Ok((l2d, None))
-    } else if !path.exists() {
-        crate::bail_usage!("--l2d: {} does not exist", path.display());
-    } else {
-        crate::bail_usage!("--l2d: {} is neither a checkpoint directory nor a .safetensors file", path.display());
+impl Checkpoint {
+    /// Opens `path`; a path that is neither kind is a usage error.
+    pub fn open(path: &Path) -> Result<Self> {
+        let meta = if path.is_dir() {
+            Some(read_metadata(path)?)
+        } else if path.extension().is_some_and(|e| e == "safetensors") && path.is_file() {
+            None
+        } else if !path.exists() {
+            crate::bail_usage!("--l2d: {} does not exist", path.display());
+        } else {
+            crate::bail_usage!("--l2d: {} is neither a checkpoint directory nor a .safetensors file", path.display());
+        };
+        Ok(Self { path: path.to_path_buf(), meta })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `l2d.json` of a checkpoint directory; none for a bare export.
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.meta.as_ref()
+    }
+
+    /// Copies the checkpoint's shape and σ into the `[l2d]` section, so that
+    /// sampler settings are checked against the checkpoint actually used.
+    pub fn apply_shape(&self, cfg: &mut L2dConfig) {
+        let Some(meta) = &self.meta else { return };
+        let s = &meta.shape;
+        cfg.variant = s.variant;
+        cfg.flow_dim = s.flow_dim;
+        cfg.timestep_dim = s.timestep_dim;
+        cfg.lora_rank = s.lora_rank;
+        cfg.lora_alpha = s.lora_alpha;
+        cfg.num_classes = s.num_classes;
+        cfg.sigma = meta.l2d.sigma;
+    }
+
+    /// Reads the tensors onto `model` (loaded from `base_dir`); a directory's base
+    /// identity must match. A bare export takes its shape and σ from `config`.
+    pub fn load(&self, model: &Llama, base_dir: &Path, config: &L2dConfig) -> Result<L2d> {
+        match &self.meta {
+            Some(meta) => {
+                check_base(&self.path, &meta.base, model, base_dir)?;
+                let file = self.path.join(TENSORS);
+                L2d::from_tensors(model, meta.shape.clone(), meta.l2d.sigma, read_tensors(&file)?, &file.display().to_string())
+            }
+            None => {
+                let tensors = read_tensors(&self.path)?;
+                L2d::from_tensors(model, Shape::from_config(config), config.sigma, tensors, &self.path.display().to_string())
+            }
+        }
     }
 }
 

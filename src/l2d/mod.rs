@@ -2,6 +2,7 @@
 //! layers, conditioned on the diffusion time, reading the main path's keys and values.
 
 pub mod checkpoint;
+pub mod decoder;
 pub mod loss;
 pub mod params;
 pub mod sampler;
@@ -14,6 +15,7 @@ use crate::model::decode_linear::DecodeLinear;
 use crate::model::llama::{attend, Affine, Linear};
 use crate::model::lora::Lora;
 use crate::model::{KvCache, Llama, Step};
+pub use decoder::L2dDecoder;
 pub use loss::{main_path, next_token_nll, TokenBatch};
 pub use params::{Shape, Variant};
 
@@ -41,35 +43,37 @@ pub enum FlowProj {
     Lora(Lora),
     /// A trainable map of its own.
     Full(Linear),
-    /// Either of the above as one dense map laid out for decoding, for sampling.
-    Merged(DecodeLinear),
 }
 
-impl FlowProj {
-    /// Applies the projection; `main` is the frozen map of the same place.
-    pub fn forward(&self, x: &Tensor, main: &Linear) -> Tensor {
+/// A diffusion-path projection as the stream applies it: given the frozen map of the same place.
+pub trait Project {
+    /// Applies the projection to `x`; `main` is the frozen main-path map it sits beside.
+    fn project(&self, x: &Tensor, main: &Linear) -> Tensor;
+}
+
+impl Project for FlowProj {
+    fn project(&self, x: &Tensor, main: &Linear) -> Tensor {
         match self {
             FlowProj::Lora(lora) => lora.add_to(&main.forward(x), x),
             FlowProj::Full(own) => own.forward(x),
-            FlowProj::Merged(merged) => merged.forward(x),
         }
     }
+}
 
+impl FlowProj {
     /// The same map as one dense matrix (`W + scale·B·A` for LoRA), without
-    /// gradients: one matmul per use instead of three, for sampling.
-    fn merged(&self, main: &Linear) -> FlowProj {
-        let dense = match self {
+    /// gradients: one matmul per use instead of three, for decoding.
+    pub fn dense(&self, main: &Linear) -> Linear {
+        match self {
             FlowProj::Lora(lora) => Linear {
                 weight: &main.weight + lora.dense(),
                 bias: main.bias.as_ref().map(|b| b.shallow_clone()),
             },
             FlowProj::Full(own) => Linear {
-                weight: own.weight.shallow_clone(),
-                bias: own.bias.as_ref().map(|b| b.shallow_clone()),
+                weight: own.weight.detach(),
+                bias: own.bias.as_ref().map(|b| b.detach()),
             },
-            FlowProj::Merged(m) => return FlowProj::Merged(m.shallow_clone()),
-        };
-        FlowProj::Merged(DecodeLinear::from_linear(&dense))
+        }
     }
 }
 
@@ -114,18 +118,56 @@ impl ModulationHeads {
     }
 }
 
-/// The diffusion path's own tensors in one decoder layer.
-pub struct FlowLayer {
+/// The diffusion path's own projections in one decoder layer: trainable
+/// ([`FlowProj`]) or merged for decoding ([`DecodeLinear`]).
+pub struct FlowLayer<P = FlowProj> {
     /// Query projection.
-    pub q: FlowProj,
+    pub q: P,
     /// Output projection.
-    pub o: FlowProj,
+    pub o: P,
     /// MLP gate projection.
-    pub gate: FlowProj,
+    pub gate: P,
     /// MLP up projection.
-    pub up: FlowProj,
+    pub up: P,
     /// MLP down projection.
-    pub down: FlowProj,
+    pub down: P,
+}
+
+impl FlowLayer {
+    /// The layer's projections as dense maps laid out for decoding, beside the main path's `main`.
+    pub fn for_decoding(&self, main: &crate::model::llama::DecoderLayer) -> FlowLayer<DecodeLinear> {
+        let packed = |p: &FlowProj, m: &Linear| DecodeLinear::from_linear(&p.dense(m));
+        FlowLayer {
+            q: packed(&self.q, &main.self_attn.q_proj()),
+            o: packed(&self.o, &main.self_attn.o_proj),
+            gate: packed(&self.gate, &main.mlp.gate_proj()),
+            up: packed(&self.up, &main.mlp.up_proj()),
+            down: packed(&self.down, &main.mlp.down_proj),
+        }
+    }
+}
+
+/// Runs the diffusion stream `h` `[B, T, d]` through every layer beside the main
+/// path, whose keys and values for these positions are already in `cache`; the
+/// one routine of training and decoding alike.
+pub fn stream<P: Project>(model: &Llama, layers: &[FlowLayer<P>], mut h: Tensor, cond: &Conditioning, step: &Step, cache: &KvCache) -> Tensor {
+    for (i, (layer, flow)) in model.layers.iter().zip(layers).enumerate() {
+        let m = &cond.layers[i];
+        let (w1, s1, g1, w2, s2, g2) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
+        let attn = &layer.self_attn;
+        // addcmul: one pass instead of a multiply and an add (decode runs ~250 small ops per evaluation).
+        let a = s1.addcmul(&layer.input_layernorm.normalize(&h), w1);
+        let q = attn.split_heads(&flow.q.project(&a, &attn.q_proj()), attn.num_heads);
+        let q = step.rotation.apply(&q);
+        let (k, v) = cache.get(i);
+        let out = attn.merge_heads(&attend(&q, &k, &v, &step.mask));
+        h = h.addcmul(g1, &flow.o.project(&out, &attn.o_proj));
+        let b = s2.addcmul(&layer.post_attention_layernorm.normalize(&h), w2);
+        let mlp = &layer.mlp;
+        let hidden = flow.gate.project(&b, &mlp.gate_proj()).silu() * flow.up.project(&b, &mlp.up_proj());
+        h = h.addcmul(g2, &flow.down.project(&hidden, &mlp.down_proj));
+    }
+    h
 }
 
 /// Everything of one evaluation that depends only on the times (and label):
@@ -163,17 +205,6 @@ pub struct L2d {
     pub layers: Vec<FlowLayer>,
     /// The per-layer modulation heads, stacked.
     pub modulation: ModulationHeads,
-    /// Sampling copies' maps laid out for decoding.
-    sampling: Option<SamplingMaps>,
-}
-
-/// The maps of an evaluation that are not per-layer projections, laid out for
-/// decoding (the flow projections are [`FlowProj::Merged`]).
-struct SamplingMaps {
-    /// The base model's LM head: the largest matrix of every evaluation.
-    head: DecodeLinear,
-    /// The input encoder (f32).
-    encoder: Mlp2<DecodeLinear>,
 }
 
 impl L2d {
@@ -245,31 +276,10 @@ impl L2d {
         out
     }
 
-    /// A copy for sampling: LoRA updates merged into dense flow matrices (the main
-    /// path keeps its own, unchanged), no gradients.
-    pub fn for_sampling(&self, model: &Llama) -> L2d {
-        let _guard = tch::no_grad_guard();
-        let layers = model
-            .layers
-            .iter()
-            .zip(&self.layers)
-            .map(|(main, f)| FlowLayer {
-                q: f.q.merged(&main.self_attn.q_proj()),
-                o: f.o.merged(&main.self_attn.o_proj),
-                gate: f.gate.merged(&main.mlp.gate_proj()),
-                up: f.up.merged(&main.mlp.up_proj()),
-                down: f.down.merged(&main.mlp.down_proj),
-            })
-            .collect();
+    /// A gradient-free view of the same tensors (shared storage), for decoding.
+    pub fn detached(&self, model: &Llama) -> L2d {
         let params = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
-        let mut copy = Self::assemble(model, self.shape.clone(), self.sigma, params);
-        copy.layers = layers;
-        let head = Linear { weight: model.lm_head.shallow_clone(), bias: None };
-        copy.sampling = Some(SamplingMaps {
-            head: DecodeLinear::from_linear(&head),
-            encoder: Mlp2 { l0: DecodeLinear::from_linear(&copy.encoder.l0), l2: DecodeLinear::from_linear(&copy.encoder.l2) },
-        });
-        copy
+        Self::assemble(model, self.shape.clone(), self.sigma, params)
     }
 
     fn assemble(model: &Llama, shape: Shape, sigma: f64, params: Vec<(String, Tensor)>) -> Self {
@@ -330,7 +340,6 @@ impl L2d {
             shape,
             sigma,
             params,
-            sampling: None,
         }
     }
 
@@ -420,34 +429,7 @@ impl L2d {
     /// The diffusion stream's first hidden state from `x_t` `[.., D]`, computed
     /// in f32 (`x_t / std(t)`, then the encoder MLP).
     pub fn encode(&self, x_t: &Tensor, cond: &Conditioning, kind: Kind) -> Tensor {
-        let x = x_t.to_kind(Kind::Float) / &cond.input_std;
-        let h = match &self.sampling {
-            Some(maps) => maps.encoder.forward(&x),
-            None => self.encoder.forward(&x),
-        };
-        h.to_kind(kind)
-    }
-
-    /// Runs the diffusion stream `h` `[B, T, d]` through every layer beside the main
-    /// path, whose keys and values for these positions are already in `cache`.
-    pub fn stream(&self, model: &Llama, mut h: Tensor, cond: &Conditioning, step: &Step, cache: &KvCache) -> Tensor {
-        for (i, (layer, flow)) in model.layers.iter().zip(&self.layers).enumerate() {
-            let m = &cond.layers[i];
-            let (w1, s1, g1, w2, s2, g2) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
-            let attn = &layer.self_attn;
-            // addcmul: one pass instead of a multiply and an add (decode runs ~250 small ops per evaluation).
-            let a = s1.addcmul(&layer.input_layernorm.normalize(&h), w1);
-            let q = attn.split_heads(&flow.q.forward(&a, &attn.q_proj()), attn.num_heads);
-            let q = step.rotation.apply(&q);
-            let (k, v) = cache.get(i);
-            let out = attn.merge_heads(&attend(&q, &k, &v, &step.mask));
-            h = h.addcmul(g1, &flow.o.forward(&out, &attn.o_proj));
-            let b = s2.addcmul(&layer.post_attention_layernorm.normalize(&h), w2);
-            let mlp = &layer.mlp;
-            let hidden = flow.gate.forward(&b, &mlp.gate_proj()).silu() * flow.up.forward(&b, &mlp.up_proj());
-            h = h.addcmul(g2, &flow.down.forward(&hidden, &mlp.down_proj));
-        }
-        h
+        encode_with(&self.encoder, x_t, cond, kind)
     }
 
     /// Logits `[B, T, V]` of the whole model at diffusion inputs `x_t` `[B, T, D]` and
@@ -464,27 +446,8 @@ impl L2d {
         cache: &KvCache,
     ) -> Result<Tensor> {
         let cond = self.condition(t, label)?;
-        Ok(self.logits_conditioned(model, main_hidden, x_t, &cond, step, cache))
-    }
-
-    /// [`L2d::logits`] with the conditioning of `t` already computed (the sampler
-    /// reuses it: every token visits the same grid of times).
-    pub fn logits_conditioned(
-        &self,
-        model: &Llama,
-        main_hidden: &Tensor,
-        x_t: &Tensor,
-        cond: &Conditioning,
-        step: &Step,
-        cache: &KvCache,
-    ) -> Tensor {
-        let h0 = self.encode(x_t, cond, model.kind());
-        let flow = self.stream(model, h0, cond, step, cache);
-        let h = main_hidden.addcmul(&cond.gate, &flow);
-        match &self.sampling {
-            Some(maps) => maps.head.forward(&model.norm.forward(&h)),
-            None => model.logits(&h),
-        }
+        let flow = stream(model, &self.layers, self.encode(x_t, &cond, model.kind()), &cond, step, cache);
+        Ok(model.logits(&gated(main_hidden, &cond, &flow)))
     }
 
     /// The dtype the diffusion path computes in.
@@ -530,6 +493,16 @@ impl L2d {
         let logits = self.logits(model, &at.gather(&main_hidden), &x_t, &t, labels.as_ref(), &step, &cache)?;
         Ok(summed_cross_entropy(&logits, &targets))
     }
+}
+
+/// The diffusion stream's first hidden state through `encoder`, in f32: `encoder(x_t / std(t))`.
+fn encode_with<M: Affine>(encoder: &Mlp2<M>, x_t: &Tensor, cond: &Conditioning, kind: Kind) -> Tensor {
+    encoder.forward(&(x_t.to_kind(Kind::Float) / &cond.input_std)).to_kind(kind)
+}
+
+/// The last hidden state of the whole model: `main + wd(t)·flow`.
+fn gated(main_hidden: &Tensor, cond: &Conditioning, flow: &Tensor) -> Tensor {
+    main_hidden.addcmul(&cond.gate, flow)
 }
 
 /// Marks the stacked modulation-head leaves: `model.layers.*.modulation_head.mlp.{leaf}`.

@@ -4,26 +4,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model::ModelConfig;
 
-/// LoRA updates on the frozen matrices, or full trainable copies of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Variant {
-    /// `l2d-lora`: `x·A·B·(alpha/rank)` beside the frozen matrix.
-    Lora,
-    /// `l2d-full`: separate trainable copies initialised from the main path.
-    Full,
-}
-
-impl Variant {
-    /// Parses `lora` or `full`.
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "lora" => Ok(Self::Lora),
-            "full" => Ok(Self::Full),
-            other => crate::bail_usage!("l2d.variant: unknown variant {other:?} (expected lora or full)"),
-        }
-    }
-}
+pub use crate::config::Variant;
 
 /// The hyper-parameters that decide the shapes of the L2D tensors.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -44,15 +25,15 @@ pub struct Shape {
 
 impl Shape {
     /// The shape part of the `[l2d]` config section.
-    pub fn from_config(c: &crate::config::L2dConfig) -> anyhow::Result<Self> {
-        Ok(Self {
-            variant: Variant::parse(&c.variant)?,
+    pub fn from_config(c: &crate::config::L2dConfig) -> Self {
+        Self {
+            variant: c.variant,
             flow_dim: c.flow_dim,
             timestep_dim: c.timestep_dim,
             lora_rank: c.lora_rank,
             lora_alpha: c.lora_alpha,
             num_classes: c.num_classes,
-        })
+        }
     }
 }
 

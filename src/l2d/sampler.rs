@@ -8,21 +8,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::{Conditioning, L2d};
+use super::{Conditioning, L2dDecoder};
+pub use crate::config::X1Estimate;
 use crate::config::{L2dConfig, X1Schedule};
 use crate::model::{repeat_batch, KvCache, Llama, Step};
 use crate::sampling::generate::NextTokenLogits;
 use crate::sampling::logits::draw;
 use crate::sampling::ode::{self, OdeOptions, Solver};
-
-/// How `x1_hat` is formed from the diffusion path's logits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum X1Estimate {
-    /// `rep(y)`, `y ~ softmax(logits / tau)`.
-    Sample,
-    /// `sum_k softmax(logits / tau)_k · rep(k)`.
-    Average,
-}
 
 /// Settings of the L2D sampler.
 #[derive(Debug, Clone)]
@@ -40,26 +32,15 @@ pub struct SamplerOptions {
 }
 
 impl SamplerOptions {
-    /// The sampling part of the `[l2d]` config section, validated.
-    pub fn from_config(c: &L2dConfig) -> Result<Self> {
-        let solver = Solver::parse(&c.solver)?;
-        if c.steps < 2 {
-            crate::bail_usage!("l2d.steps: must be at least 2 (the grid linspace(0, 1, S) needs two points), got {}", c.steps);
-        }
-        let x1_estimate = match c.x1_estimate.as_str() {
-            "sample" => X1Estimate::Sample,
-            "average" => X1Estimate::Average,
-            other => crate::bail_usage!("l2d.x1_estimate: unknown {other:?} (expected sample or average)"),
-        };
-        let x1_schedule = X1Schedule::parse(&c.x1_schedule).map_err(|e| crate::error::usage(format!("l2d.x1_schedule: {e}")))?;
-        let guidance = c.guidance_class.map(|class| (class, c.guidance_weight));
-        Ok(Self {
-            ode: OdeOptions { solver, steps: c.steps, atol: c.atol, rtol: c.rtol, max_evals: 10_000 },
-            x1_estimate,
+    /// The sampling part of a checked `[l2d]` config section.
+    pub fn from_config(c: &L2dConfig) -> Self {
+        Self {
+            ode: OdeOptions { solver: c.solver, steps: c.steps, atol: c.atol, rtol: c.rtol, max_evals: 10_000 },
+            x1_estimate: c.x1_estimate,
             x1_temperature: c.x1_temperature,
-            x1_schedule,
-            guidance,
-        })
+            x1_schedule: c.x1_schedule,
+            guidance: c.guidance_class.map(|class| (class, c.guidance_weight)),
+        }
     }
 
     /// `tau(t)`.
@@ -101,9 +82,9 @@ type ConditioningCache = HashMap<(u64, Labels), Rc<Conditioning>>;
 const COND_CACHE: usize = 256;
 
 /// The next-token logits of an L2D model, for [`crate::sampling::generate()`].
-pub struct L2dHead {
-    /// The path with LoRA updates merged, for one matmul per projection.
-    l2d: L2d,
+pub struct L2dHead<'d> {
+    /// The path laid out for decoding.
+    decoder: &'d L2dDecoder,
     opts: SamplerOptions,
     /// `rep(k)` of every token `[V, D]`, computed once.
     rep_vocab: Tensor,
@@ -114,32 +95,14 @@ pub struct L2dHead {
     conditionings: RefCell<ConditioningCache>,
 }
 
-impl L2dHead {
-    /// Prepares sampling from `l2d` on top of `model`.
-    pub fn new(model: &Llama, l2d: &L2d, opts: SamplerOptions) -> Result<Self> {
-        if let Some((class, w)) = opts.guidance {
-            if l2d.guidance.is_none() {
-                crate::bail_usage!("--guidance-class {class}: this L2D checkpoint has no guidance embedding (l2d.num_classes = 0)");
-            }
-            if class < 0 || class >= l2d.shape.num_classes {
-                crate::bail_usage!("--guidance-class {class}: must be in 0..{}", l2d.shape.num_classes);
-            }
-            if w < 1.0 {
-                crate::bail_usage!("--guidance-weight {w}: must be >= 1");
-            }
-        }
+impl<'d> L2dHead<'d> {
+    /// Prepares sampling from `decoder` on top of `model`.
+    pub fn new(model: &Llama, decoder: &'d L2dDecoder, opts: SamplerOptions) -> Self {
         let rep_vocab = tch::no_grad(|| {
             let ids = Tensor::arange(model.config.vocab_size, (Kind::Int64, model.device()));
-            l2d.rep(model, &ids).to_kind(Kind::Double)
+            decoder.rep(model, &ids).to_kind(Kind::Double)
         });
-        Ok(Self {
-            l2d: l2d.for_sampling(model),
-            opts,
-            rep_vocab,
-            evals: 0,
-            tokens: 0,
-            conditionings: RefCell::new(HashMap::new()),
-        })
+        Self { decoder, opts, rep_vocab, evals: 0, tokens: 0, conditionings: RefCell::new(HashMap::new()) }
     }
 
     /// The conditioning at time `t` for `labels`, computed once.
@@ -157,7 +120,7 @@ impl L2dHead {
                 (Tensor::full([2 * rows, 1], t, (Kind::Float, device)), Some(lt))
             }
         };
-        let cond = Rc::new(self.l2d.condition(&tt, lt.as_ref())?);
+        let cond = Rc::new(self.decoder.condition(&tt, lt.as_ref())?);
         let mut cache = self.conditionings.borrow_mut();
         if cache.len() >= COND_CACHE {
             cache.clear();
@@ -194,15 +157,15 @@ struct Eval<'s> {
 
 impl Eval<'_> {
     /// Logits `[B, V]` at state `x` `[B, D]` and time `t` for the rows' `labels`.
-    fn logits(&self, head: &L2dHead, x: &Tensor, t: f64, labels: Labels) -> Result<Tensor> {
+    fn logits(&self, head: &L2dHead<'_>, x: &Tensor, t: f64, labels: Labels) -> Result<Tensor> {
         let cond = head.conditioning(t, labels, x.device())?;
         let x = x.to_kind(Kind::Float).unsqueeze(1);
-        let logits = head.l2d.logits_conditioned(self.model, self.hidden, &x, &cond, self.step, self.cache);
+        let logits = head.decoder.logits_conditioned(self.model, self.hidden, &x, &cond, self.step, self.cache);
         Ok(logits.squeeze_dim(1))
     }
 }
 
-impl NextTokenLogits for L2dHead {
+impl NextTokenLogits for L2dHead<'_> {
     fn logits(&mut self, model: &Llama, hidden: &Tensor, cache: &KvCache, step: &Step) -> Result<Tensor> {
         let step = step.last();
         let eval = Eval { model, hidden, step: &step, cache };
@@ -215,8 +178,8 @@ impl NextTokenLogits for L2dHead {
         };
         let guided = doubled.as_ref().map(|(class, w, hidden, step, cache)| (*class, *w, Eval { model, hidden, step, cache }));
         // Drawn on the CPU, so that a seed gives the same noise on every device.
-        let x0 = Tensor::randn([b, self.l2d.shape.flow_dim], (Kind::Double, tch::Device::Cpu)).to_device(hidden.device())
-            * self.l2d.sigma;
+        let x0 = Tensor::randn([b, self.decoder.shape().flow_dim], (Kind::Double, tch::Device::Cpu)).to_device(hidden.device())
+            * self.decoder.sigma();
         let offset = self.opts.temperature_offset();
         let mut calls = 0usize;
         let (x1, _) = {

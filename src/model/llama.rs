@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
-use super::lora::{Adapters, LayerAdapters, Target};
+use super::lora::{LayerAdapters, Target};
 use super::rope::{Rope, Rotation};
 use super::weights::Weights;
 
@@ -345,14 +345,14 @@ impl Llama {
     /// Runs the main path over new tokens `[B, T]`, appending their keys and
     /// values to `cache`; returns the last hidden state `[B, T, d]` before the final norm.
     pub fn forward_hidden(&self, input_ids: &Tensor, step: &Step, cache: &mut KvCache) -> Tensor {
-        self.hidden(input_ids, step, cache, None)
+        self.hidden(input_ids, step, cache, &|_| None)
     }
 
-    /// [`Llama::forward_hidden`], with weight-LoRA adapters (and whether their dropout is active) if given.
-    fn hidden(&self, input_ids: &Tensor, step: &Step, cache: &mut KvCache, adapters: Option<(&Adapters, bool)>) -> Tensor {
+    /// [`Llama::forward_hidden`], with each layer's weight-LoRA adapters if `lora` gives them.
+    fn hidden<'a>(&self, input_ids: &Tensor, step: &Step, cache: &mut KvCache, lora: &dyn Fn(usize) -> Option<LayerAdapters<'a>>) -> Tensor {
         let mut h = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         for (i, layer) in self.layers.iter().enumerate() {
-            let lora = adapters.map(|(a, train)| a.layer(i, train));
+            let lora = lora(i);
             let attn_in = layer.input_layernorm.forward(&h);
             h = &h + self.self_attention(i, &attn_in, step, cache, lora);
             h = &h + layer.mlp.forward(&layer.post_attention_layernorm.forward(&h), lora);
@@ -437,21 +437,16 @@ impl Llama {
 
     /// Full forward of unpadded sequences `[B, T]` with no cache: logits `[B, T, V]`.
     pub fn forward(&self, input_ids: &Tensor) -> Tensor {
-        self.full_forward(input_ids, None)
+        self.forward_with(input_ids, &|_| None)
     }
 
-    /// [`Llama::forward`] with weight-LoRA `adapters` beside the frozen maps;
-    /// their dropout is active when `train`.
-    pub fn forward_adapted(&self, input_ids: &Tensor, adapters: &Adapters, train: bool) -> Tensor {
-        self.full_forward(input_ids, Some((adapters, train)))
-    }
-
-    fn full_forward(&self, input_ids: &Tensor, adapters: Option<(&Adapters, bool)>) -> Tensor {
+    /// [`Llama::forward`] with each layer's weight-LoRA adapters if `lora` gives them.
+    pub fn forward_with<'a>(&self, input_ids: &Tensor, lora: &dyn Fn(usize) -> Option<LayerAdapters<'a>>) -> Tensor {
         let (b, t) = input_ids.size2().expect("[B, T]");
         let positions = Tensor::arange(t, (Kind::Int64, input_ids.device())).unsqueeze(0).expand([b, t], false);
         let step = self.step(positions, AttentionMask::Causal);
         let mut cache = KvCache::growing(self.layers.len());
-        let hidden = self.hidden(input_ids, &step, &mut cache, adapters);
+        let hidden = self.hidden(input_ids, &step, &mut cache, lora);
         self.logits(&hidden)
     }
 }

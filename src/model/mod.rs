@@ -1,6 +1,7 @@
 //! The frozen main path: Hugging Face model directories, the Llama/Qwen2 network, its KV cache,
 //! and low-rank adapters beside its frozen maps.
 
+pub mod adapters;
 pub mod config;
 pub mod cpu;
 pub mod decode_linear;

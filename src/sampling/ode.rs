@@ -8,56 +8,13 @@
 //! rather than torchdiffeq's `nextafter(t1, -inf)`, which for a step ending exactly on 1 would
 //! put the L2D field `(x1_hat - x) / (1 - t)` one ulp before its singularity.
 
-use std::fmt;
-
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::bail_usage;
-use crate::error::usage;
 
-/// Which integrator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Solver {
-    /// Forward Euler on the grid: 1 evaluation per step.
-    Euler,
-    /// Explicit midpoint on the grid: 2 evaluations per step.
-    Midpoint,
-    /// torchdiffeq's `rk4`, which is the 3/8-rule Runge-Kutta (`rk4_alt_step_func`): 4 evaluations per step.
-    Rk4,
-    /// Bogacki-Shampine 3(2), adaptive.
-    Bosh3,
-    /// Dormand-Prince 5(4), adaptive.
-    Dopri5,
-    /// Heun 2 with an Euler 1 error estimate, adaptive.
-    AdaptiveHeun,
-}
+pub use crate::config::Solver;
 
 impl Solver {
-    /// Every solver, in the order error messages list them.
-    pub const ALL: [Solver; 6] =
-        [Solver::Euler, Solver::Midpoint, Solver::Rk4, Solver::Bosh3, Solver::Dopri5, Solver::AdaptiveHeun];
-
-    /// The solver called `name` (torchdiffeq's method names).
-    pub fn parse(name: &str) -> Result<Solver> {
-        Solver::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| {
-            let valid: Vec<&str> = Solver::ALL.iter().map(Solver::name).collect();
-            usage(format!("unknown ODE solver {name:?}; valid solvers: {}", valid.join(", ")))
-        })
-    }
-
-    /// torchdiffeq's method name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Solver::Euler => "euler",
-            Solver::Midpoint => "midpoint",
-            Solver::Rk4 => "rk4",
-            Solver::Bosh3 => "bosh3",
-            Solver::Dopri5 => "dopri5",
-            Solver::AdaptiveHeun => "adaptive_heun",
-        }
-    }
-
     /// Whether the solver picks its own steps (and so honours `atol`, `rtol`, `max_evals`).
     pub fn is_adaptive(&self) -> bool {
         self.tableau().is_some()
@@ -70,12 +27,6 @@ impl Solver {
             Solver::Dopri5 => Some(&DORMAND_PRINCE_SHAMPINE),
             Solver::AdaptiveHeun => Some(&ADAPTIVE_HEUN),
         }
-    }
-}
-
-impl fmt::Display for Solver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -101,32 +52,13 @@ impl Default for OdeOptions {
     }
 }
 
-impl OdeOptions {
-    /// Rejects settings that cannot describe an integration (usage errors).
-    pub fn validate(&self) -> Result<()> {
-        if self.steps < 2 {
-            bail_usage!("ODE steps must be at least 2 (grid points of linspace(0, 1, steps)), got {}", self.steps);
-        }
-        if self.solver.is_adaptive() {
-            // A zero atol divides by zero wherever the state is exactly 0.
-            if !(self.atol.is_finite() && self.atol > 0.0) {
-                bail_usage!("ODE atol must be a positive number, got {}", self.atol);
-            }
-            if !(self.rtol.is_finite() && self.rtol >= 0.0) {
-                bail_usage!("ODE rtol must be a non-negative number, got {}", self.rtol);
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Integrates `dx/dt = f(t, x)` from `t = 0` to `t = 1`; returns the final state and the number of calls of `f`.
 pub fn integrate(
     opts: &OdeOptions,
     x0: &Tensor,
     f: &mut dyn FnMut(f64, &Tensor) -> Result<Tensor>,
 ) -> Result<(Tensor, usize)> {
-    opts.validate()?;
+    debug_assert!(opts.steps >= 2, "config::check requires l2d.steps >= 2");
     let mut field = Field { f, evals: 0 };
     let x1 = match opts.solver.tableau() {
         None => integrate_fixed(opts, x0, &mut field)?,

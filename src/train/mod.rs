@@ -14,37 +14,7 @@ use crate::config::Config;
 use crate::l2d::{params, Shape};
 use crate::model::ModelConfig;
 
-/// What a run trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// L2D with LoRA diffusion-path projections.
-    L2dLora,
-    /// L2D with full diffusion-path projections.
-    L2dFull,
-    /// Weight LoRA on the base model (baseline).
-    Lora,
-    /// Full weight finetuning (baseline).
-    Full,
-}
-
-impl Mode {
-    /// Parses `train.mode`.
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "l2d-lora" => Self::L2dLora,
-            "l2d-full" => Self::L2dFull,
-            "lora" => Self::Lora,
-            "full" => Self::Full,
-            other => crate::bail_usage!("train.mode: unknown mode {other:?} (expected l2d-lora, l2d-full, lora or full)"),
-        })
-    }
-
-    /// Whether the run trains an L2D diffusion path.
-    pub fn is_l2d(self) -> bool {
-        matches!(self, Self::L2dLora | Self::L2dFull)
-    }
-}
+pub use crate::config::Mode;
 
 /// Trainable and frozen parameter counts of a run.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -58,15 +28,15 @@ pub struct ParamCounts {
 /// Counts parameters from the base model's `config.json` alone (no weights needed).
 pub fn param_counts(model: &ModelConfig, cfg: &Config) -> Result<ParamCounts> {
     let base = model.num_params();
-    let mode = Mode::parse(&cfg.train.mode)?;
+    let mode = cfg.train.mode;
     Ok(match mode {
         Mode::L2dLora | Mode::L2dFull => {
-            let shape = Shape::from_config(&cfg.l2d)?;
+            let shape = Shape::from_config(&cfg.l2d);
             ParamCounts { trainable_params: params::count(&params::specs(model, &shape)), frozen_params: base }
         }
         Mode::Full => ParamCounts { trainable_params: base, frozen_params: 0 },
         Mode::Lora => ParamCounts {
-            trainable_params: crate::model::lora::Settings::from_config(&cfg.lora)?.num_params(model),
+            trainable_params: crate::model::adapters::Settings::from_config(&cfg.lora)?.num_params(model),
             frozen_params: base,
         },
     })

@@ -19,10 +19,9 @@ use super::Mode;
 use crate::config::Config;
 use crate::l2d::checkpoint::{self as l2d_ckpt, BaseIdentity};
 use crate::l2d::{next_token_nll, L2d, Shape, TokenBatch};
-use crate::model::lora::{self, Adapters};
+use crate::model::adapters::{self, Adapters};
 use crate::model::weights::Weights;
 use crate::model::Llama;
-use crate::runtime;
 
 /// What a finished (or interrupted) run produced.
 #[derive(Debug)]
@@ -85,8 +84,8 @@ impl Trainee {
     /// adapters, or the model's own weights made trainable.
     pub fn new(mode: Mode, model: &Llama, cfg: &Config) -> Result<Self> {
         Ok(match mode {
-            Mode::L2dLora | Mode::L2dFull => Self::L2d(Box::new(L2d::init(model, Shape::from_config(&cfg.l2d)?, cfg.l2d.sigma)?)),
-            Mode::Lora => Self::Lora(Adapters::init(model, lora::Settings::from_config(&cfg.lora)?)?),
+            Mode::L2dLora | Mode::L2dFull => Self::L2d(Box::new(L2d::init(model, Shape::from_config(&cfg.l2d), cfg.l2d.sigma)?)),
+            Mode::Lora => Self::Lora(Adapters::init(model, adapters::Settings::from_config(&cfg.lora)?)?),
             Mode::Full => {
                 let named = model.named_tensors();
                 // Updates of ~lr vanish when rounded into bf16 weights; f32 masters keep them.
@@ -208,14 +207,13 @@ pub fn data_path(cfg: &Config) -> Result<Option<PathBuf>> {
 pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, shown: ProgressMode) -> Result<Outcome> {
     super::keep_freed_memory();
     let dist = Dist::single();
-    let mode = Mode::parse(&cfg.train.mode)?;
+    let mode = cfg.train.mode;
     if mode == Mode::Lora {
         // Refuse unknown module names before loading anything heavy.
-        lora::Settings::from_config(&cfg.lora)?;
+        adapters::Settings::from_config(&cfg.lora)?;
     }
     let t = &cfg.train;
-    let device = runtime::parse_device(&cfg.model.device)?;
-    let kind = runtime::parse_dtype(&cfg.model.dtype, device)?;
+    let (device, kind) = crate::session::placement(&cfg.model)?;
     let base_dir = PathBuf::from(&cfg.model.path);
     let data_path = data_path(cfg)?.ok_or_else(|| {
         crate::error::usage(
@@ -265,7 +263,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
         log.write_jsonl(&identity::change_record(start, &changes))?;
     }
     let config_toml = cfg.to_toml_string();
-    let saved = checkpoint::Saved { run_dir: out, config_toml: &config_toml, mode: &t.mode, seed: t.seed, total_steps: total, identity: &identity };
+    let saved = checkpoint::Saved { run_dir: out, config_toml: &config_toml, mode: t.mode.name(), seed: t.seed, total_steps: total, identity: &identity };
     let save = |step: u64, params: &[(String, Tensor)], opt: &AdamW| -> Result<()> {
         if !dist.is_main() {
             return Ok(());
@@ -296,7 +294,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
         let tokens: usize = examples.iter().map(|e| e.input_ids.len()).sum();
         if let Some(log) = &mut log {
             log.write(&serde_json::json!({
-                "step": step, "loss": loss, "lr": lr, "warmup_type": t.warmup_type.as_str(), "grad_norm": grad_norm,
+                "step": step, "loss": loss, "lr": lr, "warmup_type": t.warmup_type.name(), "grad_norm": grad_norm,
                 "tokens": tokens, "tokens_per_s": tokens as f64 / elapsed,
                 "elapsed_s": started.elapsed().as_secs_f64(),
                 "peak_rss_bytes": super::resident_memory().map(|(_, peak)| peak),
