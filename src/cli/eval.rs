@@ -4,7 +4,7 @@
 //! completions without a model; `eval loss` is the diagnostic cross-entropy at
 //! fixed diffusion times.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 use crate::eval::loss::Losses;
@@ -195,7 +195,7 @@ fn sweep(args: SweepArgs, common: ScoreArgs, progress: ProgressMode) -> Result<(
     if common.workers.is_some() {
         e.workers = common.workers;
     }
-    let ckpt = cfg.eval.l2d.as_deref().map(|p| Checkpoint::open(Path::new(p))).transpose()?;
+    let ckpt = cfg.eval.l2d.as_deref().map(|p| Checkpoint::open(Path::new(p))).transpose().context("--l2d")?;
     if let Some(ckpt) = &ckpt {
         ckpt.apply_shape(&mut cfg.l2d);
     }
@@ -290,12 +290,12 @@ fn loss(args: LossArgs) -> Result<()> {
         crate::bail_usage!("--batch-size: must be at least 1");
     }
     let model = crate::session::load_model(&cfg.model)?;
-    let examples = crate::eval::loss::examples(&args.data, &model)?;
+    let examples = crate::eval::loss::examples(&args.data, &model).context("--data")?;
     let l2d = match &args.l2d {
-        Some(p) => Some(Checkpoint::open(p)?.load(&model, Path::new(&cfg.model.path), &cfg.l2d)?),
+        Some(p) => Some(Checkpoint::open(p).and_then(|c| c.load(&model, Path::new(&cfg.model.path), &cfg.l2d)).context("--l2d")?),
         None => None,
     };
-    let losses = crate::eval::loss::losses(&model, l2d.as_ref(), &examples, args.batch_size, &args.t, args.seed)?;
+    let losses = crate::eval::loss::losses(&model, l2d.as_ref(), &examples, args.batch_size, &args.t, args.seed).context("--data")?;
     print_losses(args.json, &losses)
 }
 

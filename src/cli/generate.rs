@@ -1,6 +1,6 @@
 //! `l2d generate`: completions from a model directory.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Deserialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -188,7 +188,7 @@ fn set<T>(slot: &mut T, value: Option<T>) {
 
 /// Loads the model, generates for every prompt, prints text or JSON lines.
 pub fn run(args: Args) -> Result<()> {
-    let ckpt = args.l2d.l2d.as_deref().map(Checkpoint::open).transpose()?;
+    let ckpt = args.l2d.l2d.as_deref().map(Checkpoint::open).transpose().context("--l2d")?;
     let cfg = args.resolved_config(ckpt.as_ref())?;
     if args.batch_size == 0 {
         crate::bail_usage!("--batch-size: must be at least 1");
@@ -214,7 +214,7 @@ pub fn run(args: Args) -> Result<()> {
         pad_id: tokenizer.pad_id,
     };
     let decoder = match &ckpt {
-        Some(ckpt) => Some(L2dDecoder::new(model, &session.load_l2d(ckpt, &cfg.l2d)?)),
+        Some(ckpt) => Some(L2dDecoder::new(model, &session.load_l2d(ckpt, &cfg.l2d).context("--l2d")?)),
         None => None,
     };
     let mut head: Box<dyn NextTokenLogits + '_> = match &decoder {

@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod parquet_json;
 pub mod pretokenized;
+mod pyjinja;
 pub mod tokenizer;
 pub mod prepare;
 pub mod shards;

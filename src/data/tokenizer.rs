@@ -3,7 +3,8 @@
 use anyhow::{Context, Result};
 use std::path::Path;
 
-use super::chat::{is_python_space, ChatTemplate, Message, TokenizerConfig};
+use super::chat::{ChatTemplate, Message, TokenizerConfig};
+use super::pyjinja::is_python_space;
 use crate::error::{usage, OrUsage};
 
 /// Tokenizer plus what generation needs from the model directory.

@@ -1,7 +1,7 @@
 //! `l2d eval loss`: the mean cross-entropy of the base LM, and of the L2D path
 //! at fixed diffusion times (the same t for every token), over scored sequences.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -28,7 +28,7 @@ pub fn examples(data: &Path, model: &Llama) -> Result<Vec<TrainExample>> {
         Some(valid) => Ok(valid),
         None => Source::open(data, "train", vocab),
     };
-    let source = open().context("--data")?;
+    let source = open()?;
     let max_len = model.config.max_position_embeddings as usize;
     Ok((0..source.len()).map(|i| source.get(i, max_len)).collect())
 }
@@ -66,7 +66,7 @@ fn mean_over(batches: &[TokenBatch], mut f: impl FnMut(&TokenBatch) -> Result<(T
         count += c.int64_value(&[]);
     }
     if count == 0 {
-        crate::bail_usage!("--data: every label is masked (-100); there is nothing to score");
+        crate::bail_usage!("every label is masked (-100); there is nothing to score");
     }
     Ok((sum / count as f64, count))
 }

@@ -324,7 +324,7 @@ impl Engine {
         });
         let (decoder, l2d_identity) = match ckpt {
             Some(ckpt) => {
-                let l2d = session.load_l2d(ckpt, &cfg.l2d)?;
+                let l2d = session.load_l2d(ckpt, &cfg.l2d).context("--l2d")?;
                 // The tensors' own bytes: another checkpoint written to the same path is another run.
                 let path = ckpt.path();
                 let tensors = if path.is_dir() { path.join(checkpoint::TENSORS) } else { path.to_path_buf() };

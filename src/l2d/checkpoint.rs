@@ -74,11 +74,11 @@ pub fn save(dir: &Path, l2d: &L2d, meta: &Metadata) -> Result<()> {
 /// Reads `l2d.json` of a checkpoint directory.
 pub fn read_metadata(dir: &Path) -> Result<Metadata> {
     let path = dir.join(METADATA);
-    let text = std::fs::read_to_string(&path).or_usage(|| format!("--l2d: cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path).or_usage(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).or_usage(|| format!("{}: malformed", path.display()))
 }
 
-/// An L2D checkpoint named by the user, before its tensors are read: a
+/// An L2D checkpoint named by the user (errors name its path; the caller adds the flag or key), before its tensors are read: a
 /// checkpoint directory (its `l2d.json` read once, here), or a bare reference
 /// export (`*.safetensors`) whose hyper-parameters come from the `[l2d]` section.
 pub struct Checkpoint {
@@ -94,9 +94,9 @@ impl Checkpoint {
         } else if path.extension().is_some_and(|e| e == "safetensors") && path.is_file() {
             None
         } else if !path.exists() {
-            crate::bail_usage!("--l2d: {} does not exist", path.display());
+            crate::bail_usage!("{} does not exist", path.display());
         } else {
-            crate::bail_usage!("--l2d: {} is neither a checkpoint directory nor a .safetensors file", path.display());
+            crate::bail_usage!("{} is neither a checkpoint directory nor a .safetensors file", path.display());
         };
         Ok(Self { path: path.to_path_buf(), meta })
     }
@@ -150,7 +150,7 @@ fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 fn check_base(ckpt: &Path, want: &BaseIdentity, model: &Llama, base_dir: &Path) -> Result<()> {
     if model.config.fingerprint() != want.config_sha256 {
         crate::bail_usage!(
-            "--l2d {}: the checkpoint was trained on a base model with another config (shapes differ from {})",
+            "{}: the checkpoint was trained on a base model with another config (shapes differ from {})",
             ckpt.display(),
             base_dir.display()
         );
@@ -158,7 +158,7 @@ fn check_base(ckpt: &Path, want: &BaseIdentity, model: &Llama, base_dir: &Path) 
     let have = BaseIdentity::of(model, base_dir)?;
     if have.tensors_sha256 != want.tensors_sha256 {
         crate::bail_usage!(
-            "--l2d {}: the checkpoint was trained on another base model (tensor checksum {} != {} of {})",
+            "{}: the checkpoint was trained on another base model (tensor checksum {} != {} of {})",
             ckpt.display(),
             crate::data::shards::short(&want.tensors_sha256),
             crate::data::shards::short(&have.tensors_sha256),
