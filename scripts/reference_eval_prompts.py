@@ -3,8 +3,10 @@
 `apply_chat_template`: what `tests/eval_paper.rs` compares `l2d eval`'s paper-protocol
 `prompt_ids` with.
 
-    python scripts/reference_eval_prompts.py MODEL_DIR TEMPLATE.jinja SPEC.json
+    python scripts/reference_eval_prompts.py MODEL_DIR TEMPLATE.jinja|own SPEC.json
 
+TEMPLATE is the chat template the reference's model config names (its fixed-date Llama 3.1
+template for Llama), or `own` for the model's own (Qwen2.5: no template is named).
 SPEC is {"num_shots": k, "tasks": {TASK: {"data": path, "shots": path, "limit": n}}}, in the
 layouts l2d reads (JSONL / JSONL.gz, the MMLU CSV directory, the MATH directory of JSON files).
 Items whose prompt plus gold answer exceed 2048 tokens are dropped, as every processor drops them.
@@ -123,19 +125,32 @@ def conversations(task, spec, k):
             yield str(row["task_id"]), conv + [{"role": "user", "content": get_prompt(row)}], False, row["code"]
 
 
+def prompt_ids(tokenizer, conv, cont, template):
+    """`apply_chat_template(conv, tokenize=True, ...)` as the reference's pinned transformers 4.46.3 does it.
+
+    Its `continue_final_message` cuts the text after the last occurrence of the final turn's
+    `.strip()`ed content and `.rstrip()`s it; the installed transformers may keep a trailing newline
+    of an untrimmed turn (Qwen's template), so the cut is made here.
+    """
+    if not cont:
+        return tokenizer.apply_chat_template(conv, tokenize=True, add_generation_prompt=True, chat_template=template)
+    text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=False, chat_template=template)
+    final = conv[-1]["content"].strip()
+    text = text[: text.rindex(final) + len(final)].rstrip()
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def main():
     model_dir, template_path, spec_path = sys.argv[1:4]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    template = open(template_path).read()
+    template = None if template_path == "own" else open(template_path).read()
     spec = json.load(open(spec_path))
     for task, files in spec["tasks"].items():
         kept = 0
         for task_id, conv, cont, gold in conversations(task, files, spec["num_shots"]):
             if kept == files["limit"]:
                 break
-            ids = tokenizer.apply_chat_template(
-                conv, tokenize=True, add_generation_prompt=not cont, continue_final_message=cont, chat_template=template
-            )
+            ids = prompt_ids(tokenizer, conv, cont, template)
             if len(ids) + len(tokenizer.encode(gold, add_special_tokens=False)) > 2048:
                 continue
             kept += 1

@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -110,6 +111,42 @@ fn math_float_fallback_and_fraction_rounding() {
     assert!(paper::math_correct(&MathAnswer::Text("18".into()), &MathAnswer::Number(18.0)));
 }
 
+/// A MATH test file of the problems `(problem, solution)`, in the layout of `math_item`.
+fn math_file(rows: &[(&str, &str)]) -> PathBuf {
+    let path = fresh_dir("paper-math-file").join("test.jsonl");
+    write_jsonl(&path, &rows.iter().map(|(p, s)| json!({"problem": p, "solution": s})).collect::<Vec<_>>());
+    path
+}
+
+#[test]
+fn math_item_whose_gold_does_not_parse_is_out_of_the_denominator() {
+    // benchmark.py:91-92 counts an item only `if ref is not None`: an `\fbox` gold gives None.
+    let data = math_file(&[("What is 2 + 3?", "It is $\\fbox{5}$."), ("What is 2 + 2?", "So $\\boxed{4}$.")]);
+    let samples = [("0", "\\boxed{5}"), ("1", "\\boxed{4}")];
+    let (examples, result) = score_given("math", &data, &samples, "paper");
+    assert_eq!(scored_ids(&examples), ["1"]);
+    assert_eq!(result["left_out"]["no_gold_answer"], 1);
+    assert_eq!((result["items"].as_u64(), result["dataset_items"].as_u64()), (Some(1), Some(1)));
+    assert_eq!((&result["metrics"][0]["name"], &result["metrics"][0]["value"]), (&json!("accuracy"), &json!(1.0)), "{result}");
+    // The generation path leaves it out before prompting, and the table says so.
+    let dir = fresh_dir("paper-math-gold");
+    let cfg = format!(
+        "[model]\npath = {:?}\ndevice = \"cpu\"\ndtype = \"f32\"\n\n[eval]\nmax_new_tokens = 1\nnum_shots = 0\n\n\
+         [eval.tasks.math]\ndata = {:?}\n",
+        tiny_model("llama").to_str().unwrap(),
+        data.to_str().unwrap()
+    );
+    std::fs::write(dir.join("eval.toml"), cfg).unwrap();
+    let out = dir.join("out");
+    let table = ok(l2d(&["eval", "--config", dir.join("eval.toml").to_str().unwrap(), "--steps", "0", "--out", out.to_str().unwrap()]));
+    assert!(table.contains("(math: 1 items left out: 0 shots, 0 with prompt + answer over 2048 tokens, 1 without a gold answer)"), "{table}");
+    let lines = std::fs::read_to_string(out.join("examples.jsonl")).unwrap();
+    assert_eq!(scored_ids(&lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<Value>>()), ["1"]);
+    // The clean protocol reads `\fbox{5}` and keeps the item.
+    let (examples, _) = score_given("math", &data, &samples, "clean");
+    assert_eq!(scored_ids(&examples), ["0", "1"]);
+}
+
 #[test]
 fn math_rejects_fbox_and_boxes_without_a_brace() {
     let item = math_item("$\\boxed{5}$");
@@ -167,38 +204,80 @@ fn write_samples(dir: &Path, name: &str, samples: &[Value]) -> PathBuf {
     path
 }
 
-/// Statuses of `completions` (each for `task_id`) scored under `protocol`.
-fn code_statuses(task: &str, data: &Path, task_id: &str, completions: &[&str], protocol: &str) -> Vec<String> {
-    let dir = fresh_dir(&format!("paper-code-{task}-{protocol}"));
-    let samples: Vec<Value> = completions.iter().map(|c| json!({"task_id": task_id, "completion": c})).collect();
+/// `samples` (`[task_id, completion]`) scored by `l2d eval --task --samples` under `protocol`: the
+/// lines of examples.jsonl and the one result of report.json.
+fn score_given(task: &str, data: &Path, samples: &[(&str, &str)], protocol: &str) -> (Vec<Value>, Value) {
+    let dir = fresh_dir(&format!("paper-given-{task}-{protocol}"));
+    let samples: Vec<Value> = samples.iter().map(|(id, c)| json!({"task_id": id, "completion": c})).collect();
     let samples = write_samples(&dir, "s.jsonl", &samples);
     let out = dir.join("out");
     let args =
         ["eval", "--task", task, "--data", data.to_str().unwrap(), "--samples", samples.to_str().unwrap(), "--protocol", protocol, "--out", out.to_str().unwrap()];
     ok(l2d(&args));
     let text = std::fs::read_to_string(out.join("examples.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["status"].as_str().unwrap().to_string()).collect()
+    let examples = text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect();
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    (examples, report["results"][0].clone())
 }
 
-const HE0_BODY: &str = "    for i, a in enumerate(numbers):\n        for b in numbers[i + 1:]:\n            if abs(a - b) < threshold:\n                return True\n    return False\n";
+/// Statuses of `completions` (each for `task_id`) scored under `protocol`.
+fn code_statuses(task: &str, data: &Path, task_id: &str, completions: &[&str], protocol: &str) -> Vec<String> {
+    let samples: Vec<(&str, &str)> = completions.iter().map(|c| (task_id, *c)).collect();
+    let (examples, _) = score_given(task, data, &samples, protocol);
+    examples.iter().map(|e| e["status"].as_str().unwrap().to_string()).collect()
+}
+
+fn scored_ids(examples: &[Value]) -> Vec<&str> {
+    examples.iter().map(|e| e["task_id"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn given_samples_of_humaneval_shots_are_not_scored() {
+    let data = shared("humaneval/HumanEval.jsonl.gz");
+    let samples = [("HumanEval/0", HE5_BODY), ("HumanEval/4", "    return 0.0\n"), ("HumanEval/5", "    return []\n")];
+    let (examples, result) = score_given("humaneval", &data, &samples, "paper");
+    assert_eq!(scored_ids(&examples), ["HumanEval/5"]);
+    assert_eq!((result["left_out"]["shots"].as_u64(), result["dataset_items"].as_u64()), (Some(5), Some(159)));
+    // The clean protocol has no shots for HumanEval: all three count.
+    let (examples, result) = score_given("humaneval", &data, &samples, "clean");
+    assert_eq!(scored_ids(&examples), ["HumanEval/0", "HumanEval/4", "HumanEval/5"]);
+    assert!(result["left_out"].is_null());
+}
+
+#[test]
+fn given_samples_of_mbpp_shots_are_not_scored_and_only_shots_is_an_error() {
+    let data = fixture("mbpp/mbpp.jsonl");
+    let code = "def remove_occ(s, ch):\n    return s.replace(ch, '', 1)[::-1].replace(ch, '', 1)[::-1]";
+    let (examples, result) = score_given("mbpp", &data, &[("3", "def is_not_prime(n):\n    return False"), ("11", code)], "paper");
+    assert_eq!(scored_ids(&examples), ["11"]);
+    assert_eq!(examples[0]["status"], "passed");
+    assert_eq!((result["left_out"]["shots"].as_u64(), result["dataset_items"].as_u64()), (Some(5), Some(9)));
+    let dir = fresh_dir("paper-given-only-shots");
+    let samples = write_samples(&dir, "s.jsonl", &[json!({"task_id": 1, "completion": "pass"})]);
+    let out = l2d(&["eval", "--task", "mbpp", "--data", data.to_str().unwrap(), "--samples", samples.to_str().unwrap()]);
+    assert_error(&out, 2, &["--samples", "paper protocol leaves out (5 shots, 0 without a gold answer)", "--protocol clean"]);
+}
+
+/// A right body for HumanEval/5 (`intersperse`; HumanEval/0-4 are the paper protocol's shots, not scored).
+const HE5_BODY: &str = "    result = []\n    for n in numbers[:-1]:\n        result.extend([n, delimeter])\n    return result + numbers[-1:]\n";
 
 #[test]
 fn humaneval_appends_the_raw_completion_to_the_prompt() {
     let data = shared("humaneval/HumanEval.jsonl.gz");
-    let fenced = format!("```python\n{HE0_BODY}```");
-    let statuses = code_statuses("humaneval", &data, "HumanEval/0", &[HE0_BODY, &fenced], "paper");
+    let fenced = format!("```python\n{HE5_BODY}```");
+    let statuses = code_statuses("humaneval", &data, "HumanEval/5", &[HE5_BODY, &fenced], "paper");
     // The fence is Python syntax error once appended to the prompt; the clean protocol extracts it.
     assert_eq!(statuses, ["passed", "failed"]);
-    assert_eq!(code_statuses("humaneval", &data, "HumanEval/0", &[&fenced], "clean"), ["passed"]);
+    assert_eq!(code_statuses("humaneval", &data, "HumanEval/5", &[&fenced], "clean"), ["passed"]);
 }
 
 #[test]
 fn humaneval_runs_under_exec_where_name_is_not_main() {
     let data = shared("humaneval/HumanEval.jsonl.gz");
     // exec(program, {}): `__name__` is builtins', so a main guard's body never runs; builtins.exit is None.
-    let guarded = format!("{HE0_BODY}\n\nif __name__ == \"__main__\":\n    raise ValueError\n");
-    let exits = format!("{HE0_BODY}\nexit(0)\n");
-    let statuses = code_statuses("humaneval", &data, "HumanEval/0", &[&guarded, &exits], "paper");
+    let guarded = format!("{HE5_BODY}\n\nif __name__ == \"__main__\":\n    raise ValueError\n");
+    let exits = format!("{HE5_BODY}\nexit(0)\n");
+    let statuses = code_statuses("humaneval", &data, "HumanEval/5", &[&guarded, &exits], "paper");
     assert_eq!(statuses, ["passed", "failed"]);
 }
 
@@ -227,10 +306,10 @@ fn programs_that_stop_before_their_tests_fail() {
     ];
     let stoppers: Vec<&str> = stoppers.iter().map(String::as_str).collect();
     for protocol in ["paper", "clean"] {
-        let statuses = code_statuses("humaneval", &he, "HumanEval/0", &stoppers, protocol);
+        let statuses = code_statuses("humaneval", &he, "HumanEval/5", &stoppers, protocol);
         assert!(statuses.iter().all(|s| s == "failed"), "{protocol}: {statuses:?}");
         // The right body still passes with the marker check on.
-        assert_eq!(code_statuses("humaneval", &he, "HumanEval/0", &[HE0_BODY], protocol), ["passed"]);
+        assert_eq!(code_statuses("humaneval", &he, "HumanEval/5", &[HE5_BODY], protocol), ["passed"]);
     }
     let mbpp = fixture("mbpp/mbpp.jsonl");
     let stoppers = [
@@ -399,9 +478,12 @@ fn mmlu_pro_jsonl(dir: &Path) -> (PathBuf, PathBuf) {
     (t, v)
 }
 
-#[test]
-fn paper_prompt_ids_equal_transformers_rendering_of_the_reference_conversations() {
-    let dir = fresh_dir("paper-prompts");
+/// `(task, task_id) → prompt_ids` of a paper-protocol run of `model` over two items of each of the six
+/// tasks with one shot (five of the tiny byte-level tokenizer's HumanEval prompts are over 2048 tokens),
+/// beside the same items' prompts as `scripts/reference_eval_prompts.py` builds them with transformers
+/// and `template` (a file, or `own` for the model's).
+fn paper_prompts_beside_transformers(name: &str, model: &Path, template: &str) -> [BTreeMap<(String, String), Value>; 2] {
+    let dir = fresh_dir(name);
     let gsm_test = dir.join("gsm8k_test.jsonl");
     let gsm_train = dir.join("gsm8k_train.jsonl");
     for (src, dst, n) in [("gsm8k/test.jsonl", &gsm_test, 2), ("gsm8k/train.jsonl", &gsm_train, 5)] {
@@ -417,10 +499,7 @@ fn paper_prompt_ids_equal_transformers_rendering_of_the_reference_conversations(
         "humaneval": {"data": shared("humaneval/HumanEval.jsonl.gz"), "shots": shared("humaneval/HumanEval.jsonl.gz"), "limit": 2},
         "mbpp": {"data": fixture("mbpp/mbpp.jsonl"), "shots": fixture("mbpp/mbpp.jsonl"), "limit": 2},
     });
-    // One shot: five of the tiny byte-level tokenizer's HumanEval prompts are all over 2048 tokens.
     let spec = json!({"num_shots": 1, "tasks": tasks});
-    // The tiny model as `l2d init` writes it (4096 positions, room for the paper's 2048-token filter).
-    let model = tiny_model("llama");
     let mut cfg = format!(
         "[model]\npath = {:?}\ndevice = \"cpu\"\ndtype = \"f32\"\n\n[eval]\nlimit = 2\nmax_new_tokens = 1\nsamples = 1\nnum_shots = 1\n",
         model.to_str().unwrap()
@@ -433,29 +512,103 @@ fn paper_prompt_ids_equal_transformers_rendering_of_the_reference_conversations(
     std::fs::write(&cfg_path, cfg).unwrap();
     let out = dir.join("out");
     ok(l2d(&["eval", "--config", cfg_path.to_str().unwrap(), "--steps", "0", "--out", out.to_str().unwrap()]));
-    let ours: std::collections::BTreeMap<(String, String), Value> = std::fs::read_to_string(out.join("examples.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .map(|e| ((e["task"].as_str().unwrap().to_string(), e["task_id"].as_str().unwrap().to_string()), e["prompt_ids"].clone()))
-        .collect();
+    let by_item = |rows: Vec<Value>, field: &str| -> BTreeMap<(String, String), Value> {
+        rows.into_iter()
+            .map(|e| ((e["task"].as_str().unwrap().to_string(), e["task_id"].as_str().unwrap().to_string()), e[field].clone()))
+            .collect()
+    };
+    let jsonl = |text: &str| text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect::<Vec<_>>();
+    let ours = by_item(jsonl(&std::fs::read_to_string(out.join("examples.jsonl")).unwrap()), "prompt_ids");
 
-    // The reference's FIXED_DATE_LLAMA3_TEMPLATE: Llama 3.1's template, "26 Jul 2024" written in.
-    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates/llama-3.1.jinja");
     let spec_path = dir.join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference_eval_prompts.py");
-    let py = std::process::Command::new(python()).arg(&script).arg(&model).arg(&template).arg(&spec_path).output().unwrap();
+    let py = std::process::Command::new(python()).arg(&script).arg(model).arg(template).arg(&spec_path).output().unwrap();
     assert!(py.status.success(), "reference prompts: {}", String::from_utf8_lossy(&py.stderr));
-    let theirs: std::collections::BTreeMap<(String, String), Value> = String::from_utf8(py.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .map(|e| ((e["task"].as_str().unwrap().to_string(), e["task_id"].as_str().unwrap().to_string()), e["ids"].clone()))
-        .collect();
+    let theirs = by_item(jsonl(&String::from_utf8(py.stdout).unwrap()), "ids");
     assert_eq!(theirs.len(), 12, "two items of each of the six tasks");
+    [ours, theirs]
+}
+
+fn assert_same_prompts([ours, theirs]: &[BTreeMap<(String, String), Value>; 2]) {
     assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
-    for (key, ids) in &theirs {
+    for (key, ids) in theirs {
         assert_eq!(&ours[key], ids, "{key:?}: prompt ids differ from transformers' rendering of the reference's chat");
     }
+}
+
+#[test]
+fn paper_llama_prompts_are_the_reference_fixed_date_template_not_the_models_own() {
+    // The model's own template says something else, which the paper protocol must not show.
+    let model = fresh_dir("paper-prompts-llama-model");
+    copy_dir(&tiny_model("llama"), &model);
+    edit_json(&model.join("tokenizer_config.json"), |v| {
+        let own = v["chat_template"].as_str().unwrap().replace("Cutting Knowledge Date: December 2023", "Knowledge: none");
+        v["chat_template"] = own.into();
+    });
+    // Meta's Llama 3.1 template, whose `date_string` defaults to "26 Jul 2024": the reference's
+    // FIXED_DATE_LLAMA3_TEMPLATE renders the same (it has that date written in).
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates/llama-3.1.jinja");
+    let prompts = paper_prompts_beside_transformers("paper-prompts-llama", &model, template.to_str().unwrap());
+    assert_same_prompts(&prompts);
+}
+
+#[test]
+fn paper_qwen2_prompts_are_its_own_template_with_the_default_system_prompt() {
+    let model = tiny_model("qwen2");
+    // Its template does not trim turns: HumanEval's continued turn loses the context's trailing
+    // newline only by 4.46.3's cut, which the script makes.
+    assert_same_prompts(&paper_prompts_beside_transformers("paper-prompts-qwen2", &model, "own"));
+}
+
+// ---------------------------------------------------------------- attention masking (doc §1.4, §3 item 3)
+
+#[test]
+fn paper_llama_eval_keeps_prompt_eot_tokens_out_of_attention_as_the_reference() {
+    let dir = fresh_dir("paper-mask");
+    let test = dir.join("gsm8k_test.jsonl");
+    let text = std::fs::read_to_string(shared("gsm8k/test.jsonl")).unwrap();
+    std::fs::write(&test, text.lines().take(3).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let model = tiny_model("llama");
+    let cfg = dir.join("eval.toml");
+    let new_tokens = 8;
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\npath = {:?}\ndevice = \"cpu\"\ndtype = \"f32\"\n\n[generate]\ntemperature = 0\n\n\
+             [eval]\nmax_new_tokens = {new_tokens}\nnum_shots = 2\n\n[eval.tasks.gsm8k]\ndata = {:?}\nshots = {:?}\n",
+            model.to_str().unwrap(),
+            test.to_str().unwrap(),
+            shared("gsm8k/train.jsonl").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // Greedy completions, in item order, of the paper protocol as it is (masking on) and with it off.
+    let run = |name: &str, extra: &[&str]| -> (Vec<String>, Vec<Value>) {
+        let out = dir.join(name);
+        let mut args = vec!["eval", "--config", cfg.to_str().unwrap(), "--steps", "0", "--out", out.to_str().unwrap()];
+        args.extend(extra);
+        ok(l2d(&args));
+        let mut rows: Vec<Value> =
+            std::fs::read_to_string(out.join("examples.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        rows.sort_by_key(|e| e["task_id"].as_str().unwrap().parse::<u32>().unwrap());
+        (rows.iter().map(|e| e["completion"].as_str().unwrap().to_string()).collect(), rows.iter().map(|e| e["prompt_ids"].clone()).collect())
+    };
+    let (masked, prompts) = run("masked", &[]);
+    let (attended, _) = run("attended", &["--set", "eval.mask_prompt_pad=false"]);
+    let tokenizer: Value = serde_json::from_str(&std::fs::read_to_string(model.join("tokenizer.json")).unwrap()).unwrap();
+    let eot = &tokenizer["added_tokens"].as_array().unwrap().iter().find(|t| t["content"] == "<|eot_id|>").unwrap()["id"];
+    // The system turn, two shots' user and assistant turns and the question end with it: 6 per prompt.
+    assert!(prompts.iter().all(|p| p.as_array().unwrap().iter().filter(|&t| t == eot).count() == 6), "{prompts:?}");
+
+    let prompts_path = dir.join("prompts.json");
+    std::fs::write(&prompts_path, Value::Array(prompts).to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference_greedy.py");
+    let py = std::process::Command::new(python()).arg(&script).arg(&model).arg(&prompts_path).arg(new_tokens.to_string()).output().unwrap();
+    assert!(py.status.success(), "reference greedy: {}", String::from_utf8_lossy(&py.stderr));
+    let theirs: Vec<Value> = serde_json::from_slice(&py.stdout).unwrap();
+    let field = |k: &str| theirs.iter().map(|r| r[k].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(masked, field("masked"), "paper protocol against transformers with attention_mask = ids != pad");
+    assert_eq!(attended, field("attended"), "eval.mask_prompt_pad = false against transformers attending to all");
+    assert_ne!(masked, attended, "the mask changes what this model generates");
 }

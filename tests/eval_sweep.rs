@@ -272,6 +272,28 @@ fn a_resume_with_another_identity_is_refused_with_nothing_touched() {
 }
 
 #[test]
+fn a_resume_with_another_checkpoint_at_the_same_path_is_refused() {
+    let dir = scratch("eval-identity-ckpt");
+    let cfg = config(&dir, 2);
+    let ckpt = dir.join("ckpt");
+    common::copy_dir(&checkpoint_for("eval-identity-ckpt-a", 0, true, false), &ckpt);
+    let out = dir.join("out");
+    run(sweep(&cfg, Some(&ckpt), "2", &out));
+    let examples = std::fs::read(out.join("examples.jsonl")).unwrap();
+    let sha = |p: &Path| report(p)["l2d"]["tensors_sha256"].as_str().unwrap().to_string();
+    let old = sha(&out);
+    // Same path, same step and shape, other tensors.
+    common::copy_dir(&checkpoint_for("eval-identity-ckpt-b", 0, false, false), &ckpt);
+    let new = dir.join("fresh");
+    run(sweep(&cfg, Some(&ckpt), "2", &new));
+    assert_ne!(sha(&new), old);
+    let refused = sweep(&cfg, Some(&ckpt), "2", &out).output().unwrap();
+    assert_error(&refused, 2, &["holds completions of another run", &format!("l2d.tensors_sha256: \"{old}\" → \"{}\"", sha(&new))]);
+    assert!(!common::stderr(&refused).contains("l2d.step"), "only the tensors differ");
+    assert_eq!(std::fs::read(out.join("examples.jsonl")).unwrap(), examples, "journal untouched");
+}
+
+#[test]
 fn sweep_flags_select_tasks_and_override_shots_and_length() {
     let dir = scratch("eval-flags");
     let cfg = config(&dir, 2);

@@ -242,8 +242,18 @@ fn score_samples(task: Task, args: ScoreArgs) -> Result<()> {
     let dataset = Dataset::load(task, data, "--data")?;
     let samples = score::read_samples(samples, &dataset, "--samples")?;
     let protocol = args.protocol.unwrap_or_default();
+    let (dataset, samples, left_out) = score::scored_items(protocol, dataset, samples);
+    if samples.is_empty() {
+        crate::bail_usage!(
+            "--samples: every sample answers an item the paper protocol leaves out ({} shots, {} without a gold \
+             answer); --protocol clean scores them",
+            left_out.shots,
+            left_out.no_gold_answer
+        );
+    }
     let scored = score::score(&dataset, &samples, protocol, &SandboxOptions::default(), workers);
-    let report = Report::of_given(protocol, vec![ResultEntry { setting: Setting::given(), generation: None, left_out: None, report: scored.report }]);
+    let left_out = Some(left_out).filter(|_| protocol == Protocol::Paper);
+    let report = Report::of_given(protocol, vec![ResultEntry { setting: Setting::given(), generation: None, left_out, report: scored.report }]);
     if let Some(out) = &args.out {
         score::write_outputs(out, &report, &scored.examples)?;
     }

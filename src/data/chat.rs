@@ -199,6 +199,7 @@ pub struct ChatTemplate {
     eos_token: Option<String>,
     tools: Option<Value>,
     date_string: Option<String>,
+    fixed_date: Option<NaiveDate>,
 }
 
 impl ChatTemplate {
@@ -229,6 +230,19 @@ impl ChatTemplate {
             eos_token,
             tools: None,
             date_string: None,
+            fixed_date: None,
+        })
+    }
+
+    /// Another template `source` compiled with this one's special tokens, date and tools: the
+    /// reference's own template in place of the model's (`eval.protocol = "paper"`).
+    pub fn with_source(&self, source: &str) -> anyhow::Result<ChatTemplate> {
+        let mut other = ChatTemplate::new(source, self.bos_token.clone(), self.eos_token.clone())?;
+        other.tools = self.tools.clone();
+        other.date_string = self.date_string.clone();
+        Ok(match self.fixed_date {
+            Some(date) => other.with_fixed_date(date),
+            None => other,
         })
     }
 
@@ -236,6 +250,7 @@ impl ChatTemplate {
     pub fn with_fixed_date(mut self, date: NaiveDate) -> ChatTemplate {
         self.env
             .add_function("strftime_now", strftime_now(Some(date)));
+        self.fixed_date = Some(date);
         self
     }
 

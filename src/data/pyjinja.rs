@@ -101,7 +101,7 @@ fn python_strftime(time: &NaiveDateTime, format: &str) -> Result<String, Error> 
 }
 
 /// Python's `str.isspace`, which `str.strip()` uses; Rust's set lacks U+001C..U+001F.
-fn is_python_space(c: char) -> bool {
+pub(crate) fn is_python_space(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 

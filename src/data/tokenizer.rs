@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 use super::chat::{ChatTemplate, Message, TokenizerConfig};
+use super::pyjinja::is_python_space;
 use crate::error::{usage, OrUsage};
 
 /// Tokenizer plus what generation needs from the model directory.
@@ -95,17 +96,29 @@ impl Tokenizer {
     }
 
     /// A chat prompt's text: with the generation prompt, or, when the last turn is the assistant's,
-    /// continuing that turn as transformers' `continue_final_message` does: the text is cut after the
-    /// last occurrence of the turn's content (its stripped content when the template trimmed it).
+    /// continuing that turn as `continue_final_message` does in transformers 4.46.3 (the reference's
+    /// pin): the text is cut after the last occurrence of the turn's stripped content, then right-stripped,
+    /// so a trailing newline of the turn is not in the prompt whether the template trims or not.
     pub fn render_prompt(&self, messages: &[Message]) -> Result<String> {
         let Some(last) = messages.last().filter(|m| m.role == "assistant") else {
             return self.render_chat(messages, true);
         };
         let text = self.render_chat(messages, false)?;
-        let cut = |needle: &str| text.rfind(needle).map(|p| text[..p + needle.len()].to_string());
-        cut(&last.content).or_else(|| cut(last.content.trim())).ok_or_else(|| {
+        let needle = last.content.trim_matches(is_python_space);
+        let end = text.rfind(needle).map(|p| p + needle.len()).ok_or_else(|| {
             usage("chat_template: the final assistant turn does not appear in the rendered prompt, so it cannot be continued")
-        })
+        })?;
+        Ok(text[..end].trim_end_matches(is_python_space).to_string())
+    }
+
+    /// Renders chat prompts with the template `source` instead of the model's own, keeping its special
+    /// tokens (the paper protocol's reference template for Llama models).
+    pub fn set_chat_template(&mut self, source: &str) -> Result<()> {
+        let Some(chat) = &self.chat else {
+            crate::bail_usage!("the model directory's tokenizer_config.json has no chat_template");
+        };
+        self.chat = Some(chat.with_source(source)?);
+        Ok(())
     }
 
     /// The model's chat template applied to `messages`.

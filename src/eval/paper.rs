@@ -1,8 +1,10 @@
-//! The reference implementation's scoring (SakanaAI/L2D, `../shared/REFERENCE-EVAL-PROTOCOL.md` §1.5, §2),
+//! The reference implementation's chat template and scoring (SakanaAI/L2D, `../shared/REFERENCE-EVAL-PROTOCOL.md` §1.5, §2),
 //! reproduced with its quirks so that `eval.protocol = "paper"` gives the verdicts its code gives.
 //!
 //! Python's semantics are followed where they matter: `re` scans, `float()` parsing,
 //! `round()` to even, and the string operations of `strip_math_latex_string` in their order.
+
+use crate::model::config::Arch;
 
 /// What a MATH extraction yields: the reference returns a string from a box, a float from the last number.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +30,24 @@ fn python_float_repr(x: f64) -> String {
         format!("{x:.1}")
     } else {
         format!("{x}")
+    }
+}
+
+// ---------------------------------------------------------------- chat template
+
+/// The reference's `FIXED_DATE_LLAMA3_TEMPLATE` (SakanaAI/L2D `tasks/templates.py`, Apache-2.0), its text
+/// unchanged: Meta's Llama 3.1 chat template with `"Today Date: 26 Jul 2024\n\n"` written in. The
+/// reference's Llama model configs (`specified_template_type = fixed_date_llama3`) render every prompt
+/// with it, whatever template the model directory has.
+pub const FIXED_DATE_LLAMA3_TEMPLATE: &str = include_str!("fixed_date_llama3.jinja");
+
+/// The template the reference renders a model's prompts with in place of its own: the fixed-date
+/// Llama 3.1 template for a Llama; none for Qwen2, whose own template (with its default system
+/// prompt) the reference uses.
+pub fn reference_chat_template(arch: Arch) -> Option<&'static str> {
+    match arch {
+        Arch::Llama => Some(FIXED_DATE_LLAMA3_TEMPLATE),
+        Arch::Qwen2 => None,
     }
 }
 

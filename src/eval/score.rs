@@ -1,7 +1,7 @@
 //! Scoring completions against a benchmark: answers compared, programs run in
 //! the sandbox, metrics with their uncertainty, `report.json` and `examples.jsonl`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::sandbox::{self, RunOutcome, SandboxOptions};
 use super::stats::{self, Summary};
-use super::tasks::{user_turn, Check, Dataset, Item, Task};
+use super::tasks::{is_shot, select_shots, user_turn, Check, Dataset, Item, Task};
 use super::{extract, paper, Protocol};
 use crate::error::OrUsage;
 
@@ -108,6 +108,15 @@ pub fn judge_answer(protocol: Protocol, item: &Item, completion: &str) -> Option
         Check::HumanEval { .. } | Check::Mbpp { .. } => return None,
     };
     Some(Verdict { extracted, correct, status: None, detail: None })
+}
+
+/// Whether the reference's extraction reads an answer from `item`'s gold text (letters and programs always).
+fn paper_gold_parses(item: &Item) -> bool {
+    match &item.check {
+        Check::Number => paper::gsm8k_answer(&item.solution).is_some(),
+        Check::Math => paper::math_answer(&item.solution).is_some(),
+        Check::Choice { .. } | Check::HumanEval { .. } | Check::Mbpp { .. } => true,
+    }
 }
 
 /// The reference's verdict (`benchmark.py:58-124`): the gold text and the completion through the same
@@ -385,6 +394,51 @@ pub struct LeftOut {
     pub shots: usize,
     /// Items whose prompt plus gold answer exceed 2,048 tokens (paper protocol, as the reference drops them).
     pub too_long: usize,
+    /// Items whose gold answer yields nothing by the reference's extraction (paper protocol: the reference
+    /// counts only items whose gold parses, `benchmark.py:91-92`; a MATH solution without a readable box
+    /// or number).
+    pub no_gold_answer: usize,
+}
+
+impl LeftOut {
+    /// Every item left out.
+    pub fn total(&self) -> usize {
+        self.shots + self.too_long + self.no_gold_answer
+    }
+}
+
+/// Whether the paper protocol leaves `item` out before prompting (given its `shots`), counting it in
+/// `left_out`: a HumanEval or MBPP item that is one of its own shots, or an item whose gold answer the
+/// reference's extraction cannot read. The clean protocol keeps every item.
+pub fn leave_out(protocol: Protocol, task: Task, item: &Item, shots: &[&Item], left_out: &mut LeftOut) -> bool {
+    if is_shot(protocol, task, item, shots) {
+        left_out.shots += 1;
+        return true;
+    }
+    if protocol == Protocol::Paper && !paper_gold_parses(item) {
+        left_out.no_gold_answer += 1;
+        return true;
+    }
+    false
+}
+
+/// `--samples` scoring: `dataset` less the items the paper protocol leaves out (shots drawn from the
+/// dataset itself, as the generation path draws them without a shot split), and the samples of the rest.
+pub fn scored_items(protocol: Protocol, dataset: Dataset, samples: Vec<Sample>) -> (Dataset, Vec<Sample>, LeftOut) {
+    let task = dataset.task;
+    let mut left_out = LeftOut::default();
+    let dropped: HashSet<String> = dataset
+        .items
+        .iter()
+        .filter(|item| {
+            let shots = select_shots(protocol, task, item, &dataset.items, task.num_shots(protocol));
+            leave_out(protocol, task, item, &shots, &mut left_out)
+        })
+        .map(|item| item.id.clone())
+        .collect();
+    let dataset = dataset.retain(|item| !dropped.contains(&item.id));
+    let samples = samples.into_iter().filter(|s| !dropped.contains(&s.task_id)).collect();
+    (dataset, samples, left_out)
 }
 
 /// One task under one setting: what was measured.
@@ -482,14 +536,15 @@ pub fn left_out_notes(results: &[ResultEntry]) -> String {
     let mut out = String::new();
     let mut seen = std::collections::HashSet::new();
     for r in results {
-        let Some(l) = r.left_out.filter(|l| l.shots + l.too_long > 0) else { continue };
+        let Some(l) = r.left_out.filter(|l| l.total() > 0) else { continue };
         if seen.insert(r.report.task) {
             out += &format!(
-                "({}: {} items left out: {} shots, {} with prompt + answer over 2048 tokens)\n",
+                "({}: {} items left out: {} shots, {} with prompt + answer over 2048 tokens, {} without a gold answer)\n",
                 r.report.task,
-                l.shots + l.too_long,
+                l.total(),
                 l.shots,
-                l.too_long
+                l.too_long,
+                l.no_gold_answer
             );
         }
     }

@@ -14,11 +14,11 @@ use super::sandbox::SandboxOptions;
 use super::score::{
     self, Example, GenerationStats, LeftOut, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT,
 };
-use super::tasks::{build_messages, is_shot, select_shots, Check, Dataset, Item, Task};
-use super::{identity, Protocol};
+use super::tasks::{build_messages, select_shots, Check, Dataset, Item, Task};
+use super::{identity, paper, Protocol};
 use crate::config::{Config, X1Schedule};
 use crate::data::tokenizer::Tokenizer;
-use crate::l2d::checkpoint::{BaseIdentity, Checkpoint};
+use crate::l2d::checkpoint::{self, BaseIdentity, Checkpoint};
 use crate::l2d::sampler::{L2dHead, SamplerOptions};
 use crate::l2d::L2dDecoder;
 use crate::progress::{Progress, ProgressMode};
@@ -141,8 +141,7 @@ impl TaskData {
                 break;
             }
             let shots = select_shots(protocol, self.task, item, &pool.items, num_shots);
-            if is_shot(protocol, self.task, item, &shots) {
-                left_out.shots += 1;
+            if score::leave_out(protocol, self.task, item, &shots, &mut left_out) {
                 continue;
             }
             let text = tokenizer.render_prompt(&build_messages(protocol, self.task, item, &shots))?;
@@ -164,12 +163,14 @@ impl TaskData {
         }
         if kept.is_empty() {
             crate::bail_usage!(
-                "eval.tasks.{}: no item left to evaluate: {} are shots of the others and {} have prompt + answer \
-                 over {PAPER_MAX_SEQ_LEN} tokens ({} shots); lower eval.num_shots",
+                "eval.tasks.{}: no item left to evaluate: {} are shots of the others, {} have prompt + answer \
+                 over {PAPER_MAX_SEQ_LEN} tokens ({} shots; lower eval.num_shots) and {} have no gold answer the \
+                 reference can read",
                 self.task.name(),
                 left_out.shots,
                 left_out.too_long,
-                num_shots
+                num_shots,
+                left_out.no_gold_answer
             );
         }
         let ids: HashSet<String> = kept.iter().map(|(id, _)| id.clone()).collect();
@@ -346,8 +347,15 @@ struct Engine {
 }
 
 impl Engine {
-    fn load(cfg: &Config, ckpt: Option<&Checkpoint>) -> Result<Engine> {
-        let session = Session::open(&cfg.model)?;
+    /// Loads the model, its tokenizer (in the paper protocol with the reference's chat template for
+    /// the model's architecture) and the L2D checkpoint `ckpt`.
+    fn load(cfg: &Config, protocol: Protocol, ckpt: Option<&Checkpoint>) -> Result<Engine> {
+        let mut session = Session::open(&cfg.model)?;
+        if protocol == Protocol::Paper {
+            if let Some(source) = paper::reference_chat_template(session.model.config.arch()?) {
+                session.tokenizer.set_chat_template(source).with_context(|| session.dir.display().to_string())?;
+            }
+        }
         let base = BaseIdentity::of(&session.model, &session.dir)?;
         let identity = serde_json::json!({
             "path": cfg.model.path, "dtype": cfg.model.dtype, "device": cfg.model.device,
@@ -356,8 +364,12 @@ impl Engine {
         let (decoder, l2d_identity) = match ckpt {
             Some(ckpt) => {
                 let l2d = session.load_l2d(ckpt, &cfg.l2d).context("--l2d")?;
+                // The tensors' own bytes: another checkpoint written to the same path is another run.
+                let path = ckpt.path();
+                let tensors = if path.is_dir() { path.join(checkpoint::TENSORS) } else { path.to_path_buf() };
                 let id = serde_json::json!({
-                    "path": ckpt.path().display().to_string(),
+                    "path": path.display().to_string(),
+                    "tensors_sha256": crate::data::shards::sha256_file(&tensors)?,
                     "step": ckpt.metadata().map(|m| m.step),
                     "variant": l2d.shape.variant,
                     "trainable_params": l2d.num_params(),
@@ -396,7 +408,7 @@ pub fn run(cfg: &Config, ckpt: Option<&Checkpoint>, out: &SweepOutput) -> Result
     }
     let protocol = cfg.eval.protocol;
     let mut tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
-    let engine = Engine::load(cfg, ckpt)?;
+    let engine = Engine::load(cfg, protocol, ckpt)?;
     let max_pos = engine.session.model.config.max_position_embeddings as usize;
     for data in &mut tasks {
         data.prepare(cfg, protocol, &engine.session.tokenizer, max_pos)?;
