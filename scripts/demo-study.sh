@@ -79,25 +79,27 @@ for s in "${seed_list[@]}"; do
 done
 
 # Every seed directory with all three evaluations, not only this call's. Beside
-# the accuracy, the share of answers whose first running total (the sum of the
-# first two digits) is right: where a model fails shows in it.
+# the accuracy (the last running total, after `####`), the share of the four
+# running totals in the answers that are right: partial learning shows in it.
 python3 - "$out" <<'EOF'
 import collections, json, pathlib, sys
 
 out = pathlib.Path(sys.argv[1])
-rows = {}  # row name -> {seed: (accuracy, evaluations per token, items, first total right)}
+rows = {}  # row name -> {seed: (accuracy, evaluations per token, items, running totals right)}
 seeds = []
 
 
-def first_total_right(examples):
-    """Per setting label: the share of completions whose first number is (d1 + d2) mod 10."""
+def totals_right(examples):
+    """Per setting label: the share of running totals (d1 + ... + dk mod 10, k = 2..5) that
+    the completions write right in their place."""
     right, n = collections.Counter(), collections.Counter()
     for line in examples.read_text().splitlines():
         e = json.loads(line)
         digits = [int(x) for x in e["prompt"].split(":")[1].split("+")]
+        totals = [str(sum(digits[:k]) % 10) for k in range(2, len(digits) + 1)]
         words = e["completion"].split()
-        n[e["setting"]] += 1
-        right[e["setting"]] += bool(words) and words[0] == str((digits[0] + digits[1]) % 10)
+        n[e["setting"]] += len(totals)
+        right[e["setting"]] += sum(w == t for w, t in zip(words, totals))
     return {label: right[label] / n[label] for label in n}
 
 
@@ -108,27 +110,27 @@ for d in sorted(out.glob("seed-*"), key=lambda p: int(p.name[5:])):
     seed = int(d.name[5:])
     seeds.append(seed)
     for name, path in reports.items():
-        first = first_total_right(path.parent / "examples.jsonl")
+        partial = totals_right(path.parent / "examples.jsonl")
         for r in json.loads(path.read_text())["results"]:
             label = r["setting"]["label"]
             row = {"eval": "L2D " + label if label != "base" else "base LM",
                    "eval-lora": "weight LoRA", "eval-full": "full finetuning"}[name]
             acc = next(m["value"] for m in r["metrics"] if m["name"] == "accuracy")
-            rows.setdefault(row, {})[seed] = (acc, r["setting"]["evals_per_token"], r["items"], first[label])
+            rows.setdefault(row, {})[seed] = (acc, r["setting"]["evals_per_token"], r["items"], partial[label])
 order = ["base LM", "weight LoRA", "full finetuning"] + sorted(
     (k for k in rows if k.startswith("L2D ")), key=lambda k: rows[k][seeds[0]][1])
 pct = lambda x: f"{100 * x:.1f}%"
 lines = [f"Seeds {', '.join(map(str, seeds))}; test items per seed: "
          f"{sorted({v[2] for r in rows.values() for v in r.values()})}", "",
          "| row | evals/token | mean | min | max | " + " | ".join(f"seed {s}" for s in seeds)
-         + " | first total right, mean |",
+         + " | running totals right, mean |",
          "|---|---:|---:|---:|---:|" + "---:|" * (len(seeds) + 1)]
 for k in order:
     accs = [rows[k][s][0] for s in seeds]
-    firsts = [rows[k][s][3] for s in seeds]
+    partials = [rows[k][s][3] for s in seeds]
     lines.append(f"| {k} | {rows[k][seeds[0]][1]:g} | {pct(sum(accs) / len(accs))} | {pct(min(accs))} | "
                  f"{pct(max(accs))} | " + " | ".join(pct(a) for a in accs)
-                 + f" | {pct(sum(firsts) / len(firsts))} |")
+                 + f" | {pct(sum(partials) / len(partials))} |")
 table = "\n".join(lines) + "\n"
 (out / "table.md").write_text(table)
 print(table, end="")
