@@ -404,3 +404,90 @@ fn bad_reports_and_flags_are_usage_errors() {
     assert_error(&out, 2, &["samples.json", "nothing to plot", "gsm8k/samples"]);
     assert!(!svg.exists());
 }
+
+/// The `stroke`d segments of an SVG inside the plot (left of the legend column) in `color`,
+/// as (x1, y1, x2, y2), read by Python's XML parser from `<line>` and `<polyline>` elements.
+fn svg_segments(path: &Path, color: &str) -> Vec<[f64; 4]> {
+    let script = "import sys, xml.etree.ElementTree as E\n\
+                  ns = '{http://www.w3.org/2000/svg}'\n\
+                  for e in E.parse(sys.argv[1]).getroot().iter():\n\
+                  \x20   if (e.get('stroke') or '').lower() != sys.argv[2]: continue\n\
+                  \x20   if e.tag == ns + 'line': xy = [e.get(k) for k in ('x1', 'y1', 'x2', 'y2')]\n\
+                  \x20   elif e.tag == ns + 'polyline':\n\
+                  \x20       p = e.get('points').split()\n\
+                  \x20       xy = p[0].split(',') + p[-1].split(',')\n\
+                  \x20   else: continue\n\
+                  \x20   print(' '.join(xy))\n";
+    let out = Command::new(python()).args(["-c", script, s(path), color]).output().unwrap();
+    assert!(out.status.success(), "not SVG: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let segments = text.lines().map(|l| {
+        let v: Vec<f64> = l.split(' ').map(|x| x.parse().unwrap()).collect();
+        [v[0], v[1], v[2], v[3]]
+    });
+    // The legend column starts at 960 - 250 pixels.
+    segments.filter(|s| s[0] < 700.0 && s[2] < 700.0).collect()
+}
+
+/// A report of one base-LM result on gsm8k, right on `k` of 4 items.
+fn baseline_report(dir: &Path, name: &str, k: usize) -> PathBuf {
+    let correct: Vec<usize> = (0..4).map(|i| (i < k) as usize).collect();
+    let r = result("gsm8k", setting("base", Some(0), None, Some(0.0)), "accuracy", &items(&binary(&correct)));
+    write_report(dir, name, vec![r])
+}
+
+#[test]
+fn plot_draws_baselines_as_labelled_horizontal_lines() {
+    let dir = scratch("report-baseline");
+    let report = sweep_report(&dir);
+    let (lora, full) = (baseline_report(&dir, "lora.json", 4), baseline_report(&dir, "full.json", 2));
+    let svg = dir.join("b.svg");
+    let args = ["--baseline", &format!("lora={}", s(&lora)), "--baseline", &format!("full={}", s(&full))];
+    let mut all = vec!["report", "plot", s(&report), "--task", "gsm8k", "--out", s(&svg)];
+    all.extend_from_slice(&args);
+    let printed = ok(l2d(&all));
+    // gsm8k base, midpoint, dopri5, and the two baselines.
+    assert!(printed.contains("5 series, 6 points"), "{printed}");
+    let texts = svg_texts(&svg);
+    for label in ["gsm8k base", "gsm8k midpoint", "gsm8k lora", "gsm8k full"] {
+        assert!(texts.iter().any(|t| t == label), "legend lacks {label:?}: {texts:?}");
+    }
+    // Series 4 and 5 (tab10 red and purple): each a dotted horizontal line across the plot,
+    // lora's (accuracy 1.0) above full's (0.5), with the base LM's (0.25) below both.
+    let line = |color: &str| {
+        let segs = svg_segments(&svg, color);
+        assert!(segs.len() > 10, "{color}: {segs:?} is not a dotted line");
+        let y = segs[0][1];
+        assert!(segs.iter().all(|s| s[1] == y && s[3] == y), "{color}: not horizontal: {segs:?}");
+        let (x0, x1) = segs.iter().fold((f64::MAX, 0f64), |(lo, hi), s| (lo.min(s[0]), hi.max(s[2])));
+        assert!(x0 < 120.0 && x1 > 650.0, "{color}: spans only {x0}..{x1}");
+        y
+    };
+    let (y_lora, y_full) = (line("#d62728"), line("#9467bd"));
+    // The base LM's dashed line: the y most of its horizontal segments share (its error
+    // bar's caps are two more).
+    let base: Vec<f64> = svg_segments(&svg, "#1f77b4").iter().filter(|s| s[1] == s[3]).map(|s| s[1]).collect();
+    let y_base = *base.iter().max_by_key(|&&y| base.iter().filter(|&&v| v == y).count()).unwrap();
+    assert!(y_lora < y_full && y_full < y_base, "lora {y_lora}, full {y_full}, base {y_base} (SVG y grows down)");
+
+    let bad_svg = dir.join("bad.svg");
+    let bad = |extra: &[&str], parts: &[&str]| {
+        let mut all = vec!["report", "plot", s(&report), "--out", s(&bad_svg)];
+        all.extend_from_slice(extra);
+        assert_error(&l2d(&all), 2, parts);
+    };
+    bad(&["--baseline", s(&lora)], &["--baseline", "expected NAME=REPORT.json"]);
+    bad(&["--baseline", "x=missing.json"], &["missing.json", "cannot read"]);
+    // A report of L2D settings only has nothing decoded as the base LM.
+    let l2d_only = write_report(
+        &dir,
+        "l2d-only.json",
+        vec![result("gsm8k", setting("midpoint-2", Some(2), Some("midpoint"), Some(3.0)), "accuracy", &[("0", 1, 1)])],
+    );
+    bad(&["--baseline", &format!("x={}", s(&l2d_only))], &["--baseline x=", "l2d-only.json", "no result decoded without diffusion"]);
+    bad(
+        &["--task", "math", "--baseline", &format!("lora={}", s(&lora))],
+        &["--baseline lora: --task math", "lora.json", "tasks: gsm8k"],
+    );
+    assert!(!bad_svg.exists());
+}

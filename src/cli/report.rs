@@ -65,6 +65,10 @@ pub struct PlotArgs {
     /// Metric on the y axis, e.g. pass@5; default: accuracy, or pass@1 for code tasks.
     #[arg(long, value_name = "NAME")]
     pub metric: Option<String>,
+    /// Another report's result without diffusion (e.g. a weight-finetuned model), drawn as a
+    /// horizontal line labelled `TASK NAME` with its 95% interval; repeatable.
+    #[arg(long = "baseline", value_name = "NAME=REPORT.json")]
+    pub baselines: Vec<String>,
 }
 
 /// Runs the chosen report command.
@@ -101,7 +105,14 @@ fn plot(args: PlotArgs) -> Result<()> {
         crate::bail_usage!("--out {}: unsupported extension; use .svg or .png", args.out.display());
     };
     let report = report::load(&args.report)?;
-    let chart = plot::chart(&report, args.task.as_deref(), args.metric.as_deref())?;
+    let mut chart = plot::chart(&report, args.task.as_deref(), args.metric.as_deref())?;
+    for baseline in &args.baselines {
+        let Some((name, path)) = baseline.split_once('=').filter(|(n, p)| !n.is_empty() && !p.is_empty()) else {
+            crate::bail_usage!("--baseline {baseline}: expected NAME=REPORT.json");
+        };
+        let other = report::load(Path::new(path))?;
+        plot::add_baseline(&mut chart, name, &other, args.task.as_deref(), args.metric.as_deref())?;
+    }
     let bytes = plot::render(&chart, format)?;
     create_parent(&args.out)?;
     crate::io::write_atomic(&args.out, &bytes)?;

@@ -70,6 +70,9 @@ pub enum Style {
     FixedGrid,
     /// An adaptive solver: distinct markers at the measured evaluations.
     Adaptive,
+    /// A baseline from another report (e.g. weight finetuning): a dotted horizontal line
+    /// across the chart, its 95% interval a pale band.
+    Reference,
 }
 
 /// A metric value at some diffusion evaluations per token.
@@ -145,6 +148,33 @@ pub fn chart(report: &Report, task: Option<&str>, metric: Option<&str>) -> Resul
     };
     let title = format!("{what} vs diffusion evaluations per token — {}", provenance(report, &selected));
     Ok(Chart { title, y_label, series })
+}
+
+/// Adds the base-decoding results (0 diffusion evaluations per token) of `report`, one task
+/// or all, as reference lines labelled `TASK NAME`: a model trained another way on the same
+/// data (weight LoRA, full finetuning), decoded as the chart's base LM.
+pub fn add_baseline(chart: &mut Chart, name: &str, report: &Report, task: Option<&str>, metric: Option<&str>) -> Result<()> {
+    if let Some(task) = task {
+        report.require_task(task, &format!("--baseline {name}: --task"))?;
+    }
+    let mut added = 0;
+    for r in report.results.iter().filter(|r| task.is_none_or(|t| r.task == t)) {
+        if r.setting.evals_per_token != Some(0.0) {
+            continue;
+        }
+        let m = pick_metric(report, r, metric)?;
+        let point = Point { x: 0.0, y: m.value, ci95: m.ci95 };
+        chart.series.push(Series { label: format!("{} {name}", r.task), style: Style::Reference, points: vec![point] });
+        added += 1;
+    }
+    if added == 0 {
+        crate::bail_usage!(
+            "--baseline {name}={}: no result decoded without diffusion (0 evaluations per token){}",
+            report.source,
+            task.map(|t| format!(" for task {t}")).unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// `model M, checkpoint C, n = N`: what a reader needs to place the chart.
@@ -254,9 +284,14 @@ fn draw_legend_entry<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, i: usize
             area.draw(&Circle::new((21, y), 4, color.filled()))?
         }
         Style::Adaptive => area.draw(&TriangleMarker::new((21, y), 6, color.filled()))?,
+        Style::Reference => area.draw(&DashedPathElement::new([(8, y), (34, y)], REFERENCE_DASH.0, REFERENCE_DASH.1, line))?,
     }
     area.draw(&Text::new(s.label.clone(), (42, y - 8), (FAMILY, 14)))
 }
+
+/// Dash and gap of a baseline's line: shorter than the base LM's (8, 6), so the two differ
+/// in grey too.
+const REFERENCE_DASH: (u32, u32) = (3, 4);
 
 type Ctx<'a, DB> = ChartContext<'a, DB, Cartesian2d<LogCoord<f64>, RangedCoordf64>>;
 
@@ -270,9 +305,11 @@ fn draw_series<DB: DrawingBackend>(
     let line = color.stroke_width(2);
     // A log axis has no 0: the base LM (0 evaluations) stands at its left edge.
     let x_of = |p: &Point| if p.x > 0.0 { p.x } else { xs.start };
-    let bars =
-        s.points.iter().map(|p| ErrorBar::new_vertical(x_of(p), p.ci95[0], p.y, p.ci95[1], color.stroke_width(1), 8));
-    ctx.draw_series(bars)?;
+    // A baseline shows its interval as a band instead.
+    if s.style != Style::Reference {
+        let bar = |p: &Point| ErrorBar::new_vertical(x_of(p), p.ci95[0], p.y, p.ci95[1], color.stroke_width(1), 8);
+        ctx.draw_series(s.points.iter().map(bar))?;
+    }
     let at = |p: &Point| (x_of(p), p.y);
     match s.style {
         Style::Base => {
@@ -288,7 +325,23 @@ fn draw_series<DB: DrawingBackend>(
         Style::Adaptive => {
             ctx.draw_series(s.points.iter().map(|p| TriangleMarker::new(at(p), 7, color.filled())))?;
         }
+        Style::Reference => draw_reference(ctx, s, color, xs)?,
     }
+    Ok(())
+}
+
+/// A baseline across the whole x range: its interval as a band, its value as a dotted line.
+fn draw_reference<DB: DrawingBackend>(
+    ctx: &mut Ctx<'_, DB>,
+    s: &Series,
+    color: RGBAColor,
+    xs: &Range<f64>,
+) -> DrawResult<DB> {
+    let band = |p: &Point| Rectangle::new([(xs.start, p.ci95[0]), (xs.end, p.ci95[1])], color.mix(0.12).filled());
+    ctx.draw_series(s.points.iter().map(band))?;
+    let (dash, gap) = REFERENCE_DASH;
+    let line = color.stroke_width(2);
+    ctx.draw_series(s.points.iter().flat_map(|p| DashedLineSeries::new([(xs.start, p.y), (xs.end, p.y)], dash, gap, line)))?;
     Ok(())
 }
 
