@@ -8,6 +8,7 @@
 
 pub mod extract;
 pub mod identity;
+mod journal;
 pub mod loss;
 pub mod paper;
 pub mod records;

@@ -4,9 +4,8 @@
 //! an interrupted run resumes without redoing finished items.
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,6 +14,7 @@ use super::score::{
     self, Example, GenerationStats, LeftOut, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT,
 };
 use super::tasks::{build_messages, select_shots, Check, Dataset, Item, Task};
+use super::journal::{key, read_journal, DiscardIfNothingDone, Journal, Key, Line};
 use super::{identity, paper, Protocol};
 use crate::config::{Config, X1Schedule};
 use crate::data::tokenizer::Tokenizer;
@@ -22,7 +22,7 @@ use crate::l2d::checkpoint::{self, BaseIdentity, Checkpoint};
 use crate::l2d::sampler::{L2dHead, SamplerOptions};
 use crate::l2d::L2dDecoder;
 use crate::progress::{Progress, ProgressMode};
-use crate::sampling::generate::{decode, prefill_masked, BaseLm, Finish, GenerateOptions, NextTokenLogits};
+use crate::sampling::generate::{decode, prefill_masked, BaseLm, GenerateOptions, NextTokenLogits};
 use crate::sampling::TokenSampler;
 use crate::session::Session;
 
@@ -214,22 +214,6 @@ fn task_names() -> String {
     Task::ALL.map(Task::name).join(", ")
 }
 
-/// One completion as journalled (and, scored, as finally written) in `examples.jsonl`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Line {
-    task: String,
-    setting: String,
-    task_id: String,
-    sample: usize,
-    completion: String,
-    new_tokens: usize,
-    finish: Finish,
-    /// This row's share of its batch's decoding time.
-    decode_s: f64,
-    /// Diffusion evaluations per token of the setting so far (0 for the base LM).
-    evals_per_token: f64,
-}
-
 /// A journalled completion with its verdict: a line of the final `examples.jsonl`
 /// (the journal's fields, then the scored example's own).
 #[derive(Serialize)]
@@ -243,99 +227,6 @@ struct ScoredLine<'a> {
     reference: String,
     #[serde(flatten)]
     verdict: Verdict,
-}
-
-type Key = (String, String, String, usize);
-
-fn key(l: &Line) -> Key {
-    (l.task.clone(), l.setting.clone(), l.task_id.clone(), l.sample)
-}
-
-/// Finished completions of an earlier, interrupted run in `path` (none if absent).
-///
-/// A kill can leave the last line half-written; it is dropped (and redone).
-fn read_journal(path: &Path) -> Result<Vec<Line>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, l) in lines.iter().enumerate() {
-        match serde_json::from_str::<Line>(l) {
-            Ok(line) => out.push(line),
-            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
-            Err(e) => crate::bail_usage!(
-                "{}:{}: not a line of an l2d eval journal ({e}); use another --out to start afresh",
-                path.display(),
-                i + 1
-            ),
-        }
-    }
-    Ok(out)
-}
-
-/// Appends finished completions to the journal, flushed to disk.
-struct Journal {
-    file: std::fs::File,
-}
-
-impl Journal {
-    /// Opens `path` for appending, rewriting it first with only the `kept` lines
-    /// (which drops a half-written tail).
-    fn open(path: &Path, kept: &[Line]) -> Result<Journal> {
-        crate::io::write_atomic(path, &crate::io::json_lines(kept)?)?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot append to {}", path.display()))?;
-        Ok(Journal { file })
-    }
-
-    fn append(&mut self, lines: &[Line]) -> Result<()> {
-        self.file.write_all(&crate::io::json_lines(lines)?)?;
-        self.file.sync_data().context("cannot flush the eval journal")
-    }
-}
-
-/// A run directory this run made, taken away again (with the parents made for
-/// it) when the run ends by an error, SIGINT or SIGTERM before its first
-/// completion: a failed run leaves no directory behind, one stopped later keeps
-/// its journal to resume.
-#[derive(Clone)]
-struct DiscardIfNothingDone {
-    dir: PathBuf,
-    made: crate::io::CreatedDirs,
-}
-
-impl DiscardIfNothingDone {
-    fn arm(dir: &Path, made: crate::io::CreatedDirs) -> Result<Self> {
-        let guard = Self { dir: dir.to_path_buf(), made };
-        if guard.made.any() {
-            let on_signal = guard.clone();
-            crate::io::on_signal(move || on_signal.discard())?;
-        }
-        Ok(guard)
-    }
-
-    fn discard(&self) {
-        let started = std::fs::metadata(self.dir.join(EXAMPLES)).is_ok_and(|m| m.len() > 0);
-        if started || !self.made.any() {
-            return;
-        }
-        for name in [EXAMPLES, identity::IDENTITY_FILE] {
-            let _ = std::fs::remove_file(self.dir.join(name));
-        }
-        let _ = crate::io::remove_staging_debris(&self.dir);
-        self.made.remove_empty();
-    }
-}
-
-impl Drop for DiscardIfNothingDone {
-    fn drop(&mut self) {
-        self.discard();
-    }
 }
 
 /// The model, tokenizer and optional L2D path a sweep generates with.

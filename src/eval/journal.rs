@@ -1,0 +1,122 @@
+//! The eval journal: every finished completion is appended to `examples.jsonl`
+//! and flushed, so a killed sweep resumes without redoing finished items; a run
+//! that fails before its first completion takes its directory away again.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::identity;
+use super::sweep::EXAMPLES;
+use crate::sampling::generate::Finish;
+
+/// One completion as journalled (and, scored, as finally written) in `examples.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Line {
+    pub(super) task: String,
+    pub(super) setting: String,
+    pub(super) task_id: String,
+    pub(super) sample: usize,
+    pub(super) completion: String,
+    pub(super) new_tokens: usize,
+    pub(super) finish: Finish,
+    /// This row's share of its batch's decoding time.
+    pub(super) decode_s: f64,
+    /// Diffusion evaluations per token of the setting so far (0 for the base LM).
+    pub(super) evals_per_token: f64,
+}
+
+pub(super) type Key = (String, String, String, usize);
+
+pub(super) fn key(l: &Line) -> Key {
+    (l.task.clone(), l.setting.clone(), l.task_id.clone(), l.sample)
+}
+
+/// Finished completions of an earlier, interrupted run in `path` (none if absent).
+///
+/// A kill can leave the last line half-written; it is dropped (and redone).
+pub(super) fn read_journal(path: &Path) -> Result<Vec<Line>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str::<Line>(l) {
+            Ok(line) => out.push(line),
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(e) => crate::bail_usage!(
+                "{}:{}: not a line of an l2d eval journal ({e}); use another --out to start afresh",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Appends finished completions to the journal, flushed to disk.
+pub(super) struct Journal {
+    file: std::fs::File,
+}
+
+impl Journal {
+    /// Opens `path` for appending, rewriting it first with only the `kept` lines
+    /// (which drops a half-written tail).
+    pub(super) fn open(path: &Path, kept: &[Line]) -> Result<Journal> {
+        crate::io::write_atomic(path, &crate::io::json_lines(kept)?)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot append to {}", path.display()))?;
+        Ok(Journal { file })
+    }
+
+    pub(super) fn append(&mut self, lines: &[Line]) -> Result<()> {
+        self.file.write_all(&crate::io::json_lines(lines)?)?;
+        self.file.sync_data().context("cannot flush the eval journal")
+    }
+}
+
+/// A run directory this run made, taken away again (with the parents made for
+/// it) when the run ends by an error, SIGINT or SIGTERM before its first
+/// completion: a failed run leaves no directory behind, one stopped later keeps
+/// its journal to resume.
+#[derive(Clone)]
+pub(super) struct DiscardIfNothingDone {
+    dir: PathBuf,
+    made: crate::io::CreatedDirs,
+}
+
+impl DiscardIfNothingDone {
+    pub(super) fn arm(dir: &Path, made: crate::io::CreatedDirs) -> Result<Self> {
+        let guard = Self { dir: dir.to_path_buf(), made };
+        if guard.made.any() {
+            let on_signal = guard.clone();
+            crate::io::on_signal(move || on_signal.discard())?;
+        }
+        Ok(guard)
+    }
+
+    fn discard(&self) {
+        let started = std::fs::metadata(self.dir.join(EXAMPLES)).is_ok_and(|m| m.len() > 0);
+        if started || !self.made.any() {
+            return;
+        }
+        for name in [EXAMPLES, identity::IDENTITY_FILE] {
+            let _ = std::fs::remove_file(self.dir.join(name));
+        }
+        let _ = crate::io::remove_staging_debris(&self.dir);
+        self.made.remove_empty();
+    }
+}
+
+impl Drop for DiscardIfNothingDone {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
