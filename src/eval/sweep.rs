@@ -18,7 +18,7 @@ use super::journal::{key, read_journal, DiscardIfNothingDone, Journal, Key, Line
 use super::{identity, paper, Protocol};
 use crate::config::{Config, X1Schedule};
 use crate::data::tokenizer::Tokenizer;
-use crate::l2d::checkpoint::{self, BaseIdentity, Checkpoint};
+use crate::l2d::checkpoint::{BaseIdentity, Checkpoint};
 use crate::l2d::sampler::{L2dHead, SamplerOptions};
 use crate::l2d::L2dDecoder;
 use crate::progress::{Progress, ProgressMode};
@@ -256,11 +256,9 @@ impl Engine {
             Some(ckpt) => {
                 let l2d = session.load_l2d(ckpt, &cfg.l2d).context("--l2d")?;
                 // The tensors' own bytes: another checkpoint written to the same path is another run.
-                let path = ckpt.path();
-                let tensors = if path.is_dir() { path.join(checkpoint::TENSORS) } else { path.to_path_buf() };
                 let id = serde_json::json!({
-                    "path": path.display().to_string(),
-                    "tensors_sha256": crate::data::shards::sha256_file(&tensors)?,
+                    "path": ckpt.path().display().to_string(),
+                    "tensors_sha256": crate::data::shards::sha256_file(&ckpt.tensor_file())?,
                     "step": ckpt.metadata().map(|m| m.step),
                     "variant": l2d.shape.variant,
                     "trainable_params": l2d.num_params(),

@@ -128,16 +128,22 @@ impl Checkpoint {
     /// Reads the tensors onto `model` (loaded from `base_dir`); a directory's base
     /// identity must match. A bare export takes its shape and σ from `config`.
     pub fn load(&self, model: &Llama, base_dir: &Path, config: &L2dConfig) -> Result<L2d> {
-        match &self.meta {
+        let (shape, sigma) = match &self.meta {
             Some(meta) => {
                 check_base(&self.path, &meta.base, model, base_dir)?;
-                let file = self.path.join(TENSORS);
-                L2d::from_tensors(model, meta.shape.clone(), meta.l2d.sigma, read_tensors(&file)?, &file.display().to_string())
+                (meta.shape.clone(), meta.l2d.sigma)
             }
-            None => {
-                let tensors = read_tensors(&self.path)?;
-                L2d::from_tensors(model, Shape::from_config(config), config.sigma, tensors, &self.path.display().to_string())
-            }
+            None => (Shape::from_config(config), config.sigma),
+        };
+        let file = self.tensor_file();
+        L2d::from_tensors(model, shape, sigma, read_tensors(&file)?, &file.display().to_string())
+    }
+
+    /// The safetensors file holding the tensors: `l2d.safetensors` of a directory, or the bare export itself.
+    pub fn tensor_file(&self) -> PathBuf {
+        match self.meta {
+            Some(_) => self.path.join(TENSORS),
+            None => self.path.clone(),
         }
     }
 }
