@@ -312,24 +312,13 @@ impl Dist {
 /// The dotted keys whose values differ between two TOML documents (either
 /// missing counts as differing), sorted.
 pub fn differing_keys(a: &str, b: &str) -> Vec<String> {
-    let (mut fa, mut fb) = (Default::default(), Default::default());
-    flatten("", &a.parse::<toml::Table>().unwrap_or_default(), &mut fa);
-    flatten("", &b.parse::<toml::Table>().unwrap_or_default(), &mut fb);
+    let leaves = |text: &str| {
+        let table = text.parse::<toml::Table>().unwrap_or_default();
+        crate::config::dotted_leaves(&serde_json::to_value(table).expect("a TOML table serialises"))
+    };
+    let (fa, fb) = (leaves(a), leaves(b));
     let keys: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
     keys.into_iter().filter(|k| fa.get(*k) != fb.get(*k)).cloned().collect()
-}
-
-/// `table`'s leaves under dotted names.
-fn flatten(prefix: &str, table: &toml::Table, out: &mut std::collections::BTreeMap<String, toml::Value>) {
-    for (k, v) in table {
-        let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        match v {
-            toml::Value::Table(t) => flatten(&name, t, out),
-            leaf => {
-                out.insert(name, leaf.clone());
-            }
-        }
-    }
 }
 
 #[cfg(test)]

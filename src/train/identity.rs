@@ -156,21 +156,7 @@ fn may_change(key: &str) -> bool {
 
 /// Every leaf of the config by its dotted key (arrays are leaves).
 fn flatten(cfg: &Config) -> BTreeMap<String, Value> {
-    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
-        match v {
-            Value::Object(map) => {
-                for (k, v) in map {
-                    walk(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out);
-                }
-            }
-            leaf => {
-                out.insert(prefix.to_string(), leaf.clone());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk("", &serde_json::to_value(cfg).expect("a Config always serialises"), &mut out);
-    out
+    crate::config::dotted_leaves(&serde_json::to_value(cfg).expect("a Config always serialises"))
 }
 
 fn shown(v: &Value) -> String {
