@@ -206,12 +206,17 @@ pub fn remove_staging_on_signal(dest: &Path) -> Result<()> {
     })
 }
 
+/// Set once a SIGINT or SIGTERM is being handled: the process is about to end
+/// with 128 + the signal's number.
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// On SIGINT or SIGTERM, runs `tidy` and exits with 128 + the signal's number.
 pub fn on_signal(tidy: impl FnOnce() + Send + 'static) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
+            SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
             tidy();
             // Not process::exit: its exit handlers tear down libtorch while the
             // main thread may still be computing, which then fails loudly.
@@ -220,6 +225,17 @@ pub fn on_signal(tidy: impl FnOnce() + Send + 'static) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// Blocks for good if a signal is being handled, so that its exit code (and
+/// not an error the tidying caused in the main thread, such as a file it
+/// removed) is how the process ends.
+pub fn yield_to_signal_exit() {
+    if SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 fn parent_dir(path: &Path) -> PathBuf {

@@ -8,7 +8,9 @@ fn main() {
     // clap's own messages in full (the missing argument, "did you mean"), exit code 2.
     let cli = cli::parse_args().unwrap_or_else(|err| err.exit());
     cli::init_logging(cli.log_format);
-    if let Err(err) = cli::run(cli) {
+    let result = cli::run(cli);
+    l2d::io::yield_to_signal_exit();
+    if let Err(err) = result {
         // A reader that stopped early (`| head`) is not a failure of ours.
         if l2d::error::is_broken_pipe(&err) {
             std::process::exit(0);

@@ -204,6 +204,7 @@ pub fn init_logging(format: LogFormat) {
 /// Reports a panic as one line and exit code 1, never a backtrace.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
+        crate::io::yield_to_signal_exit();
         let msg = info
             .payload()
             .downcast_ref::<String>()

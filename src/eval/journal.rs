@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::identity;
 use super::sweep::EXAMPLES;
@@ -61,21 +62,24 @@ pub(super) fn read_journal(path: &Path) -> Result<Vec<Line>> {
 /// Appends finished completions to the journal, flushed to disk.
 pub(super) struct Journal {
     file: std::fs::File,
+    writing: Arc<Mutex<()>>,
 }
 
 impl Journal {
     /// Opens `path` for appending, rewriting it first with only the `kept` lines
-    /// (which drops a half-written tail).
-    pub(super) fn open(path: &Path, kept: &[Line]) -> Result<Journal> {
+    /// (which drops a half-written tail). `guard` is the run directory's.
+    pub(super) fn open(path: &Path, kept: &[Line], guard: &DiscardIfNothingDone) -> Result<Journal> {
+        let _writing = guard.writing();
         crate::io::write_atomic(path, &crate::io::json_lines(kept)?)?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
             .with_context(|| format!("cannot append to {}", path.display()))?;
-        Ok(Journal { file })
+        Ok(Journal { file, writing: guard.writing.clone() })
     }
 
     pub(super) fn append(&mut self, lines: &[Line]) -> Result<()> {
+        let _writing = lock(&self.writing);
         self.file.write_all(&crate::io::json_lines(lines)?)?;
         self.file.sync_data().context("cannot flush the eval journal")
     }
@@ -89,16 +93,29 @@ impl Journal {
 pub(super) struct DiscardIfNothingDone {
     dir: PathBuf,
     made: crate::io::CreatedDirs,
+    /// Held while the run writes into `dir`, and by a signal's discard until the
+    /// process exits, so that the two never interleave (a file written just
+    /// after the discard would leave the directory behind, one removed just
+    /// before a write would end the run with an error instead of the signal).
+    writing: Arc<Mutex<()>>,
 }
 
 impl DiscardIfNothingDone {
     pub(super) fn arm(dir: &Path, made: crate::io::CreatedDirs) -> Result<Self> {
-        let guard = Self { dir: dir.to_path_buf(), made };
+        let guard = Self { dir: dir.to_path_buf(), made, writing: Arc::default() };
         if guard.made.any() {
             let on_signal = guard.clone();
-            crate::io::on_signal(move || on_signal.discard())?;
+            crate::io::on_signal(move || {
+                std::mem::forget(on_signal.writing());
+                on_signal.discard();
+            })?;
         }
         Ok(guard)
+    }
+
+    /// Keeps a signal's discard away while the caller writes into the directory.
+    pub(super) fn writing(&self) -> MutexGuard<'_, ()> {
+        lock(&self.writing)
     }
 
     fn discard(&self) {
@@ -112,6 +129,10 @@ impl DiscardIfNothingDone {
         let _ = crate::io::remove_staging_debris(&self.dir);
         self.made.remove_empty();
     }
+}
+
+fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Drop for DiscardIfNothingDone {

@@ -307,12 +307,16 @@ pub fn run(cfg: &Config, ckpt: Option<&Checkpoint>, out: &SweepOutput) -> Result
         data.check_class(engine.decoder.as_ref())?;
     }
     let made = crate::io::create_output_dir(&out.dir).context("--out")?;
-    let _discard = DiscardIfNothingDone::arm(&out.dir, made)?;
+    let discard = DiscardIfNothingDone::arm(&out.dir, made)?;
     crate::io::remove_staging_debris(&out.dir)?; // temporary files of a killed run
     let journal_path = out.dir.join(EXAMPLES);
     let mut done: BTreeMap<Key, Line> = read_journal(&journal_path)?.into_iter().map(|l| (key(&l), l)).collect();
-    identity::check_or_record(&out.dir, &run_identity(cfg, protocol, &engine, &tasks)?, !done.is_empty())?;
-    let mut journal = Journal::open(&journal_path, &done.values().cloned().collect::<Vec<_>>())?;
+    let identity = run_identity(cfg, protocol, &engine, &tasks)?;
+    {
+        let _writing = discard.writing();
+        identity::check_or_record(&out.dir, &identity, !done.is_empty())?;
+    }
+    let mut journal = Journal::open(&journal_path, &done.values().cloned().collect::<Vec<_>>(), &discard)?;
     let resumed = done.len();
     if resumed > 0 {
         tracing::info!("resuming: {resumed} completions already in {}", journal_path.display());
