@@ -14,16 +14,16 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         "cuda" => Device::Cuda(0),
         s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => Device::Cuda(n),
-            _ => crate::bail_usage!("--device: unknown device {s:?} (expected cpu, cuda, cuda:N or auto)"),
+            _ => crate::bail_usage!("model.device: unknown device {s:?} (expected cpu, cuda, cuda:N or auto)"),
         },
     };
     if let Device::Cuda(n) = device {
         let count = tch::Cuda::device_count() as usize;
         if count == 0 {
-            crate::bail_usage!("--device {spec}: CUDA was asked for but no CUDA device is available (see `l2d info`)");
+            crate::bail_usage!("model.device: {spec}: CUDA was asked for but no CUDA device is available (see `l2d info`)");
         }
         if n >= count {
-            crate::bail_usage!("--device {spec}: only {count} CUDA device(s) available");
+            crate::bail_usage!("model.device: {spec}: only {count} CUDA device(s) available");
         }
     }
     Ok(device)
@@ -39,7 +39,7 @@ pub fn kind_of(dtype: Dtype, device: Device) -> Result<Kind> {
     };
     if kind == Kind::Half && device == Device::Cpu {
         // libtorch's CPU kernels for f16 are partial and slow; bf16 is the CPU half type.
-        crate::bail_usage!("--dtype f16 is not supported on cpu (use f32 or bf16)");
+        crate::bail_usage!("model.dtype: f16 is not supported on cpu (use f32 or bf16)");
     }
     Ok(kind)
 }

@@ -51,7 +51,7 @@ pub fn placement(m: &ModelConfig) -> Result<(Device, Kind)> {
 /// Loads the base LM `[model]` names (no tokenizer: training reads token ids).
 pub fn load_model(m: &ModelConfig) -> Result<Llama> {
     if m.path.is_empty() {
-        crate::bail_usage!("model.path: missing (give --model DIR or set it in the config)");
+        crate::bail_usage!("model.path: missing (a Hugging Face model directory)");
     }
     let (device, kind) = placement(m)?;
     Llama::load(Path::new(&m.path), device, kind)

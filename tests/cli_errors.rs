@@ -97,7 +97,7 @@ fn cuda_asked_for_but_absent() {
     if tch::Cuda::is_available() {
         assert!(out.status.success(), "{}", stderr(&out));
     } else {
-        assert_error(&out, 2, &["--device cuda", "no CUDA device"]);
+        assert_error(&out, 2, &["--device (model.device): cuda", "no CUDA device"]);
     }
     assert_error(&gen(&tiny_model("llama"), &["--device", "tpu"]), 2, &["--device", "tpu"]);
 }

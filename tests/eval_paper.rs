@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use l2d::eval::paper::{self, MathAnswer};
 use l2d::eval::score::judge_answer;
-use l2d::eval::tasks::{build_messages, is_shot, select_shots, Dataset, Item, Task};
+use l2d::eval::tasks::prompts::{build_messages, is_shot, select_shots};
+use l2d::eval::tasks::{Dataset, Item, Task};
 use l2d::eval::Protocol;
 use serde_json::{json, Value};
 

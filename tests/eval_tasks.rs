@@ -3,7 +3,8 @@
 
 use l2d::eval::score::{judge_answer, program};
 use l2d::eval::Protocol;
-use l2d::eval::tasks::{build_messages, select_shots, Check, Dataset, Item, Task};
+use l2d::eval::tasks::prompts::{build_messages, select_shots};
+use l2d::eval::tasks::{Check, Dataset, Item, Task};
 
 mod common;
 use common::{fixture, load, shared};

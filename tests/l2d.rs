@@ -208,7 +208,7 @@ fn only_l2d_tensors_get_gradients_and_base_stays_bit_identical() {
         assert!(t.equal(b), "a base tensor changed");
     }
     // Gradients reached the deepest tensors too, not only the output side.
-    let a0 = &l2d.params.iter().find(|(n, _)| n == "model.layers.0.self_attn.flow_q_proj.A").unwrap().1;
+    let a0 = &l2d.params.iter().find(|(n, _)| n.to_string() == "model.layers.0.self_attn.flow_q_proj.A").unwrap().1;
     assert!(a0.requires_grad());
 }
 
@@ -250,7 +250,7 @@ fn llama_3_2_1b_lora_parameter_count() {
     let s = Shape { variant: Variant::Lora, flow_dim: 256, timestep_dim: 256, lora_rank: 32, lora_alpha: 32.0, num_classes: 0 };
     let specs = params::specs(&cfg, &s);
     assert_eq!(params::count(&specs), 73_344_256);
-    let part = |pat: &str| params::count(&specs.iter().filter(|s| s.name.contains(pat)).cloned().collect::<Vec<_>>());
+    let part = |pat: &str| params::count(&specs.iter().filter(|s| s.name.to_string().contains(pat)).cloned().collect::<Vec<_>>());
     assert_eq!(part("layers.") - part("_proj."), 51_580_928, "modulation heads");
     assert_eq!(part("_proj."), 19_922_944, "LoRA");
     assert_eq!(part("model.modulation_head"), 592_128, "final gate head");

@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use l2d::l2d::checkpoint;
 use l2d::l2d::sampler::{L2dHead, SamplerOptions, X1Estimate};
-use l2d::l2d::{main_path, L2d, L2dDecoder, TokenBatch};
+use l2d::l2d::{main_path, L2d, L2dDecoder, ParamName, TokenBatch};
 use l2d::model::Llama;
 use l2d::sampling::{generate, GenerateOptions, NextTokenLogits, TokenSampler};
 
@@ -127,7 +127,7 @@ fn batched_guidance_equals_two_separate_evaluations() {
     tch::no_grad(|| {
         for (name, p) in &l2d.params {
             // A strong label embedding and final gate, so that swapping the two halves would show.
-            let strong = name.contains("data_label_embedder") || name.starts_with("model.modulation_head");
+            let strong = matches!(name, ParamName::Guidance | ParamName::GateHead(_));
             let scale = if strong { 1.0 } else { 0.05 };
             let _ = p.shallow_clone().g_add_(&(Tensor::randn_like(p) * scale));
         }

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use crate::eval::loss::Losses;
 use crate::eval::sandbox::SandboxOptions;
-use crate::eval::score::{self, Report, ResultEntry, Setting};
+use crate::eval::results::{self, Report, ResultEntry, Setting};
+use crate::eval::score;
 use crate::eval::sweep::{self, SweepOutput};
 use crate::eval::tasks::{Dataset, Task};
 use crate::eval::Protocol;
@@ -208,7 +209,7 @@ fn sweep(args: SweepArgs, common: ScoreArgs, progress: ProgressMode) -> Result<(
     if common.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print!("{}", score::table(&report.results));
+        print!("{}", results::table(&report.results));
         println!("(report.json, report.md and examples.jsonl in {})", out.dir.display());
     }
     Ok(())
@@ -255,7 +256,7 @@ fn score_samples(task: Task, args: ScoreArgs) -> Result<()> {
     let left_out = Some(left_out).filter(|_| protocol == Protocol::Paper);
     let report = Report::of_given(protocol, vec![ResultEntry { setting: Setting::given(), generation: None, left_out, report: scored.report }]);
     if let Some(out) = &args.out {
-        score::write_outputs(out, &report, &scored.examples)?;
+        results::write_outputs(out, &report, &scored.examples)?;
     }
     print_scores(&report.results[0], args.json, args.out.as_deref());
     Ok(())
@@ -270,7 +271,7 @@ fn print_scores(result: &ResultEntry, json: bool, out: Option<&Path>) {
         println!("{summary}");
         return;
     }
-    print!("{}", score::table(std::slice::from_ref(result)));
+    print!("{}", results::table(std::slice::from_ref(result)));
     // Scoring a subset is allowed (quick checks), but must not pass for the full benchmark unnoticed.
     if t.items < t.dataset_items {
         println!("(scored {} of the {} items in {})", t.items, t.dataset_items, t.data);

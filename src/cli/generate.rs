@@ -259,7 +259,7 @@ fn encode(tokenizer: &Tokenizer, prompt: &Prompt, system: Option<&str>) -> Resul
                 all.push(Message { role: "system".into(), content: s.into() });
             }
             all.extend(messages.iter().cloned());
-            tokenizer.encode_chat(&all)
+            tokenizer.encode_chat(&all).context("--chat")
         }
     }
 }

@@ -82,12 +82,20 @@ impl ConfigArgs {
     }
 }
 
+/// The flags every model-loading subcommand shares, by the config key they set.
+const MODEL_FLAG_KEYS: &[(&str, &str)] = &[("model.device", "--device"), ("model.dtype", "--dtype"), ("model.path", "--model")];
+
 /// Prefixes a config error about `key` with the flag that sets it: "--flag (key): ...".
+/// The whole chain is kept (as one line) and so is the exit code.
 pub fn name_flags(err: anyhow::Error, flag_keys: &[(&str, &str)]) -> anyhow::Error {
-    let msg = err.to_string();
+    let msg = crate::error::one_line(&err);
     for (key, flag) in flag_keys {
         if let Some(rest) = msg.strip_prefix(&format!("{key}:")) {
-            return crate::error::usage(format!("{flag} ({key}):{rest}"));
+            let named = format!("{flag} ({key}):{rest}");
+            return match crate::error::exit_code(&err) {
+                2 => crate::error::usage(named),
+                _ => anyhow::anyhow!(named),
+            };
         }
     }
     err
@@ -176,7 +184,7 @@ fn display_toml(value: &toml::Value) -> String {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     let progress = cli.progress();
-    match cli.command {
+    let result = match cli.command {
         Command::Info(args) => info::run(args),
         Command::Init(args) => init::run(args),
         Command::Prepare(args) => prepare::run(args, progress),
@@ -184,7 +192,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args, progress),
         Command::Report(args) => report::run(args),
-    }
+    };
+    result.map_err(|e| name_flags(e, MODEL_FLAG_KEYS))
 }
 
 /// Logs to stderr through tracing; `RUST_LOG` sets the filter.

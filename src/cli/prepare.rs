@@ -75,7 +75,7 @@ pub fn run(args: Args, progress: crate::progress::ProgressMode) -> Result<()> {
     opts.strict = args.strict;
     (opts.train_key, opts.valid_key) = opts_keys;
     opts.progress = progress;
-    let manifest = prepare(&opts)?;
+    let manifest = prepare(&opts).map_err(|e| super::name_flags(e, &[("data.train", "--input")]))?;
     eprintln!(
         "{}",
         summary(&manifest, &out, started.elapsed().as_secs_f64())

@@ -4,6 +4,9 @@
 //! `None`/`True`/floats in output, insertion-ordered dicts, `strftime_now`,
 //! `raise_exception`), written out so that [`super::chat`] renders byte for byte
 //! what `transformers` renders.
+//!
+//! One concept (Python's behaviour as templates see it); a little over 600
+//! lines with its tests.
 
 use std::fmt::Write as _;
 use std::sync::Arc;

@@ -124,7 +124,7 @@ impl Tokenizer {
     /// The model's chat template applied to `messages`.
     pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let Some(chat) = &self.chat else {
-            crate::bail_usage!("--chat: the model directory's tokenizer_config.json has no chat_template");
+            crate::bail_usage!("the model directory's tokenizer_config.json has no chat_template");
         };
         chat.render(messages, add_generation_prompt)
     }

@@ -1,5 +1,7 @@
 //! Answers out of free model text (spec §10), normalised so that equal
 //! answers written differently compare equal.
+//!
+//! One concept (reading answers out of text); a little over 600 lines with its tests.
 
 /// A number as written in text: its digits with `$`, commas and a trailing `.0…` already gone,
 /// and a bare leading `.` given its `0` (`.3` → `0.3`).

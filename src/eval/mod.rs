@@ -13,6 +13,7 @@ pub mod loss;
 pub mod paper;
 pub mod records;
 pub mod report;
+pub mod results;
 pub mod sandbox;
 pub mod score;
 pub mod stats;

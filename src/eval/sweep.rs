@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::sandbox::SandboxOptions;
-use super::score::{
-    self, Example, GenerationStats, LeftOut, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT,
-};
-use super::tasks::{build_messages, select_shots, Check, Dataset, Item, Task};
+use super::results::{self, GenerationStats, Report, ResultEntry, Setting, REPORT_FORMAT};
+use super::score::{self, Example, LeftOut, Sample, Verdict};
+use super::tasks::prompts::{build_messages, select_shots};
+use super::tasks::{Check, Dataset, Item, Task};
 use super::journal::{key, read_journal, DiscardIfNothingDone, Journal, Key, Line};
 use super::{identity, paper, Protocol};
 use crate::config::{Config, X1Schedule};
@@ -361,7 +361,7 @@ pub fn run(cfg: &Config, ckpt: Option<&Checkpoint>, out: &SweepOutput) -> Result
             }
         })
         .collect();
-    score::write_outputs(&out.dir, &report, &lines)?;
+    results::write_outputs(&out.dir, &report, &lines)?;
     crate::io::write_atomic(&out.dir.join("report.md"), markdown(&report).as_bytes())?;
     Ok(report)
 }
@@ -563,14 +563,14 @@ pub fn markdown(report: &Report) -> String {
     }
     out += "\n\n| task | setting | evals/token | metric | value | 95% CI | stderr | n | tokens/s |\n";
     out += "|---|---|---:|---|---:|---|---:|---:|---:|\n";
-    for r in score::rows(&report.results) {
+    for r in results::rows(&report.results) {
         let s = &r.summary;
         out += &format!(
             "| {} | {} | {} | {} | {:.4} | [{:.4}, {:.4}] | {:.4} | {} | {} |\n",
             r.task, r.setting, r.evals, r.metric, s.value, s.ci95[0], s.ci95[1], s.stderr, s.n, r.tokens_per_s
         );
     }
-    out + &score::left_out_notes(&report.results)
+    out + &results::left_out_notes(&report.results)
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ use crate::model::lora::Lora;
 use crate::model::{KvCache, Llama, Step};
 pub use decoder::L2dDecoder;
 pub use loss::{main_path, next_token_nll, TokenBatch};
-pub use params::{Shape, Variant};
+pub use params::{ParamName, Shape, Variant};
+
+use params::{Layers, Leaf, MlpLeaf, Proj};
 
 use loss::{summed_cross_entropy, LossPositions};
 
@@ -96,8 +98,6 @@ pub struct ModulationHeads {
 }
 
 impl ModulationHeads {
-    /// Names of the stacked leaves, in the order of [`ModulationHeads::leaves`].
-    const LEAVES: [&'static str; 4] = ["0.weight", "0.bias", "2.weight", "2.bias"];
 
     /// `[L, .., 6d]` modulations (gamma folded in) for conditioning `c` `[.., ts]`.
     pub fn forward(&self, c: &Tensor) -> Tensor {
@@ -187,10 +187,9 @@ pub struct L2d {
     pub shape: Shape,
     /// Noise scale σ of `x0`.
     pub sigma: f64,
-    /// The trainable leaves, in a fixed order: every tensor under its reference
-    /// name, except the modulation heads, stacked over layers under
-    /// `model.layers.*.modulation_head.mlp.{0,2}.{weight,bias}`.
-    pub params: Vec<(String, Tensor)>,
+    /// The trainable leaves, in a fixed order: every tensor of [`params::specs`],
+    /// except the modulation heads, stacked over layers ([`params::Layers::Stacked`]).
+    pub params: Vec<(ParamName, Tensor)>,
     /// `map: R^d -> R^D`.
     pub map: Linear,
     /// Input encoder `D -> 256 -> d`.
@@ -214,10 +213,10 @@ impl L2d {
         let mut tensors = HashMap::new();
         for spec in params::specs(&model.config, &shape) {
             let t = match spec.init {
-                params::Init::CopyOfMain => main_tensor(model, &spec.name)?.to_kind(Kind::Float).copy(),
+                params::Init::CopyOfMain => main_tensor(model, spec.name)?.to_kind(Kind::Float).copy(),
                 _ => params::initialise(&spec, device),
             };
-            tensors.insert(spec.name, t);
+            tensors.insert(spec.name.to_string(), t);
         }
         Self::from_tensors(model, shape, sigma, tensors, "the initialisation")
     }
@@ -234,7 +233,7 @@ impl L2d {
         let device = model.device();
         let mut ordered = Vec::new();
         for spec in params::specs(&model.config, &shape) {
-            let Some(t) = tensors.remove(&spec.name) else {
+            let Some(t) = tensors.remove(&spec.name.to_string()) else {
                 crate::bail_usage!(
                     "{source}: tensor {} is missing (expected for variant {:?} with this base model)",
                     spec.name,
@@ -264,13 +263,13 @@ impl L2d {
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (name, t) in &self.params {
-            match name.split_once(MODULATION_PATTERN) {
-                Some((_, leaf)) => {
+            match name {
+                ParamName::LayerModulation(Layers::Stacked, leaf) => {
                     for i in 0..self.layers.len() {
-                        out.push((format!("model.layers.{i}.modulation_head.mlp.{leaf}"), t.get(i as i64)));
+                        out.push((ParamName::LayerModulation(Layers::One(i), *leaf).to_string(), t.get(i as i64)));
                     }
                 }
-                None => out.push((name.clone(), t.shallow_clone())),
+                _ => out.push((name.to_string(), t.shallow_clone())),
             }
         }
         out
@@ -278,64 +277,58 @@ impl L2d {
 
     /// A gradient-free view of the same tensors (shared storage), for decoding.
     pub fn detached(&self, model: &Llama) -> L2d {
-        let params = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+        let params = self.params.iter().map(|(n, t)| (*n, t.detach())).collect();
         Self::assemble(model, self.shape.clone(), self.sigma, params)
     }
 
-    fn assemble(model: &Llama, shape: Shape, sigma: f64, params: Vec<(String, Tensor)>) -> Self {
+    fn assemble(model: &Llama, shape: Shape, sigma: f64, params: Vec<(ParamName, Tensor)>) -> Self {
         let kind = model.kind();
-        let get = |name: &str| -> Tensor {
-            let t = &params.iter().find(|(n, _)| n == name).expect("validated above").1;
+        let master = |name: ParamName| params.iter().find(|(n, _)| *n == name).map(|(_, t)| t);
+        let get = |name: ParamName| -> Tensor {
+            let t = master(name).expect("validated above");
             // Compute in the model dtype; the f32 tensors stay the master copies.
             if t.kind() == kind { t.shallow_clone() } else { t.to_kind(kind) }
         };
-        let linear = |p: &str| Linear { weight: get(&format!("{p}.weight")), bias: Some(get(&format!("{p}.bias"))) };
-        let mlp2 = |p: &str| Mlp2 { l0: linear(&format!("{p}.0")), l2: linear(&format!("{p}.2")) };
-        let has = |name: &str| params.iter().any(|(n, _)| n == name);
-        let proj = |p: &str| match shape.variant {
-            Variant::Lora => FlowProj::Lora(Lora {
-                a: get(&format!("{p}.A")).tr(),
-                b: get(&format!("{p}.B")).tr(),
-                scale: shape.lora_alpha / shape.lora_rank as f64,
-            }),
-            Variant::Full => FlowProj::Full(Linear {
-                weight: get(&format!("{p}.weight")),
-                bias: has(&format!("{p}.bias")).then(|| get(&format!("{p}.bias"))),
-            }),
+        let mlp2 = |name: fn(MlpLeaf) -> ParamName, kept: &dyn Fn(ParamName) -> Tensor| {
+            let [w0, b0, w2, b2] = MlpLeaf::ALL;
+            Mlp2 {
+                l0: Linear { weight: kept(name(w0)), bias: Some(kept(name(b0))) },
+                l2: Linear { weight: kept(name(w2)), bias: Some(kept(name(b2))) },
+            }
+        };
+        let proj = |layer: usize, proj: Proj| {
+            let name = |leaf| ParamName::Flow { layer, proj, leaf };
+            match shape.variant {
+                Variant::Lora => FlowProj::Lora(Lora {
+                    a: get(name(Leaf::A)).tr(),
+                    b: get(name(Leaf::B)).tr(),
+                    scale: shape.lora_alpha / shape.lora_rank as f64,
+                }),
+                Variant::Full => FlowProj::Full(Linear {
+                    weight: get(name(Leaf::Weight)),
+                    bias: master(name(Leaf::Bias)).map(|_| get(name(Leaf::Bias))),
+                }),
+            }
         };
         let layers = (0..model.layers.len())
-            .map(|i| {
-                let (a, m) = (format!("model.layers.{i}.self_attn"), format!("model.layers.{i}.mlp"));
-                FlowLayer {
-                    q: proj(&format!("{a}.flow_q_proj")),
-                    o: proj(&format!("{a}.flow_o_proj")),
-                    gate: proj(&format!("{m}.flow_gate_proj")),
-                    up: proj(&format!("{m}.flow_up_proj")),
-                    down: proj(&format!("{m}.flow_down_proj")),
-                }
+            .map(|i| FlowLayer {
+                q: proj(i, Proj::Q),
+                o: proj(i, Proj::O),
+                gate: proj(i, Proj::Gate),
+                up: proj(i, Proj::Up),
+                down: proj(i, Proj::Down),
             })
             .collect();
-        // The fp32 islands (input encoder, timestep features) keep f32 weights.
-        let f32_linear = |p: &str| Linear {
-            weight: params.iter().find(|(n, _)| *n == format!("{p}.weight")).unwrap().1.shallow_clone(),
-            bias: params.iter().find(|(n, _)| *n == format!("{p}.bias")).map(|(_, t)| t.shallow_clone()),
-        };
-        let enc = "model.flow_to_lm_encoder.embedder.layers_module";
-        let stacked = |leaf: &str| get(&format!("model.layers{MODULATION_PATTERN}{leaf}"));
-        let modulation = ModulationHeads {
-            w0: stacked(ModulationHeads::LEAVES[0]),
-            b0: stacked(ModulationHeads::LEAVES[1]),
-            w2: stacked(ModulationHeads::LEAVES[2]),
-            b2: stacked(ModulationHeads::LEAVES[3]),
-            gamma: gamma_slots(model),
-        };
+        let [w0, b0, w2, b2] = MlpLeaf::ALL.map(|leaf| get(ParamName::LayerModulation(Layers::Stacked, leaf)));
+        let modulation = ModulationHeads { w0, b0, w2, b2, gamma: gamma_slots(model) };
         Self {
             modulation,
-            map: linear("model.flow_token_embedder.embedder.layers_module.0"),
-            encoder: Mlp2 { l0: f32_linear(&format!("{enc}.0")), l2: f32_linear(&format!("{enc}.2")) },
-            timestep: mlp2("model.timestep_embedder.mlp"),
-            gate_head: mlp2("model.modulation_head.mlp"),
-            guidance: has("model.data_label_embedder.weight").then(|| get("model.data_label_embedder.weight")),
+            map: Linear { weight: get(ParamName::Map(Leaf::Weight)), bias: Some(get(ParamName::Map(Leaf::Bias))) },
+            // The fp32 island (input encoder) keeps its f32 weights.
+            encoder: mlp2(ParamName::Encoder, &|n| master(n).expect("validated above").shallow_clone()),
+            timestep: mlp2(ParamName::Timestep, &get),
+            gate_head: mlp2(ParamName::GateHead, &get),
+            guidance: master(ParamName::Guidance).map(|_| get(ParamName::Guidance)),
             layers,
             shape,
             sigma,
@@ -505,21 +498,16 @@ fn gated(main_hidden: &Tensor, cond: &Conditioning, flow: &Tensor) -> Tensor {
     main_hidden.addcmul(&cond.gate, flow)
 }
 
-/// Marks the stacked modulation-head leaves: `model.layers.*.modulation_head.mlp.{leaf}`.
-const MODULATION_PATTERN: &str = ".*.modulation_head.mlp.";
-
 /// Replaces the per-layer modulation-head tensors by their stacks over layers
 /// (at the position of layer 0's), and makes every tensor a trainable leaf.
-fn stack_modulation_heads(ordered: Vec<(String, Tensor)>, layers: usize) -> Vec<(String, Tensor)> {
+fn stack_modulation_heads(ordered: Vec<(ParamName, Tensor)>, layers: usize) -> Vec<(ParamName, Tensor)> {
     let mut out = Vec::new();
-    let mut per_leaf: HashMap<String, Vec<Tensor>> = HashMap::new();
+    let mut per_leaf: HashMap<MlpLeaf, Vec<Tensor>> = HashMap::new();
     for (name, t) in ordered {
-        let parts: Vec<&str> = name.splitn(4, '.').collect();
-        if parts.len() == 4 && parts[0] == "model" && parts[1] == "layers" && parts[3].starts_with("modulation_head.mlp.") {
-            let leaf = parts[3].trim_start_matches("modulation_head.mlp.").to_string();
-            let stack = per_leaf.entry(leaf.clone()).or_default();
+        if let ParamName::LayerModulation(Layers::One(_), leaf) = name {
+            let stack = per_leaf.entry(leaf).or_default();
             if stack.is_empty() {
-                out.push((format!("model.layers{MODULATION_PATTERN}{leaf}"), Tensor::new()));
+                out.push((ParamName::LayerModulation(Layers::Stacked, leaf), Tensor::new()));
             }
             stack.push(t);
         } else {
@@ -528,13 +516,13 @@ fn stack_modulation_heads(ordered: Vec<(String, Tensor)>, layers: usize) -> Vec<
     }
     out.into_iter()
         .map(|(name, t)| {
-            let t = match name.split_once(MODULATION_PATTERN) {
-                Some((_, leaf)) => {
-                    let parts = &per_leaf[leaf];
+            let t = match name {
+                ParamName::LayerModulation(Layers::Stacked, leaf) => {
+                    let parts = &per_leaf[&leaf];
                     assert_eq!(parts.len(), layers, "one modulation head per layer");
                     Tensor::stack(parts, 0)
                 }
-                None => t,
+                _ => t,
             };
             (name, t.set_requires_grad(true))
         })
@@ -556,21 +544,21 @@ fn gamma_slots(model: &Llama) -> Tensor {
 }
 
 /// The frozen main-path tensor a full-variant copy starts from.
-fn main_tensor(model: &Llama, name: &str) -> Result<Tensor> {
-    let parts: Vec<&str> = name.split('.').collect();
-    let layer: usize = parts[2].parse()?;
-    let l = &model.layers[layer];
-    let linear = match parts[4] {
-        "flow_q_proj" => l.self_attn.q_proj(),
-        "flow_o_proj" => Linear { weight: l.self_attn.o_proj.weight.shallow_clone(), bias: l.self_attn.o_proj.bias.as_ref().map(|b| b.shallow_clone()) },
-        "flow_gate_proj" => l.mlp.gate_proj(),
-        "flow_up_proj" => l.mlp.up_proj(),
-        "flow_down_proj" => Linear { weight: l.mlp.down_proj.weight.shallow_clone(), bias: None },
-        other => anyhow::bail!("no main-path tensor for {other}"),
+fn main_tensor(model: &Llama, name: ParamName) -> Result<Tensor> {
+    let ParamName::Flow { layer, proj, leaf } = name else {
+        anyhow::bail!("{name}: only the flow projections start as copies of the main path");
     };
-    match parts[5] {
-        "weight" => Ok(linear.weight),
-        "bias" => linear.bias.ok_or_else(|| anyhow::anyhow!("{name}: the main path has no bias here")),
-        other => anyhow::bail!("no main-path tensor for {other}"),
+    let l = &model.layers[layer];
+    let main = match proj {
+        Proj::Q => l.self_attn.q_proj(),
+        Proj::O => Linear { weight: l.self_attn.o_proj.weight.shallow_clone(), bias: l.self_attn.o_proj.bias.as_ref().map(|b| b.shallow_clone()) },
+        Proj::Gate => l.mlp.gate_proj(),
+        Proj::Up => l.mlp.up_proj(),
+        Proj::Down => Linear { weight: l.mlp.down_proj.weight.shallow_clone(), bias: None },
+    };
+    match leaf {
+        Leaf::Weight => Ok(main.weight),
+        Leaf::Bias => main.bias.ok_or_else(|| anyhow::anyhow!("{name}: the main path has no bias here")),
+        Leaf::A | Leaf::B => anyhow::bail!("{name}: a LoRA factor has no main-path tensor"),
     }
 }

@@ -455,8 +455,8 @@ impl MetricsLog {
 }
 
 /// Shallow copies of named tensors (the same storage and autograd leaves).
-fn shallow(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+fn shallow(params: &[(impl ToString, Tensor)]) -> Vec<(String, Tensor)> {
+    params.iter().map(|(n, t)| (n.to_string(), t.shallow_clone())).collect()
 }
 
 /// Right-padded batch of examples; class labels per token with the guidance

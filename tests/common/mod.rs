@@ -191,7 +191,7 @@ pub fn checkpoint_for(name: &str, num_classes: i64, perturbed: bool, poison: boo
             if perturbed {
                 let _ = p.g_add_(&(Tensor::randn_like(&p) * 0.2));
             }
-            if poison && n.starts_with("model.flow_token_embedder") {
+            if poison && n.to_string().starts_with("model.flow_token_embedder") {
                 let _ = p.fill_(f64::NAN);
             }
         }

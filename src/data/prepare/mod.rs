@@ -93,13 +93,13 @@ impl PrepareOptions {
 pub fn prepare(opts: &PrepareOptions) -> Result<Manifest> {
     let cfg = &opts.config;
     if cfg.model.path.is_empty() {
-        crate::bail_usage!("model.path: no model directory (set [model] path or pass --model)");
+        crate::bail_usage!("model.path: no model directory");
     }
     let model_dir = Path::new(&cfg.model.path);
     let train = resolve_inputs(&cfg.data.train, &opts.train_key, Origin::Train, cfg)?;
     if train.is_empty() {
         crate::bail_usage!(
-            "{}: no training input (set data.train or pass --input)",
+            "{}: no training input",
             opts.train_key
         );
     }
