@@ -242,8 +242,7 @@ fn signal_mid_run(args: &[String], victim: usize, signal: i32, ready: impl Fn() 
     let mut ranks = vec![spawn_rank(0, 2, port, args), spawn_rank(1, 2, port, args)];
     wait_until("not ready to signal", ready);
     let signalled = ranks.remove(victim);
-    // SAFETY: kill only sends a signal.
-    assert_eq!(unsafe { libc::kill(signalled.id() as i32, signal) }, 0);
+    send(signalled.id() as i32, signal);
     let at = Instant::now();
     let other = ranks.remove(0).wait_with_output().unwrap();
     let waited = at.elapsed();
@@ -330,6 +329,7 @@ fn sigterm_to_either_rank_stops_both_with_143_after_rank_0_saved_and_the_run_res
         let args = train_args("l2d-lora", &d, &out, &steps);
         let (signalled, other, waited) = signal_mid_run(&args, victim, libc::SIGTERM, || loss_log_len(&out) >= 2);
         assert!(waited < Duration::from_secs(20), "rank {} took {waited:?} after the signal", 1 - victim);
+        eprintln!("SIGTERM to rank {victim}: rank {} exited {waited:?} later", 1 - victim);
         assert_eq!(checkpoints(&out), 1, "the interrupt checkpoint alone (train.save_every=0)");
         let step = final_trainable_step(&out);
         assert!(step < 12, "the run ended before the signal");
@@ -341,11 +341,35 @@ fn sigterm_to_either_rank_stops_both_with_143_after_rank_0_saved_and_the_run_res
             assert!(err.lines().any(|l| l == line), "rank {rank}: {err}");
             assert!(!err.contains("error:") && !err.contains("panicked"), "rank {rank}: {err}");
         }
-        assert_eq!(loss_log(&out).last().unwrap().0, step);
-        let resume: Vec<String> = args.iter().cloned().chain(["--resume".to_string()]).collect();
-        ok(single(&resume));
-        assert_same_run(&whole, &out, &format!("SIGTERM to rank {victim}, then resumed"));
+        assert_resumes_equal(&whole, &out, &args, step);
     }
+    // torchrun signalled forwards SIGTERM to both ranks: the same stop.
+    let out = dir.join("term-torchrun");
+    let args = train_args("l2d-lora", &d, &out, &steps);
+    let log = dir.join("torchrun.log");
+    let agent = start_torchrun(&args, 0, &log);
+    wait_until("no step logged", || loss_log_len(&out) >= 2);
+    send(agent.id() as i32, libc::SIGTERM);
+    let (ok, log) = finish_torchrun(agent, &log);
+    assert!(!ok, "{log}");
+    assert_eq!(checkpoints(&out), 1, "{log}");
+    let step = final_trainable_step(&out);
+    for saved in ["checkpoint saved", "rank 0 saved the checkpoint"] {
+        // Both ranks got the signal: the line names whichever counted first.
+        let lines = [0, 1].map(|rank| format!("interrupted at step {step} (SIGTERM to rank {rank}); {saved}, continue with --resume"));
+        assert!(log.lines().any(|l| lines.iter().any(|line| l == line)), "{log}");
+    }
+    assert!(!log.contains("error:"), "{log}");
+    assert_resumes_equal(&whole, &out, &args, step);
+}
+
+/// The run in `out`, interrupted at `step` (its metrics end there), resumed by
+/// one process with its `args`, ends equal to `whole`.
+fn assert_resumes_equal(whole: &Path, out: &Path, args: &[String], step: u64) {
+    assert_eq!(loss_log(out).last().unwrap().0, step);
+    let resume: Vec<String> = args.iter().cloned().chain(["--resume".to_string()]).collect();
+    ok(single(&resume));
+    assert_same_run(whole, out, &format!("{}: interrupted at step {step}, then resumed", out.display()));
 }
 
 /// Steps rank 0 has logged so far (0 before `metrics.jsonl` exists).
@@ -367,15 +391,13 @@ fn torchrun_worker(agent: u32, rank: usize, restart: usize) -> Option<i32> {
     })
 }
 
-/// Runs `l2d train` with `args` under `torchrun --nproc-per-node 2
-/// --max-restarts 1`; once `ready` holds (when given), kills the first
-/// attempt's rank 1 (SIGKILL). Whether torchrun succeeded, and its log (the
-/// ranks' stderr included).
-fn torchrun_killing_rank_1_once(args: &[String], log: &Path, ready: Option<&dyn Fn() -> bool>) -> (bool, String) {
+/// Starts `l2d train` with `args` under `torchrun --nproc-per-node 2
+/// --max-restarts R`, its log (the ranks' stderr included) going to `log`.
+fn start_torchrun(args: &[String], max_restarts: u32, log: &Path) -> Child {
     let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
     assert!(torchrun.exists(), "{} missing: run scripts/setup.sh", torchrun.display());
-    let mut agent = Command::new(torchrun)
-        .args(["--no-python", "--nproc-per-node", "2", "--max-restarts", "1", "--master-addr", "127.0.0.1"])
+    Command::new(torchrun)
+        .args(["--no-python", "--nproc-per-node", "2", "--max-restarts", &max_restarts.to_string(), "--master-addr", "127.0.0.1"])
         .args(["--master-port", &free_port().to_string()])
         .arg(env!("CARGO_BIN_EXE_l2d"))
         .args(args)
@@ -385,15 +407,19 @@ fn torchrun_killing_rank_1_once(args: &[String], log: &Path, ready: Option<&dyn 
         // A file, not a pipe nobody reads while the ranks run.
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
-        .unwrap();
-    if let Some(ready) = ready {
-        wait_until("not ready to kill", ready);
-        let victim = torchrun_worker(agent.id(), 1, 0).expect("torchrun's rank 1 of the first attempt");
-        // SAFETY: kill only sends a signal.
-        assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
-    }
+        .unwrap()
+}
+
+/// Waits for torchrun to end: whether it succeeded, and its log.
+fn finish_torchrun(mut agent: Child, log: &Path) -> (bool, String) {
     let status = agent.wait().unwrap();
     (status.success(), std::fs::read_to_string(log).unwrap())
+}
+
+/// Sends `signal` to process `pid`.
+fn send(pid: i32, signal: i32) {
+    // SAFETY: kill only sends a signal.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
 
 const RESTARTED: &str = "torchrun restarted the group: continuing the run in";
@@ -418,7 +444,11 @@ fn under_torchrun_max_restarts_the_restarted_group_resumes_and_ends_equal() {
         [(&after_step_2, &each_step, &|| step_2.exists()), (&no_checkpoint, &at_end, &|| loss_log_len(&no_checkpoint) >= 1)];
     for (out, steps, ready) in cases {
         let args = train_args("l2d-lora", &d, out, steps);
-        let (ok, log) = torchrun_killing_rank_1_once(&args, &dir.join("torchrun.log"), Some(&|| ready() && !out.join("l2d").exists()));
+        let log = dir.join("torchrun.log");
+        let agent = start_torchrun(&args, 1, &log);
+        wait_until("not ready to kill", || ready() && !out.join("l2d").exists());
+        send(torchrun_worker(agent.id(), 1, 0).expect("torchrun's rank 1 of the first attempt"), libc::SIGKILL);
+        let (ok, log) = finish_torchrun(agent, &log);
         assert!(ok, "torchrun: {log}");
         assert!(log.contains(RESTARTED) && log.contains("exitcode: -9"), "{log}");
         assert_same_run(&whole, out, &format!("{}: killed once under torchrun --max-restarts 1", out.display()));
@@ -435,7 +465,8 @@ fn under_torchrun_max_restarts_an_existing_run_is_refused_by_every_attempt() {
     let one_step = ["--set", "train.max_steps=1"];
     ok(single(&train_args("l2d-lora", &d, &out, &one_step)));
     let before = loss_log(&out);
-    let (ok, log) = torchrun_killing_rank_1_once(&train_args("l2d-lora", &d, &out, &one_step), &dir.join("torchrun.log"), None);
+    let log = dir.join("torchrun.log");
+    let (ok, log) = finish_torchrun(start_torchrun(&train_args("l2d-lora", &d, &out, &one_step), 1, &log), &log);
     assert!(!ok, "{log}");
     assert_eq!(log.matches("already holds a run (checkpoint at step 1); pass --resume to continue it").count(), 2, "{log}");
     assert!(!log.contains(RESTARTED), "{log}");
