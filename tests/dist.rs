@@ -437,16 +437,14 @@ fn under_torchrun_max_restarts_the_restarted_group_resumes_and_ends_equal() {
     let each_step = ["--set", "train.max_steps=6", "--set", "train.save_every=1", "--set", "dist.timeout_s=20"];
     let at_end = ["--set", "train.max_steps=6", "--set", "train.save_every=0", "--set", "dist.timeout_s=20"];
     ok(single(&train_args("l2d-lora", &d, &whole, &each_step)));
-    let after_step_2 = dir.join("after-step-2");
-    let step_2 = after_step_2.join("checkpoints/step-00000002/state.json");
-    let no_checkpoint = dir.join("no-checkpoint");
-    let cases: [(&Path, &[&str], &dyn Fn() -> bool); 2] =
-        [(&after_step_2, &each_step, &|| step_2.exists()), (&no_checkpoint, &at_end, &|| loss_log_len(&no_checkpoint) >= 1)];
-    for (out, steps, ready) in cases {
-        let args = train_args("l2d-lora", &d, out, steps);
+    let after_step_2: fn(&Path) -> bool = |out| out.join("checkpoints/step-00000002/state.json").exists();
+    let before_any_checkpoint: fn(&Path) -> bool = |out| loss_log_len(out) >= 1;
+    for (name, steps, ready) in [("after-step-2", each_step, after_step_2), ("no-checkpoint", at_end, before_any_checkpoint)] {
+        let out = &dir.join(name);
+        let args = train_args("l2d-lora", &d, out, &steps);
         let log = dir.join("torchrun.log");
         let agent = start_torchrun(&args, 1, &log);
-        wait_until("not ready to kill", || ready() && !out.join("l2d").exists());
+        wait_until("not ready to kill", || ready(out) && !out.join("l2d").exists());
         send(torchrun_worker(agent.id(), 1, 0).expect("torchrun's rank 1 of the first attempt"), libc::SIGKILL);
         let (ok, log) = finish_torchrun(agent, &log);
         assert!(ok, "torchrun: {log}");
