@@ -44,6 +44,9 @@ struct L2dDist {
   c10::intrusive_ptr<c10d::Backend> backend;
   int rank;
   int world;
+  // The store without this attempt's prefix: under torchrun's agent store,
+  // what is written there outlives a restart of the group.
+  c10::intrusive_ptr<c10d::Store> job_store;
 };
 
 namespace {
@@ -196,7 +199,7 @@ L2dDist* l2d_dist_new(const char* master_addr, int port, int rank,
       auto gloo = c10d::ProcessGroupGloo::Options::create_default(timeout);
       pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, gloo);
     }
-    out = new L2dDist{store, pg, rank, world_size};
+    out = new L2dDist{store, pg, rank, world_size, tcp};
   });
   return out;
 }
@@ -273,6 +276,14 @@ int l2d_dist_probe_alive(L2dDist* pg, const char* tag, int64_t wait_ms,
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   });
+}
+
+int l2d_dist_job_set(L2dDist* pg, const char* key, char** err) {
+  return guarded(err, [&] { pg->job_store->set(key, std::vector<uint8_t>{1}); });
+}
+
+int l2d_dist_job_has(L2dDist* pg, const char* key, int* present, char** err) {
+  return guarded(err, [&] { *present = pg->job_store->check({key}) ? 1 : 0; });
 }
 
 void l2d_dist_free_error(char* err) { std::free(err); }

@@ -51,6 +51,13 @@ int l2d_dist_all_gather(L2dDist* pg, void* out, void* in, char** err);
 int l2d_dist_probe_alive(L2dDist* pg, const char* tag, int64_t wait_ms,
                          uint8_t* alive, char** err);
 
+// Sets `key` in the store outside the group's prefix (under torchrun's agent
+// store it outlives a restart of the group).
+int l2d_dist_job_set(L2dDist* pg, const char* key, char** err);
+
+// *present = 1 when `key` was set in that store (by any attempt), else 0.
+int l2d_dist_job_has(L2dDist* pg, const char* key, int* present, char** err);
+
 void l2d_dist_free_error(char* err);
 
 // 1 when this build has ProcessGroupNCCL.

@@ -220,6 +220,35 @@ fn a_launch_missing_master_addr_or_a_rank_fails_cleanly_within_the_timeout() {
     assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
 }
 
+/// Polls every 100 ms until `ready` holds; fails after 120 s.
+fn wait_until(what: &str, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} after 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Number of checkpoints in the run.
+fn checkpoints(out: &Path) -> usize {
+    std::fs::read_dir(out.join("checkpoints")).map_or(0, |d| d.count())
+}
+
+/// Two ranks train with `args` until `ready` holds, then rank `victim` gets
+/// `signal`; the outputs of the victim and of the other rank, and how long
+/// the other took to exit after the signal.
+fn signal_mid_run(args: &[String], victim: usize, signal: i32, ready: impl Fn() -> bool) -> (Output, Output, Duration) {
+    let port = free_port();
+    let mut ranks = vec![spawn_rank(0, 2, port, args), spawn_rank(1, 2, port, args)];
+    wait_until("not ready to signal", ready);
+    let signalled = ranks.remove(victim);
+    send(signalled.id() as i32, signal);
+    let at = Instant::now();
+    let other = ranks.remove(0).wait_with_output().unwrap();
+    let waited = at.elapsed();
+    (signalled.wait_with_output().unwrap(), other, waited)
+}
+
 /// Two ranks train until the first checkpoint appears, then rank `victim` is
 /// killed (SIGKILL); the survivor's output, how long it took to exit after the
 /// kill, and the run directory with the arguments it was started with.
@@ -227,19 +256,7 @@ fn kill_mid_run(name: &str, victim: usize) -> (Output, Duration, PathBuf, Vec<St
     let d = data(&format!("{name}-data"), 200);
     let out = scratch(name).join("run");
     let args = train_args("l2d-lora", &d, &out, &["--set", "train.max_steps=100000", "--set", "train.save_every=1", "--set", "dist.timeout_s=20"]);
-    let port = free_port();
-    let mut ranks = vec![spawn_rank(0, 2, port, &args), spawn_rank(1, 2, port, &args)];
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_dir(out.join("checkpoints")).map_or(0, |d| d.count()) == 0 {
-        assert!(Instant::now() < deadline, "no checkpoint after 120 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut killed = ranks.remove(victim);
-    killed.kill().unwrap();
-    let at = Instant::now();
-    let survivor = ranks.remove(0).wait_with_output().unwrap();
-    let waited = at.elapsed();
-    let _ = killed.wait();
+    let (_, survivor, waited) = signal_mid_run(&args, victim, libc::SIGKILL, || checkpoints(&out) > 0);
     (survivor, waited, out, args)
 }
 
@@ -293,4 +310,163 @@ fn bad_dist_settings_are_usage_errors_naming_the_key() {
     ] {
         assert_error(&single(&train_args("l2d-lora", &d, &out, &["--dry-run", "--set", set])), 2, &[needle]);
     }
+}
+
+/// SIGTERM to either rank of two: the group stops after the same step, rank 0
+/// saves that step's checkpoint, and only then do both exit 143, each with one
+/// line naming the rank and the signal (torchrun stops the others as soon as
+/// one rank ends, so none ends before the checkpoint is whole). The
+/// checkpoint resumes to the uninterrupted run.
+#[test]
+fn sigterm_to_either_rank_stops_both_with_143_after_rank_0_saved_and_the_run_resumes_equal() {
+    let d = data("dist-term-data", 200);
+    let dir = scratch("dist-term");
+    let steps = ["--set", "train.max_steps=12", "--set", "train.save_every=0", "--set", "dist.timeout_s=20"];
+    let whole = dir.join("whole");
+    ok(single(&train_args("l2d-lora", &d, &whole, &steps)));
+    for victim in [0, 1] {
+        let out = dir.join(format!("term-{victim}"));
+        let args = train_args("l2d-lora", &d, &out, &steps);
+        let (signalled, other, waited) = signal_mid_run(&args, victim, libc::SIGTERM, || loss_log_len(&out) >= 2);
+        assert!(waited < Duration::from_secs(20), "rank {} took {waited:?} after the signal", 1 - victim);
+        eprintln!("SIGTERM to rank {victim}: rank {} exited {waited:?} later", 1 - victim);
+        assert_eq!(checkpoints(&out), 1, "the interrupt checkpoint alone (train.save_every=0)");
+        let step = final_trainable_step(&out);
+        assert!(step < 12, "the run ended before the signal");
+        for (rank, o) in [(victim, &signalled), (1 - victim, &other)] {
+            let err = stderr(o);
+            assert_eq!(o.status.code(), Some(143), "rank {rank}: {err}");
+            let saved = if rank == 0 { "checkpoint saved" } else { "rank 0 saved the checkpoint" };
+            let line = format!("interrupted at step {step} (SIGTERM to rank {victim}); {saved}, continue with --resume");
+            assert!(err.lines().any(|l| l == line), "rank {rank}: {err}");
+            assert!(!err.contains("error:") && !err.contains("panicked"), "rank {rank}: {err}");
+        }
+        assert_resumes_equal(&whole, &out, &args, step);
+    }
+    // torchrun signalled forwards SIGTERM to both ranks: the same stop.
+    let out = dir.join("term-torchrun");
+    let args = train_args("l2d-lora", &d, &out, &steps);
+    let log = dir.join("torchrun.log");
+    let agent = start_torchrun(&args, 0, &log);
+    wait_until("no step logged", || loss_log_len(&out) >= 2);
+    send(agent.id() as i32, libc::SIGTERM);
+    let (ok, log) = finish_torchrun(agent, &log);
+    assert!(!ok, "{log}");
+    assert_eq!(checkpoints(&out), 1, "{log}");
+    let step = final_trainable_step(&out);
+    for saved in ["checkpoint saved", "rank 0 saved the checkpoint"] {
+        // Both ranks got the signal: the line names whichever counted first.
+        let lines = [0, 1].map(|rank| format!("interrupted at step {step} (SIGTERM to rank {rank}); {saved}, continue with --resume"));
+        assert!(log.lines().any(|l| lines.iter().any(|line| l == line)), "{log}");
+    }
+    assert!(!log.contains("error:"), "{log}");
+    assert_resumes_equal(&whole, &out, &args, step);
+}
+
+/// The run in `out`, interrupted at `step` (its metrics end there), resumed by
+/// one process with its `args`, ends equal to `whole`.
+fn assert_resumes_equal(whole: &Path, out: &Path, args: &[String], step: u64) {
+    assert_eq!(loss_log(out).last().unwrap().0, step);
+    let resume: Vec<String> = args.iter().cloned().chain(["--resume".to_string()]).collect();
+    ok(single(&resume));
+    assert_same_run(whole, out, &format!("{}: interrupted at step {step}, then resumed", out.display()));
+}
+
+/// Steps rank 0 has logged so far (0 before `metrics.jsonl` exists).
+fn loss_log_len(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("metrics.jsonl")).map_or(0, |t| t.lines().filter(|l| l.contains("\"loss\"")).count())
+}
+
+/// The pid of torchrun's worker of rank `rank` in restart `restart`: a child of
+/// the agent `agent` with those variables in its environment.
+fn torchrun_worker(agent: u32, rank: usize, restart: usize) -> Option<i32> {
+    let wanted = [format!("RANK={rank}"), format!("TORCHELASTIC_RESTART_COUNT={restart}")];
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).find(|pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The parent's pid is the second field after the parenthesised name.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+        parent == Some(agent) && wanted.iter().all(|w| vars.contains(&w.as_bytes()))
+    })
+}
+
+/// Starts `l2d train` with `args` under `torchrun --nproc-per-node 2
+/// --max-restarts R`, its log (the ranks' stderr included) going to `log`.
+fn start_torchrun(args: &[String], max_restarts: u32, log: &Path) -> Child {
+    let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
+    assert!(torchrun.exists(), "{} missing: run scripts/setup.sh", torchrun.display());
+    Command::new(torchrun)
+        .args(["--no-python", "--nproc-per-node", "2", "--max-restarts", &max_restarts.to_string(), "--master-addr", "127.0.0.1"])
+        .args(["--master-port", &free_port().to_string()])
+        .arg(env!("CARGO_BIN_EXE_l2d"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        // A file, not a pipe nobody reads while the ranks run.
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for torchrun to end: whether it succeeded, and its log.
+fn finish_torchrun(mut agent: Child, log: &Path) -> (bool, String) {
+    let status = agent.wait().unwrap();
+    (status.success(), std::fs::read_to_string(log).unwrap())
+}
+
+/// Sends `signal` to process `pid`.
+fn send(pid: i32, signal: i32) {
+    // SAFETY: kill only sends a signal.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+const RESTARTED: &str = "torchrun restarted the group: continuing the run in";
+
+/// `torchrun --max-restarts 1`: rank 1 is killed once, after the checkpoint
+/// at step 2 or before any checkpoint; torchrun stops rank 0 and restarts the
+/// group, which continues the run by itself (from the newest intact
+/// checkpoint, or afresh with the first attempt's log lines dropped) and ends
+/// equal to an uninterrupted run.
+#[test]
+fn under_torchrun_max_restarts_the_restarted_group_resumes_and_ends_equal() {
+    let d = data("dist-restart-data", 200);
+    let dir = scratch("dist-restart");
+    let whole = dir.join("whole");
+    let each_step = ["--set", "train.max_steps=6", "--set", "train.save_every=1", "--set", "dist.timeout_s=20"];
+    let at_end = ["--set", "train.max_steps=6", "--set", "train.save_every=0", "--set", "dist.timeout_s=20"];
+    ok(single(&train_args("l2d-lora", &d, &whole, &each_step)));
+    let after_step_2: fn(&Path) -> bool = |out| out.join("checkpoints/step-00000002/state.json").exists();
+    let before_any_checkpoint: fn(&Path) -> bool = |out| loss_log_len(out) >= 1;
+    for (name, steps, ready) in [("after-step-2", each_step, after_step_2), ("no-checkpoint", at_end, before_any_checkpoint)] {
+        let out = &dir.join(name);
+        let args = train_args("l2d-lora", &d, out, &steps);
+        let log = dir.join("torchrun.log");
+        let agent = start_torchrun(&args, 1, &log);
+        wait_until("not ready to kill", || ready(out) && !out.join("l2d").exists());
+        send(torchrun_worker(agent.id(), 1, 0).expect("torchrun's rank 1 of the first attempt"), libc::SIGKILL);
+        let (ok, log) = finish_torchrun(agent, &log);
+        assert!(ok, "torchrun: {log}");
+        assert!(log.contains(RESTARTED) && log.contains("exitcode: -9"), "{log}");
+        assert_same_run(&whole, out, &format!("{}: killed once under torchrun --max-restarts 1", out.display()));
+    }
+}
+
+/// A restart never continues a run the first attempt refused to start over:
+/// an existing run without --resume is refused by both attempts, unchanged.
+#[test]
+fn under_torchrun_max_restarts_an_existing_run_is_refused_by_every_attempt() {
+    let d = data("dist-refused-data", 40);
+    let dir = scratch("dist-refused");
+    let out = dir.join("run");
+    let one_step = ["--set", "train.max_steps=1"];
+    ok(single(&train_args("l2d-lora", &d, &out, &one_step)));
+    let before = loss_log(&out);
+    let log = dir.join("torchrun.log");
+    let (ok, log) = finish_torchrun(start_torchrun(&train_args("l2d-lora", &d, &out, &one_step), 1, &log), &log);
+    assert!(!ok, "{log}");
+    assert_eq!(log.matches("already holds a run (checkpoint at step 1); pass --resume to continue it").count(), 2, "{log}");
+    assert!(!log.contains(RESTARTED), "{log}");
+    assert_eq!(loss_log(&out), before);
 }

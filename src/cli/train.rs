@@ -1,7 +1,7 @@
 //! `l2d train`: finetuning runs from a config (`--dry-run` plans one without weights).
 
 use anyhow::Result;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
@@ -67,7 +67,9 @@ fn load_config(args: &Args) -> Result<Config> {
 }
 
 /// Runs the training; SIGINT/SIGTERM finish the current step, save and exit
-/// with 128 + the signal's number (130, 143), a second signal aborts.
+/// with 128 + the signal's number (130, 143), a second signal aborts. In a
+/// group a signal to any rank stops all after the same step, and every rank
+/// exits with 128 + that signal.
 fn train(cfg: &Config, args: &Args, progress: ProgressMode) -> Result<()> {
     let out = match (&args.out, &cfg.train.out) {
         (Some(o), _) => o.clone(),
@@ -81,17 +83,31 @@ fn train(cfg: &Config, args: &Args, progress: ProgressMode) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
         signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
     }
-    let outcome = crate::train::run::train(cfg, &out, args.resume, stop, progress)?;
+    let outcome = crate::train::run::train(cfg, &out, args.resume, signal, progress)?;
     match (&outcome.result, outcome.interrupted) {
-        (_, true) => {
-            eprintln!("interrupted at step {}; checkpoint saved, continue with --resume", outcome.steps);
-            std::process::exit(128 + signal.load(Ordering::SeqCst) as i32);
+        (_, Some(interrupt)) => {
+            eprintln!("{}", interrupted_line(outcome.steps, interrupt));
+            std::process::exit(128 + interrupt.signal);
         }
-        (Some(r), false) => {
+        (Some(r), None) => {
             let valid = outcome.valid_loss.map(|v| format!("; final validation loss {v:.4}")).unwrap_or_default();
             eprintln!("trained {} steps{valid}; result in {}", outcome.steps, r.display())
         }
-        (None, false) => {}
+        (None, None) => {}
     }
     Ok(())
+}
+
+/// What an interrupted run says; in a group, which rank got which signal.
+fn interrupted_line(step: u64, interrupt: crate::train::run::Interrupt) -> String {
+    let saved = if interrupt.saved_here { "checkpoint saved" } else { "rank 0 saved the checkpoint" };
+    let Some(rank) = interrupt.rank else {
+        return format!("interrupted at step {step}; {saved}, continue with --resume");
+    };
+    let name = match interrupt.signal {
+        signal_hook::consts::SIGINT => "SIGINT".to_string(),
+        signal_hook::consts::SIGTERM => "SIGTERM".to_string(),
+        other => format!("signal {other}"),
+    };
+    format!("interrupted at step {step} ({name} to rank {rank}); {saved}, continue with --resume")
 }

@@ -80,6 +80,11 @@ impl Launch {
         !self.agent_store && self.rank == 0
     }
 
+    /// Whether torchrun started this process to restart a failed group.
+    pub fn is_restart(&self) -> bool {
+        self.restart.trim().parse::<u64>().is_ok_and(|n| n > 0)
+    }
+
     /// `device` for this rank: a bare `cuda` (or `auto` where CUDA is
     /// available) is `cuda:LOCAL_RANK`.
     pub fn device_spec(&self, device: &str) -> String {
@@ -122,6 +127,7 @@ mod tests {
         assert_eq!((l.rank, l.world_size, l.local_rank, l.master_port), (3, 4, 1, 29500));
         assert!(!l.hosts_store());
         assert_eq!(l.restart, "2");
+        assert!(l.is_restart());
         assert_eq!(l.device_spec("cuda"), "cuda:1");
         assert_eq!(l.device_spec("cuda:0"), "cuda:0");
         assert_eq!(l.device_spec("cpu"), "cpu");
@@ -132,6 +138,7 @@ mod tests {
         let l = launch(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1234")]).unwrap().unwrap();
         assert!(l.hosts_store());
         assert_eq!(l.local_rank, 0);
+        assert!(!l.is_restart());
     }
 
     #[test]

@@ -134,6 +134,32 @@ impl ProcessGroup {
         Ok(out)
     }
 
+    /// Sets `key` in the launcher's store outside this attempt's prefix, where
+    /// torchrun's agent store keeps it across restarts of the group.
+    fn job_set(&self, key: &str) -> Result<()> {
+        let c_key = CString::new(key).context("a store key holds a NUL byte")?;
+        // SAFETY: `c_key` is a valid string for the call; the shim copies it.
+        self.store_call(&format!("write {key}"), |e| unsafe { ffi::l2d_dist_job_set(self.raw.as_ptr(), c_key.as_ptr(), e) })
+    }
+
+    /// Whether `key` was set by [`ProcessGroup::job_set`], in this attempt or an earlier one.
+    fn job_has(&self, key: &str) -> Result<bool> {
+        let c_key = CString::new(key).context("a store key holds a NUL byte")?;
+        let mut present: c_int = 0;
+        // SAFETY: `c_key` and `present` are valid for the call.
+        self.store_call(&format!("read {key}"), |e| unsafe { ffi::l2d_dist_job_has(self.raw.as_ptr(), c_key.as_ptr(), &mut present, e) })?;
+        Ok(present != 0)
+    }
+
+    /// Runs one store operation; a failure becomes one line naming it and the store.
+    fn store_call(&self, what: &str, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {
+        let mut err: *mut c_char = std::ptr::null_mut();
+        if f(&mut err) != 0 {
+            anyhow::bail!("dist: cannot {what} in the store at {}:{}: {}", self.launch.master_addr, self.launch.master_port, take_error(err));
+        }
+        Ok(())
+    }
+
     /// Runs one collective; a failure becomes one line naming it and the ranks that stopped answering.
     fn call(&self, op: &str, what: &str, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {
         let n = self.issued.get() + 1;
@@ -272,6 +298,26 @@ impl Dist {
         }
     }
 
+    /// Notes in the launcher's store that this job's run has started (its
+    /// output directory is this job's own), for [`Dist::restarts_a_started_run`].
+    pub fn mark_run_started(&self) -> Result<()> {
+        match &self.group {
+            Some(g) => g.job_set(RUN_STARTED),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this process belongs to a group torchrun restarted
+    /// (`TORCHELASTIC_RESTART_COUNT` > 0) after an earlier attempt had
+    /// started the run. Only torchrun's agent store outlives the attempts; a
+    /// store rank 0 hosted died with it, so the answer is then no.
+    pub fn restarts_a_started_run(&self) -> Result<bool> {
+        match &self.group {
+            Some(g) if g.launch.is_restart() => g.job_has(RUN_STARTED),
+            _ => Ok(false),
+        }
+    }
+
     /// Every worker's `text`, in rank order.
     pub fn all_gather_text(&self, text: &str, what: &str) -> Result<Vec<String>> {
         let Some(g) = &self.group else {
@@ -308,6 +354,9 @@ impl Dist {
         Ok(())
     }
 }
+
+/// The store key of [`Dist::mark_run_started`].
+const RUN_STARTED: &str = "l2d/run-started";
 
 /// The dotted keys whose values differ between two TOML documents (either
 /// missing counts as differing), sorted.

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -29,13 +29,24 @@ use crate::model::Llama;
 pub struct Outcome {
     /// Optimizer steps completed.
     pub steps: u64,
-    /// Whether a signal stopped the run early (a checkpoint was saved).
-    pub interrupted: bool,
+    /// The signal that stopped the run early (rank 0 saved a checkpoint).
+    pub interrupted: Option<Interrupt>,
     /// The last validation loss (at t ~ U(0,1) for L2D), when a valid split exists.
     pub valid_loss: Option<f64>,
     /// The trained result (L2D checkpoint or model directory), when the run completed.
     /// A `lora` run's adapter directory is `adapter` beside its merged model.
     pub result: Option<PathBuf>,
+}
+
+/// A signal that stopped a run: the group stops when any rank gets one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupt {
+    /// That signal's number (SIGINT, SIGTERM).
+    pub signal: i32,
+    /// The lowest rank that got a signal; `None` alone.
+    pub rank: Option<usize>,
+    /// Whether this process saved the checkpoint (rank 0 does).
+    pub saved_here: bool,
 }
 
 /// What is trained.
@@ -227,7 +238,9 @@ pub fn data_path(cfg: &Config) -> Result<Option<PathBuf>> {
 
 /// Trains as `cfg` says, writing into `out`; `resume` continues from the
 /// newest valid checkpoint there (see [`identity`] for what it may change).
-pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, shown: ProgressMode) -> Result<Outcome> {
+/// `signal` is the number of a signal asking this process to stop (0 while
+/// none): the group then stops after the step, and rank 0 saves.
+pub fn train(cfg: &Config, out: &Path, resume: bool, signal: Arc<AtomicUsize>, shown: ProgressMode) -> Result<Outcome> {
     super::keep_freed_memory();
     let mode = cfg.train.mode;
     if mode == Mode::Lora {
@@ -258,6 +271,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
     // Everything a resume is checked against, before anything is written or loaded.
     let identity = Identity::of(&base_dir, &data_path)?;
     let ckpt_dir = out.join(CHECKPOINTS);
+    let resume = resume || resumes_after_restart(&dist, out)?;
     // Only rank 0 touches the run directory; the others get its state by broadcast.
     let (resumed, changes, made) = match (dist.is_main(), resume) {
         (false, _) => (None, Vec::new(), crate::io::CreatedDirs::default()),
@@ -267,6 +281,9 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
         }
         (true, false) => (None, Vec::new(), start_run(out)?),
     };
+    if dist.is_main() {
+        dist.mark_run_started()?;
+    }
     // A model that does not load leaves no run directory behind.
     let model = Llama::load(&base_dir, device, kind).inspect_err(|_| made.remove_empty())?;
     if dist.is_main() {
@@ -308,12 +325,13 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
     let mut step = start;
     let mut valid_loss = None;
     while step < end {
-        // A signal to any rank stops them all at the same step.
-        let stopping = dist.sum_f64(&[f64::from(u8::from(stop.load(Ordering::SeqCst)))], "the stop flag")?[0] > 0.0;
-        if stopping {
+        if let Some(interrupt) = stop_signal(&dist, &signal)? {
             save(step, &trainee.params(&model), &opt)?;
+            // No rank ends before the checkpoint is whole: a launcher that
+            // sees one rank end stops the others (torchrun: SIGTERM, then SIGKILL).
+            dist.sum_f64(&[0.0], "the end after the interrupt checkpoint")?;
             progress.finish();
-            return Ok(Outcome { steps: step, interrupted: true, valid_loss, result: None });
+            return Ok(Outcome { steps: step, interrupted: Some(interrupt), valid_loss, result: None });
         }
         let step_start = Instant::now();
         let lr = schedule.at(step);
@@ -358,7 +376,35 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
     }
     progress.finish();
     let result = if dist.is_main() { Some(write_result(&trainee, &model, cfg, &base_dir, out, step)?) } else { None };
-    Ok(Outcome { steps: step, interrupted: false, valid_loss, result })
+    Ok(Outcome { steps: step, interrupted: None, valid_loss, result })
+}
+
+/// The signal that stops the group before the next step, if any rank got one.
+/// Every rank checks at the same step, so all stop after the same finished
+/// step and rank 0's state is the group's: its checkpoint is consistent.
+fn stop_signal(dist: &Dist, signal: &AtomicUsize) -> Result<Option<Interrupt>> {
+    let mut signals = vec![0.0; dist.world_size()];
+    signals[dist.rank()] = signal.load(Ordering::SeqCst) as f64;
+    let signals = dist.sum_f64(&signals, "the stop flag")?;
+    Ok(signals.iter().position(|&s| s > 0.0).map(|rank| Interrupt {
+        signal: signals[rank] as i32,
+        rank: (dist.world_size() > 1).then_some(rank),
+        saved_here: dist.is_main(),
+    }))
+}
+
+/// Whether rank 0 continues the run in `out` as `--resume` would because
+/// torchrun restarted the group after a failure: when an earlier attempt of
+/// this job had started the run and written its config. An attempt that died
+/// before that left nothing to continue (the run starts afresh, clearing what
+/// it left); one that failed before starting (an existing run refused) is no
+/// licence to continue someone else's run.
+fn resumes_after_restart(dist: &Dist, out: &Path) -> Result<bool> {
+    if !dist.is_main() || !dist.restarts_a_started_run()? || !out.join(checkpoint::CONFIG).is_file() {
+        return Ok(false);
+    }
+    tracing::warn!("torchrun restarted the group: continuing the run in {} from its newest valid checkpoint", out.display());
+    Ok(true)
 }
 
 /// A new run in `out`: refused where a run with checkpoints already is;
