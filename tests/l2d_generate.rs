@@ -9,7 +9,8 @@ use l2d::l2d::checkpoint;
 use l2d::l2d::sampler::{L2dHead, SamplerOptions, X1Estimate};
 use l2d::l2d::{main_path, L2d, L2dDecoder, TokenBatch};
 use l2d::model::Llama;
-use l2d::sampling::{generate, GenerateOptions, NextTokenLogits, TokenSampler};
+use l2d::sampling::noise::Stream;
+use l2d::sampling::{generate, GenerateOptions, NextTokenLogits, RowNoise, TokenSampler};
 
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out.lines().next().unwrap()).unwrap()
@@ -141,13 +142,12 @@ fn batched_guidance_equals_two_separate_evaluations() {
     let last = hidden.narrow(1, 5, 1);
     let decoder = L2dDecoder::new(&model, &l2d);
     let mut head = L2dHead::new(&model, &decoder, SamplerOptions::from_config(&cfg));
-    tch::manual_seed(11);
-    let got = tch::no_grad(|| head.logits(&model, &last, &cache, &step)).unwrap();
+    let noise = RowNoise::new(vec![11, 12]);
+    let got = tch::no_grad(|| head.logits(&model, &last, &cache, &step, &noise)).unwrap();
     assert_eq!(head.evals_per_token(), 9.0, "2 steps x 2 stages x 2 labels + 1");
 
     let _guard = tch::no_grad_guard();
-    tch::manual_seed(11);
-    let mut x = Tensor::randn([2, l2d.shape.flow_dim], (Kind::Double, Device::Cpu)) * 64.0;
+    let mut x = noise.normals(Stream::X0, l2d.shape.flow_dim as usize, Device::Cpu) * 64.0;
     let rep = l2d.rep(&model, &Tensor::arange(model.config.vocab_size, (Kind::Int64, Device::Cpu))).to_kind(Kind::Double);
     let last_step = step.last();
     let logits_at = |x: &Tensor, t: f64, label: Option<i64>| {

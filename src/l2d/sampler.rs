@@ -14,6 +14,7 @@ use crate::config::{L2dConfig, X1Schedule};
 use crate::model::{repeat_batch, KvCache, Llama, Step};
 use crate::sampling::generate::NextTokenLogits;
 use crate::sampling::logits::draw;
+use crate::sampling::noise::{RowNoise, Stream};
 use crate::sampling::ode::{self, OdeOptions, Solver};
 
 /// Settings of the L2D sampler.
@@ -129,15 +130,19 @@ impl<'d> L2dHead<'d> {
         Ok(cond)
     }
 
-    /// `x1_hat` `[B, D]` (f64) from logits `[B, V]` at temperature `tau`.
-    fn x1_hat(&self, logits: &Tensor, tau: f64) -> Tensor {
+    /// `x1_hat` `[B, D]` (f64) from logits `[B, V]` at temperature `tau`, a
+    /// sample drawing from `noise` at the token's `eval`-th velocity evaluation
+    /// (logits of a guided batch hold the rows twice: conditional, then unconditional).
+    fn x1_hat(&self, logits: &Tensor, tau: f64, noise: &RowNoise, eval: usize) -> Tensor {
         if tau <= 0.0 {
             return self.rep_vocab.index_select(0, &logits.argmax(-1, false));
         }
         let probs = (logits.to_kind(Kind::Float) / tau).softmax(-1, Kind::Float);
         match self.opts.x1_estimate {
             X1Estimate::Sample => {
-                let (y, total) = draw(&probs);
+                let u = |unconditional| noise.uniforms(Stream::X1 { eval, unconditional }, probs.device());
+                let u = if logits.size()[0] == noise.rows() as i64 { u(false) } else { Tensor::cat(&[u(false), u(true)], 0) };
+                let (y, total) = draw(&probs, &u);
                 // NaN logits give a NaN total, and 0·NaN = NaN: carried into x1_hat,
                 // the solver's finiteness check reports them without a sync here.
                 self.rep_vocab.index_select(0, &y) + total * 0.0
@@ -166,7 +171,7 @@ impl Eval<'_> {
 }
 
 impl NextTokenLogits for L2dHead<'_> {
-    fn logits(&mut self, model: &Llama, hidden: &Tensor, cache: &KvCache, step: &Step) -> Result<Tensor> {
+    fn logits(&mut self, model: &Llama, hidden: &Tensor, cache: &KvCache, step: &Step, noise: &RowNoise) -> Result<Tensor> {
         let step = step.last();
         let eval = Eval { model, hidden, step: &step, cache };
         let b = hidden.size()[0];
@@ -178,10 +183,11 @@ impl NextTokenLogits for L2dHead<'_> {
         };
         let guided = doubled.as_ref().map(|(class, w, hidden, step, cache)| (*class, *w, Eval { model, hidden, step, cache }));
         // Drawn on the CPU, so that a seed gives the same noise on every device.
-        let x0 = Tensor::randn([b, self.decoder.shape().flow_dim], (Kind::Double, tch::Device::Cpu)).to_device(hidden.device())
-            * self.decoder.sigma();
+        let x0 = noise.normals(Stream::X0, self.decoder.shape().flow_dim as usize, hidden.device()) * self.decoder.sigma();
         let offset = self.opts.temperature_offset();
         let mut calls = 0usize;
+        // Velocity evaluations so far in this token: which x1 draw each one makes.
+        let mut evals = 0usize;
         let (x1, _) = {
             let this = &*self;
             let mut velocity = |t: f64, x: &Tensor| -> Result<Tensor> {
@@ -189,9 +195,11 @@ impl NextTokenLogits for L2dHead<'_> {
                     return Ok(x.zeros_like());
                 }
                 let tau = this.opts.temperature(t + offset);
+                let index = evals;
+                evals += 1;
                 let rows_velocity = |eval: &Eval, x: &Tensor, labels: Labels| -> Result<Tensor> {
                     let logits = eval.logits(this, x, t, labels)?;
-                    Ok((this.x1_hat(&logits, tau) - x) / (1.0 - t))
+                    Ok((this.x1_hat(&logits, tau, noise, index) - x) / (1.0 - t))
                 };
                 match &guided {
                     Some((class, w, eval2)) => {
