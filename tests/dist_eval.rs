@@ -199,12 +199,23 @@ fn killed_sharded_eval_resumes_in_one_process() {
     assert_eq!(scores(&cut), scores(whole));
 }
 
+/// The resumed run goes through torchrun (its agent hosts the store).
 #[test]
-fn killed_single_eval_resumes_on_two_ranks() {
+fn killed_single_eval_resumes_on_two_ranks_under_torchrun() {
     let (setup, whole) = whole();
     let cut = setup.dir.join("one-then-two");
     kill_part_way(vec![single(&setup.args(&cut, &[])).spawn().unwrap()], &cut);
-    all_ok(&wait_all(spawn_ranks(2, &setup.args(&cut, &[]))));
+    let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
+    assert!(torchrun.exists(), "{} missing: run scripts/setup.sh", torchrun.display());
+    let out = Command::new(torchrun)
+        .args(["--no-python", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", &free_port().to_string()])
+        .arg(env!("CARGO_BIN_EXE_l2d"))
+        .args(setup.args(&cut, &[]))
+        .env_remove("RUST_LOG")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "torchrun: {}", stderr(&out));
     assert_eq!(completions(&cut), completions(whole));
 }
 
@@ -217,9 +228,21 @@ fn ranks_with_different_eval_configs_refuse_naming_the_keys() {
         spawn_rank(0, 2, port, &setup.args(&out, &[])),
         spawn_rank(1, 2, port, &setup.args(&out, &["--limit", "1", "--set", "generate.temperature=0.5"])),
     ];
-    for (rank, o) in wait_all(children).iter().enumerate() {
-        assert_error(o, 2, &["different configs", "rank 1 differs from rank 0 in eval.limit, generate.temperature"]);
-        assert!(stderr(o).trim().lines().count() == 1, "rank {rank}: {}", stderr(o));
+    for o in wait_all(children) {
+        assert_error(&o, 2, &["different configs", "rank 1 differs from rank 0 in eval.limit, generate.temperature"]);
     }
     assert!(!out.exists(), "a refused run wrote {}", out.display());
+}
+
+/// Rank 0 refusing `--out` (a journal of another run) stops rank 1 too, naming rank 0 and its reason.
+#[test]
+fn rank_0_refusing_the_run_directory_stops_every_rank() {
+    let setup = Setup::new("dist-eval-refused", 2, "0");
+    let out = setup.dir.join("out");
+    ok(single(&setup.args(&out, &["--limit", "1"])).output().unwrap());
+    let journal = std::fs::read(out.join("examples.jsonl")).unwrap();
+    let outs = wait_all(spawn_ranks(2, &setup.args(&out, &["--limit", "2"])));
+    assert_error(&outs[0], 2, &["eval.limit"]);
+    assert_error(&outs[1], 1, &["dist: rank 0 failed opening the run directory", "eval.limit"]);
+    assert_eq!(std::fs::read(out.join("examples.jsonl")).unwrap(), journal, "the refused run touched the journal");
 }
