@@ -151,6 +151,14 @@ fn sharded_eval_equals_one_process_at_any_batch_size() {
     assert!(stdout(&outs[1]).is_empty(), "rank 1 prints nothing: {}", stdout(&outs[1]));
     assert_same_outputs(&one, &two, "two ranks");
 
+    // An adaptive solver steps on the whole batch: the ranks make the batches one process makes,
+    // so completions and the measured evaluations per token are the same too.
+    let adaptive = ["--solvers", "bosh3", "--set", "l2d.x1_estimate=\"average\"", "--set", "l2d.atol=1e-3", "--set", "l2d.rtol=1e-3"];
+    let (bosh3_one, bosh3_two) = (setup.dir.join("bosh3-one"), setup.dir.join("bosh3-two"));
+    ok(single(&setup.args(&bosh3_one, &adaptive)).output().unwrap());
+    all_ok(&wait_all(spawn_ranks(2, &setup.args(&bosh3_two, &adaptive))));
+    assert_same_outputs(&bosh3_one, &bosh3_two, "bosh3 on two ranks");
+
     // Each row's draws are its own: batches of 1 or 2 (and so other padding) change no completion.
     for batch_size in ["1", "2"] {
         let out = setup.dir.join(format!("batch-{batch_size}"));

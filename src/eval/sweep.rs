@@ -21,7 +21,7 @@ use super::score::{
     self, Example, GenerationStats, LeftOut, Report, ResultEntry, Sample, Setting, Verdict, REPORT_FORMAT,
 };
 use super::tasks::{build_messages, select_shots, Check, Dataset, Item, Task};
-use super::journal::{key, read_journal, DiscardIfNothingDone, Journal, Key, Line};
+use super::journal::{gather_lines, journal_text, key, open_run, parse_lines, Journal, Key, Line};
 use super::{identity, paper, Protocol};
 use crate::config::{Config, X1Schedule};
 use crate::dist::Dist;
@@ -315,7 +315,10 @@ pub fn run(cfg: &Config, ckpt: Option<&Checkpoint>, out: &SweepOutput, shard: &S
     let protocol = cfg.eval.protocol;
     let dist = shard.dist;
     let (engine, tasks, plans) = dist.agree(load(cfg, protocol, ckpt, shard.device), "loading the model and tasks")?;
-    let opened = if dist.is_main() { open_run(cfg, protocol, &engine, &tasks, &out.dir).map(Some) } else { Ok(None) };
+    let opened = match dist.is_main() {
+        true => run_identity(cfg, protocol, &engine, &tasks).and_then(|identity| open_run(&out.dir, &identity)).map(Some),
+        false => Ok(None),
+    };
     let mut opened = dist.agree(opened, "opening the run directory")?;
     // Every rank skips the same finished completions: rank 0's journal, shared.
     let journal_text = opened.as_ref().map(|(_, _, done)| journal_text(done)).transpose()?.unwrap_or_default();
@@ -384,51 +387,6 @@ fn load(cfg: &Config, protocol: Protocol, ckpt: Option<&Checkpoint>, device: &st
         data.check_class(engine.decoder.as_ref())?;
     }
     Ok((engine, tasks, plans))
-}
-
-/// Rank 0's run directory: made (or resumed after checking the run's identity), its journal
-/// opened for appending, and the completions already in it.
-fn open_run(
-    cfg: &Config,
-    protocol: Protocol,
-    engine: &Engine,
-    tasks: &[TaskData],
-    dir: &Path,
-) -> Result<(DiscardIfNothingDone, Journal, Vec<Line>)> {
-    let made = crate::io::create_output_dir(dir).context("--out")?;
-    let discard = DiscardIfNothingDone::arm(dir, made)?;
-    crate::io::remove_staging_debris(dir)?; // temporary files of a killed run
-    let journal_path = dir.join(EXAMPLES);
-    let done = read_journal(&journal_path)?;
-    let identity = run_identity(cfg, protocol, engine, tasks)?;
-    {
-        let _writing = discard.writing();
-        identity::check_or_record(dir, &identity, !done.is_empty())?;
-    }
-    let journal = Journal::open(&journal_path, &done, &discard)?;
-    if !done.is_empty() {
-        tracing::info!("resuming: {} completions already in {}", done.len(), journal_path.display());
-    }
-    Ok((discard, journal, done))
-}
-
-/// Journal lines as one text (JSON lines), to send to the other ranks.
-fn journal_text(lines: &[Line]) -> Result<String> {
-    Ok(String::from_utf8(crate::io::json_lines(lines)?)?)
-}
-
-/// The completions of [`journal_text`]'s text.
-fn parse_lines(text: &str) -> Result<Vec<Line>> {
-    text.lines().map(|l| serde_json::from_str::<Line>(l).context("a journal line from another rank")).collect()
-}
-
-/// Every rank's `lines` of one round, in rank order (so in batch order), on every rank.
-fn gather_lines(dist: &Dist, lines: Vec<Line>) -> Result<Vec<Line>> {
-    if dist.world_size() == 1 {
-        return Ok(lines);
-    }
-    let all = dist.all_gather_text(&journal_text(&lines)?, "the round's completions")?;
-    Ok(all.iter().map(|t| parse_lines(t)).collect::<Result<Vec<_>>>()?.concat())
 }
 
 /// What makes the run's completions what they are: the protocol, the model and checkpoint, every
@@ -508,10 +466,6 @@ fn generate_task(
         (true, Some(id)) => vec![id],
         _ => Vec::new(),
     };
-    let mut heads = plans
-        .iter()
-        .map(|p| engine.head(p.sampler.as_ref().map(|o| task_sampler(protocol, task, o)), data.class, cfg.l2d.guidance_weight))
-        .collect::<Vec<_>>();
     let per_setting = order.len() as u64;
     let mut progress = Progress::new(progress, format!("eval {}", task.name()), "completions", per_setting * plans.len() as u64, 0);
     let mut new_tokens = 0usize;
@@ -525,7 +479,7 @@ fn generate_task(
             }
             None => None,
         };
-        for (plan, head) in plans.iter().zip(heads.iter_mut()) {
+        for plan in plans {
             progress.inc(round.iter().map(|b| b.len() as u64).sum());
             // `done` is the same on every rank, so all skip (or join) the round's gather alike.
             if !round.iter().any(|b| b.iter().any(|u| missing(u, plan, done))) {
@@ -536,6 +490,8 @@ fn generate_task(
                 let noise = RowNoise::new(
                     batch.iter().map(|&(i, s)| RowNoise::key(g.seed, &[task.name(), &plan.setting.label, &items[i].id, &s.to_string()])).collect(),
                 );
+                // A head per batch: its evaluation count is this batch's alone, whichever batches this rank ran before.
+                let mut head = engine.head(plan.sampler.as_ref().map(|o| task_sampler(protocol, task, o)), data.class, cfg.l2d.guidance_weight);
                 let start = Instant::now();
                 let gens = decode(&engine.session.model, Some(&engine.session.tokenizer), head.as_mut(), state.duplicate(), noise, &opts, &mut |_, _| {})?;
                 let share = start.elapsed().as_secs_f64() / batch.len() as f64;
@@ -620,8 +576,13 @@ fn score_setting(
     let wall_s: f64 = lines.iter().map(|l| l.decode_s).sum();
     let mut setting = plan.setting.clone();
     if plan.sampler.is_some() {
-        // The running mean of the last batch covers every token this setting decoded.
-        setting.evals_per_token = lines.iter().map(|l| l.evals_per_token).fold(None, |_, e| Some(e));
+        // Each line holds its batch's evaluations per decoding step: weighted by the tokens it made,
+        // in key order, so the same on any batch-to-rank assignment.
+        let weighted: f64 = lines.iter().map(|l| l.evals_per_token * l.new_tokens as f64).sum();
+        setting.evals_per_token = match tokens {
+            0 => lines.first().map(|l| l.evals_per_token),
+            n => Some(weighted / n as f64),
+        };
     }
     let generation = GenerationStats { tokens, tokens_per_s: if wall_s > 0.0 { tokens as f64 / wall_s } else { 0.0 }, wall_s };
     let left_out = Some(data.left_out);
