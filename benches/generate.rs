@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         let sampler = SamplerOptions::from_config(&cfg);
         let decoder = L2dDecoder::new(&model, &l2d);
         for &batch in &batches {
-            let mut make = || -> Box<dyn NextTokenLogits + '_> { Box::new(L2dHead::new(&model, &decoder, sampler.clone())) };
+            let mut make = || -> Box<dyn NextTokenLogits + '_> { Box::new(L2dHead::new(&decoder, sampler.clone())) };
             let (p, d) = measure(&model, &opts, batch, 3, &mut make)?;
             println!("{name:>6} {batch:>6} {p:>18.1} {d:>18.1}");
         }

@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -54,28 +53,6 @@ fn train_args(mode: &str, data: &Path, out: &Path, extra: &[&str]) -> Vec<String
     args.extend(["--out".into(), out.display().to_string()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     args
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts rank `rank` of `world` (env set by hand, as a launcher would).
-fn spawn_rank(rank: usize, world: usize, port: u16, args: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_l2d"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env("RANK", rank.to_string())
-        .env("LOCAL_RANK", rank.to_string())
-        .env("WORLD_SIZE", world.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string())
-        // Two ranks share this machine's cores.
-        .env("OMP_NUM_THREADS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start l2d")
 }
 
 /// Runs one rank per argument list, all in one group; their outputs in rank order.

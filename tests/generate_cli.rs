@@ -40,7 +40,8 @@ fn plain_output_is_the_completion_text() {
     assert_eq!(text, format!("{}\n", rec["completion"].as_str().unwrap()));
 }
 
-/// A batch of prompts of different lengths (left padding) gives what each prompt gives alone.
+/// A batch of prompts of different lengths (left padding) gives what each prompt gives alone,
+/// sampled too: a prompt's draws depend on the seed and its place in the file, not on its batch.
 #[test]
 fn prompts_file_batched_equals_one_by_one() {
     for arch in ["llama", "qwen2"] {
@@ -53,7 +54,7 @@ fn prompts_file_batched_equals_one_by_one() {
         )
         .unwrap();
         let f = file.to_str().unwrap();
-        let common = ["--max-new-tokens", "8", "--min-new-tokens", "8", "--temperature", "0", "--json"];
+        let common = ["--max-new-tokens", "8", "--min-new-tokens", "8", "--temperature", "1.5", "--seed", "3", "--json"];
         let mut batched = vec!["generate", "--model", &m, "--prompts", f, "--batch-size", "8"];
         batched.extend_from_slice(&common);
         let mut single = vec!["generate", "--model", &m, "--prompts", f, "--batch-size", "1"];

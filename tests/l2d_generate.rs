@@ -9,7 +9,8 @@ use l2d::l2d::checkpoint;
 use l2d::l2d::sampler::{L2dHead, SamplerOptions, X1Estimate};
 use l2d::l2d::{main_path, L2d, L2dDecoder, ParamName, TokenBatch};
 use l2d::model::Llama;
-use l2d::sampling::{generate, GenerateOptions, NextTokenLogits, TokenSampler};
+use l2d::sampling::noise::Stream;
+use l2d::sampling::{generate, GenerateOptions, NextTokenLogits, RowNoise, TokenSampler};
 
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out.lines().next().unwrap()).unwrap()
@@ -103,11 +104,11 @@ fn l2d_batch_with_padding_equals_one_by_one() {
     // Without guidance, and with it (the padded rows' mask repeated for the unconditional half).
     for (guidance, nfe) in [(None, 15.0), (Some(1), 29.0)] {
         (cfg.guidance_class, cfg.guidance_weight) = (guidance, 2.0);
-        let mut head = L2dHead::new(&model, &decoder, SamplerOptions::from_config(&cfg));
+        let mut head = L2dHead::new(&decoder, SamplerOptions::from_config(&cfg));
         let batch = generate(&model, None, &mut head, &[a.clone(), b.clone()], &opts, &mut |_, _| {}).unwrap();
         assert_eq!(head.evals_per_token(), nfe);
         for (i, p) in [&a, &b].into_iter().enumerate() {
-            let mut head = L2dHead::new(&model, &decoder, SamplerOptions::from_config(&cfg));
+            let mut head = L2dHead::new(&decoder, SamplerOptions::from_config(&cfg));
             let alone = generate(&model, None, &mut head, std::slice::from_ref(p), &opts, &mut |_, _| {}).unwrap();
             assert_eq!(batch[i].token_ids, alone[0].token_ids, "row {i}, guidance {guidance:?}");
         }
@@ -140,14 +141,13 @@ fn batched_guidance_equals_two_separate_evaluations() {
     let (hidden, step, cache) = main_path(&model, &batch);
     let last = hidden.narrow(1, 5, 1);
     let decoder = L2dDecoder::new(&model, &l2d);
-    let mut head = L2dHead::new(&model, &decoder, SamplerOptions::from_config(&cfg));
-    tch::manual_seed(11);
-    let got = tch::no_grad(|| head.logits(&model, &last, &cache, &step)).unwrap();
+    let mut head = L2dHead::new(&decoder, SamplerOptions::from_config(&cfg));
+    let noise = RowNoise::new(vec![11, 12]);
+    let got = tch::no_grad(|| head.logits(&model, &last, &cache, &step, &noise)).unwrap();
     assert_eq!(head.evals_per_token(), 9.0, "2 steps x 2 stages x 2 labels + 1");
 
     let _guard = tch::no_grad_guard();
-    tch::manual_seed(11);
-    let mut x = Tensor::randn([2, l2d.shape.flow_dim], (Kind::Double, Device::Cpu)) * 64.0;
+    let mut x = noise.normals(Stream::X0, l2d.shape.flow_dim as usize, Device::Cpu) * 64.0;
     let rep = l2d.rep(&model, &Tensor::arange(model.config.vocab_size, (Kind::Int64, Device::Cpu))).to_kind(Kind::Double);
     let last_step = step.last();
     let logits_at = |x: &Tensor, t: f64, label: Option<i64>| {

@@ -135,8 +135,15 @@ fn padded_batch_equals_one_by_one() {
 struct Recorder<'a>(&'a mut Vec<Tensor>);
 
 impl l2d::sampling::NextTokenLogits for Recorder<'_> {
-    fn logits(&mut self, model: &Llama, hidden: &Tensor, cache: &l2d::model::KvCache, step: &l2d::model::Step) -> anyhow::Result<Tensor> {
-        let logits = BaseLm.logits(model, hidden, cache, step)?;
+    fn logits(
+        &mut self,
+        model: &Llama,
+        hidden: &Tensor,
+        cache: &l2d::model::KvCache,
+        step: &l2d::model::Step,
+        noise: &l2d::sampling::RowNoise,
+    ) -> anyhow::Result<Tensor> {
+        let logits = BaseLm.logits(model, hidden, cache, step, noise)?;
         self.0.push(logits.copy());
         Ok(logits)
     }

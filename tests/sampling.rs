@@ -5,7 +5,7 @@ use tch::{Device, Kind, Tensor};
 use l2d::data::tokenizer::{TextStream, Tokenizer};
 use l2d::init::{init_model_dir, Arch, InitOptions, Preset};
 use l2d::model::Llama;
-use l2d::sampling::{generate, BaseLm, Finish, GenerateOptions, TokenSampler};
+use l2d::sampling::{generate, BaseLm, Finish, GenerateOptions, RowNoise, TokenSampler};
 
 mod common;
 
@@ -13,12 +13,10 @@ fn sampler(temperature: f64, top_k: i64, top_p: f64) -> TokenSampler {
     TokenSampler { temperature, top_k, top_p }
 }
 
-/// Draws `n` tokens from the same logits row and counts each id.
+/// Draws `n` tokens from the same logits row (n rows of their own keys) and counts each id.
 fn histogram(s: &TokenSampler, logits: &[f32], n: usize) -> Vec<usize> {
-    let _rng = common::rng_lock();
-    tch::manual_seed(0);
     let row = Tensor::from_slice(logits).unsqueeze(0).repeat([n as i64, 1]);
-    let ids: Vec<i64> = Vec::try_from(s.sample(&row).unwrap()).unwrap();
+    let ids: Vec<i64> = Vec::try_from(s.sample(&row, &RowNoise::new((0..n as u64).collect())).unwrap()).unwrap();
     let mut counts = vec![0; logits.len()];
     for id in ids {
         counts[id as usize] += 1;
@@ -153,8 +151,9 @@ impl l2d::sampling::generate::NextTokenLogits for FirstLogits {
         hidden: &Tensor,
         cache: &l2d::model::KvCache,
         step: &l2d::model::llama::Step,
+        noise: &RowNoise,
     ) -> anyhow::Result<Tensor> {
-        let logits = BaseLm.logits(model, hidden, cache, step)?;
+        let logits = BaseLm.logits(model, hidden, cache, step, noise)?;
         self.0.get_or_insert_with(|| logits.copy());
         Ok(logits)
     }
@@ -172,13 +171,13 @@ fn masked_prompt_ids_are_kept_out_of_attention() {
     let first_logits = |masked: &[i64], prompt: &[i64]| {
         let state = prefill_masked(&model, &[prompt.to_vec()], &o, masked).unwrap();
         let mut head = FirstLogits(None);
-        decode(&model, None, &mut head, state, &o, &mut |_, _| {}).unwrap();
+        decode(&model, None, &mut head, state, RowNoise::new(vec![0]), &o, &mut |_, _| {}).unwrap();
         head.0.unwrap()
     };
     let plain = |prompt: &[i64]| {
         let state = prefill(&model, &[prompt.to_vec()], &o).unwrap();
         let mut head = FirstLogits(None);
-        decode(&model, None, &mut head, state, &o, &mut |_, _| {}).unwrap();
+        decode(&model, None, &mut head, state, RowNoise::new(vec![0]), &o, &mut |_, _| {}).unwrap();
         head.0.unwrap()
     };
     let prompt = [5i64, 17, 9, 42, 9, 99];

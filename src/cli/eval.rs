@@ -11,7 +11,7 @@ use crate::eval::loss::Losses;
 use crate::eval::sandbox::SandboxOptions;
 use crate::eval::results::{self, Report, ResultEntry, Setting};
 use crate::eval::score;
-use crate::eval::sweep::{self, SweepOutput};
+use crate::eval::sweep::{self, Shard, SweepOutput};
 use crate::eval::tasks::{Dataset, Task};
 use crate::eval::Protocol;
 use crate::l2d::checkpoint::Checkpoint;
@@ -205,7 +205,10 @@ fn sweep(args: SweepArgs, common: ScoreArgs, progress: ProgressMode) -> Result<(
         crate::bail_usage!("--out: no output directory (flag or eval.out in the config)");
     };
     let out = SweepOutput { dir, progress };
-    let report = sweep::run(&cfg, ckpt.as_ref(), &out)?;
+    let (dist, device) = crate::dist::join_checked(&cfg)?;
+    let Some(report) = sweep::run(&cfg, ckpt.as_ref(), &out, &Shard { dist: &dist, device: &device })? else {
+        return Ok(()); // a rank of a sharded run other than 0: rank 0 reports
+    };
     if common.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -13,7 +13,7 @@ use crate::error::{usage, OrUsage};
 use crate::l2d::checkpoint::Checkpoint;
 use crate::l2d::sampler::{L2dHead, SamplerOptions};
 use crate::l2d::L2dDecoder;
-use crate::sampling::{generate, BaseLm, GenerateOptions, Generation, NextTokenLogits, TokenSampler};
+use crate::sampling::{decode, prefill, BaseLm, GenerateOptions, Generation, NextTokenLogits, RowNoise, TokenSampler};
 use crate::session::Session;
 
 /// Flags of `l2d generate`; each overrides the config's `[generate]` / `[model]` value.
@@ -50,7 +50,7 @@ pub struct Args {
     /// Keep only the k most likely tokens (0 = off).
     #[arg(long)]
     pub top_k: Option<usize>,
-    /// Random seed.
+    /// Random seed: the draws of the i-th prompt depend on (seed, i) alone, not on --batch-size.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Stop when the completion contains this text (repeatable).
@@ -218,10 +218,9 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let mut head: Box<dyn NextTokenLogits + '_> = match &decoder {
-        Some(decoder) => Box::new(L2dHead::new(model, decoder, SamplerOptions::from_config(&cfg.l2d))),
+        Some(decoder) => Box::new(L2dHead::new(decoder, SamplerOptions::from_config(&cfg.l2d))),
         None => Box::new(BaseLm),
     };
-    tch::manual_seed(g.seed as i64);
     let stream = prompts.len() == 1 && !args.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut out = std::io::stdout().lock();
     for (chunk_idx, chunk) in encoded.chunks(args.batch_size).enumerate() {
@@ -231,7 +230,10 @@ pub fn run(args: Args) -> Result<()> {
                 let _ = o.write_all(delta.as_bytes()).and_then(|_| o.flush());
             }
         };
-        let results = generate(model, Some(tokenizer), head.as_mut(), chunk, &opts, &mut on_text)?;
+        let first = chunk_idx * args.batch_size;
+        let noise = RowNoise::new((first..first + chunk.len()).map(|i| prompt_key(g.seed, i)).collect());
+        let state = prefill(model, chunk, &opts)?;
+        let results = decode(model, Some(tokenizer), head.as_mut(), state, noise, &opts, &mut on_text)?;
         for (i, gen) in results.iter().enumerate() {
             let (id, prompt) = &prompts[chunk_idx * args.batch_size + i];
             if args.json {
@@ -244,6 +246,12 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The key of prompt `index` (0-based, in input order): its draws depend on the
+/// seed and its place alone, not on `--batch-size`.
+fn prompt_key(seed: u64, index: usize) -> u64 {
+    RowNoise::key(seed, &[&index.to_string()])
 }
 
 fn user(text: &str) -> Message {

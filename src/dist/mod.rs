@@ -10,8 +10,10 @@
 
 mod ffi;
 mod launch;
+mod shard;
 
 pub use launch::Launch;
+pub use shard::join_checked;
 
 use anyhow::{Context, Result};
 use std::cell::Cell;
@@ -326,12 +328,15 @@ impl Dist {
         let len = Tensor::from_slice(&[text.len() as i64]).to_device(self.device);
         let lens = Vec::<i64>::try_from(g.all_gather(&len, what)?.to_device(Device::Cpu).reshape([-1]))?;
         let longest = lens.iter().copied().max().unwrap_or(0);
+        if longest == 0 {
+            return Ok(vec![String::new(); lens.len()]);
+        }
         let mut bytes = text.as_bytes().to_vec();
         bytes.resize(longest as usize, 0);
         let all = g.all_gather(&Tensor::from_slice(&bytes).to_kind(Kind::Uint8).to_device(self.device), what)?;
         let all = Vec::<u8>::try_from(all.to_device(Device::Cpu).reshape([-1]))?;
         Ok(all
-            .chunks(longest.max(1) as usize)
+            .chunks(longest as usize)
             .zip(&lens)
             .map(|(chunk, &n)| String::from_utf8_lossy(&chunk[..n as usize]).into_owned())
             .collect())

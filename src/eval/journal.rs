@@ -1,6 +1,8 @@
 //! The eval journal: every finished completion is appended to `examples.jsonl`
 //! and flushed, so a killed sweep resumes without redoing finished items; a run
-//! that fails before its first completion takes its directory away again.
+//! that fails before its first completion takes its directory away again. In a
+//! sharded run rank 0 alone holds the journal; lines travel between ranks as
+//! JSON-lines text.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::identity;
 use super::sweep::EXAMPLES;
+use crate::dist::Dist;
 use crate::sampling::generate::Finish;
 
 /// One completion as journalled (and, scored, as finally written) in `examples.jsonl`.
@@ -24,7 +27,9 @@ pub(super) struct Line {
     pub(super) finish: Finish,
     /// This row's share of its batch's decoding time.
     pub(super) decode_s: f64,
-    /// Diffusion evaluations per token of the setting so far (0 for the base LM).
+    /// Diffusion evaluations per decoding step of the batch that made this
+    /// completion (0 for the base LM; journals before issue #18 hold the
+    /// setting's running mean).
     pub(super) evals_per_token: f64,
 }
 
@@ -57,6 +62,44 @@ pub(super) fn read_journal(path: &Path) -> Result<Vec<Line>> {
         }
     }
     Ok(out)
+}
+
+/// Rank 0's run directory `dir`: made (or resumed after checking the run's `identity`), its
+/// journal opened for appending, and the completions already in it.
+pub(super) fn open_run(dir: &Path, identity: &serde_json::Value) -> Result<(DiscardIfNothingDone, Journal, Vec<Line>)> {
+    let made = crate::io::create_output_dir(dir).context("--out")?;
+    let discard = DiscardIfNothingDone::arm(dir, made)?;
+    crate::io::remove_staging_debris(dir)?; // temporary files of a killed run
+    let journal_path = dir.join(EXAMPLES);
+    let done = read_journal(&journal_path)?;
+    {
+        let _writing = discard.writing();
+        identity::check_or_record(dir, identity, !done.is_empty())?;
+    }
+    let journal = Journal::open(&journal_path, &done, &discard)?;
+    if !done.is_empty() {
+        tracing::info!("resuming: {} completions already in {}", done.len(), journal_path.display());
+    }
+    Ok((discard, journal, done))
+}
+
+/// Journal lines as one text (JSON lines), to send to the other ranks.
+pub(super) fn journal_text(lines: &[Line]) -> Result<String> {
+    Ok(String::from_utf8(crate::io::json_lines(lines)?)?)
+}
+
+/// The completions of [`journal_text`]'s text.
+pub(super) fn parse_lines(text: &str) -> Result<Vec<Line>> {
+    text.lines().map(|l| serde_json::from_str::<Line>(l).context("a journal line from another rank")).collect()
+}
+
+/// Every rank's `lines` of one round, in rank order (so in batch order), on every rank.
+pub(super) fn gather_lines(dist: &Dist, lines: Vec<Line>) -> Result<Vec<Line>> {
+    if dist.world_size() == 1 {
+        return Ok(lines);
+    }
+    let all = dist.all_gather_text(&journal_text(&lines)?, "the round's completions")?;
+    Ok(all.iter().map(|t| parse_lines(t)).collect::<Result<Vec<_>>>()?.concat())
 }
 
 /// Appends finished completions to the journal, flushed to disk.

@@ -2,6 +2,13 @@
 //! settings (the base LM, L2D at several grids and solvers), then scoring and
 //! reports. Completions are journalled to `examples.jsonl` as they are made, so
 //! an interrupted run resumes without redoing finished items.
+//!
+//! Under torchrun the batches are dealt round-robin over the ranks (the same
+//! batches one process would make); after each round rank 0 gathers the
+//! round's completions and appends them to the one journal, so a sharded run
+//! resumes at any world size, and rank 0 alone scores and writes the outputs.
+//! Every row draws its randomness from its own key (seed, task, setting, item,
+//! sample; [`RowNoise`]), so a completion does not depend on its batch or rank.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -14,16 +21,17 @@ use super::results::{self, GenerationStats, Report, ResultEntry, Setting, REPORT
 use super::score::{self, Example, LeftOut, Sample, Verdict};
 use super::tasks::prompts::{build_messages, select_shots};
 use super::tasks::{Check, Dataset, Item, Task};
-use super::journal::{key, read_journal, DiscardIfNothingDone, Journal, Key, Line};
+use super::journal::{gather_lines, journal_text, key, open_run, parse_lines, Journal, Key, Line};
 use super::{identity, paper, Protocol};
 use crate::config::{Config, X1Schedule};
+use crate::dist::Dist;
 use crate::data::tokenizer::Tokenizer;
 use crate::l2d::checkpoint::{BaseIdentity, Checkpoint};
 use crate::l2d::sampler::{L2dHead, SamplerOptions};
 use crate::l2d::L2dDecoder;
 use crate::progress::{Progress, ProgressMode};
 use crate::sampling::generate::{decode, prefill_masked, BaseLm, GenerateOptions, NextTokenLogits};
-use crate::sampling::TokenSampler;
+use crate::sampling::{RowNoise, TokenSampler};
 use crate::session::Session;
 
 /// The journal and final per-completion file of a run directory.
@@ -238,10 +246,10 @@ struct Engine {
 }
 
 impl Engine {
-    /// Loads the model, its tokenizer (in the paper protocol with the reference's chat template for
-    /// the model's architecture) and the L2D checkpoint `ckpt`.
-    fn load(cfg: &Config, protocol: Protocol, ckpt: Option<&Checkpoint>) -> Result<Engine> {
-        let mut session = Session::open(&cfg.model)?;
+    /// Loads the model onto `device`, its tokenizer (in the paper protocol with the reference's chat
+    /// template for the model's architecture) and the L2D checkpoint `ckpt`.
+    fn load(cfg: &Config, protocol: Protocol, ckpt: Option<&Checkpoint>, device: &str) -> Result<Engine> {
+        let mut session = Session::open(&crate::config::ModelConfig { device: device.to_string(), ..cfg.model.clone() })?;
         if protocol == Protocol::Paper {
             if let Some(source) = paper::reference_chat_template(session.model.config.arch()?) {
                 session.tokenizer.set_chat_template(source).with_context(|| session.dir.display().to_string())?;
@@ -274,7 +282,7 @@ impl Engine {
         match (sampler, &self.decoder) {
             (Some(mut opts), Some(decoder)) => {
                 opts.guidance = class.map(|c| (c, weight));
-                Box::new(L2dHead::new(&self.session.model, decoder, opts))
+                Box::new(L2dHead::new(decoder, opts))
             }
             _ => Box::new(BaseLm),
         }
@@ -289,40 +297,40 @@ pub struct SweepOutput {
     pub progress: ProgressMode,
 }
 
+/// This process's share of a sweep: alone, or one rank of a torchrun group.
+pub struct Shard<'a> {
+    /// The group (a single process without torchrun).
+    pub dist: &'a Dist,
+    /// The device this rank's model goes on (`model.device`, `cuda` made `cuda:LOCAL_RANK`).
+    pub device: &'a str,
+}
+
 /// Generates, scores and reports every configured task under every planned setting, with the
-/// L2D checkpoint `ckpt` (opened by the caller, which applied its shape to `cfg`) if any.
-pub fn run(cfg: &Config, ckpt: Option<&Checkpoint>, out: &SweepOutput) -> Result<Report> {
+/// L2D checkpoint `ckpt` (opened by the caller, which applied its shape to `cfg`) if any. Rank 0
+/// returns the report; the other ranks of a sharded run generate their batches and return none.
+pub fn run(cfg: &Config, ckpt: Option<&Checkpoint>, out: &SweepOutput, shard: &Shard) -> Result<Option<Report>> {
     if cfg.eval.tasks.is_empty() {
         crate::bail_usage!("eval.tasks: no task configured (add e.g. [eval.tasks.gsm8k] data = \"test.jsonl\")");
     }
     let protocol = cfg.eval.protocol;
-    let mut tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
-    let engine = Engine::load(cfg, protocol, ckpt)?;
-    let max_pos = engine.session.model.config.max_position_embeddings as usize;
-    for data in &mut tasks {
-        data.prepare(cfg, protocol, &engine.session.tokenizer, max_pos)?;
-    }
-    let plans = plans(cfg, engine.decoder.is_some())?;
+    let dist = shard.dist;
+    let (engine, tasks, plans) = dist.agree(load(cfg, protocol, ckpt, shard.device), "loading the model and tasks")?;
+    let opened = match dist.is_main() {
+        true => run_identity(cfg, protocol, &engine, &tasks).and_then(|identity| open_run(&out.dir, &identity)).map(Some),
+        false => Ok(None),
+    };
+    let mut opened = dist.agree(opened, "opening the run directory")?;
+    // Every rank skips the same finished completions: rank 0's journal, shared.
+    let journal_text = opened.as_ref().map(|(_, _, done)| journal_text(done)).transpose()?.unwrap_or_default();
+    let mut done: BTreeMap<Key, Line> =
+        parse_lines(&dist.text_from_main(&journal_text, "the journal")?)?.into_iter().map(|l| (key(&l), l)).collect();
+    let progress = if dist.is_main() { out.progress } else { ProgressMode::quiet() };
     for data in &tasks {
-        data.check_class(engine.decoder.as_ref())?;
+        let journal = opened.as_mut().map(|(_, journal, _)| journal);
+        generate_task(cfg, protocol, &engine, data, &plans, &mut done, journal, progress, dist)?;
     }
-    let made = crate::io::create_output_dir(&out.dir).context("--out")?;
-    let discard = DiscardIfNothingDone::arm(&out.dir, made)?;
-    crate::io::remove_staging_debris(&out.dir)?; // temporary files of a killed run
-    let journal_path = out.dir.join(EXAMPLES);
-    let mut done: BTreeMap<Key, Line> = read_journal(&journal_path)?.into_iter().map(|l| (key(&l), l)).collect();
-    let identity = run_identity(cfg, protocol, &engine, &tasks)?;
-    {
-        let _writing = discard.writing();
-        identity::check_or_record(&out.dir, &identity, !done.is_empty())?;
-    }
-    let mut journal = Journal::open(&journal_path, &done.values().cloned().collect::<Vec<_>>(), &discard)?;
-    let resumed = done.len();
-    if resumed > 0 {
-        tracing::info!("resuming: {resumed} completions already in {}", journal_path.display());
-    }
-    for data in &tasks {
-        generate_task(cfg, protocol, &engine, data, &plans, &mut done, &mut journal, out.progress)?;
+    if !dist.is_main() {
+        return Ok(None);
     }
     let workers = cfg.eval.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut results = Vec::new();
@@ -363,7 +371,22 @@ pub fn run(cfg: &Config, ckpt: Option<&Checkpoint>, out: &SweepOutput) -> Result
         .collect();
     results::write_outputs(&out.dir, &report, &lines)?;
     crate::io::write_atomic(&out.dir.join("report.md"), markdown(&report).as_bytes())?;
-    Ok(report)
+    Ok(Some(report))
+}
+
+/// The model, the tasks' prompts and the settings to sweep.
+fn load(cfg: &Config, protocol: Protocol, ckpt: Option<&Checkpoint>, device: &str) -> Result<(Engine, Vec<TaskData>, Vec<Plan>)> {
+    let mut tasks: Vec<TaskData> = cfg.eval.tasks.keys().map(|name| TaskData::load(name, cfg)).collect::<Result<_>>()?;
+    let engine = Engine::load(cfg, protocol, ckpt, device)?;
+    let max_pos = engine.session.model.config.max_position_embeddings as usize;
+    for data in &mut tasks {
+        data.prepare(cfg, protocol, &engine.session.tokenizer, max_pos)?;
+    }
+    let plans = plans(cfg, engine.decoder.is_some())?;
+    for data in &tasks {
+        data.check_class(engine.decoder.as_ref())?;
+    }
+    Ok((engine, tasks, plans))
 }
 
 /// What makes the run's completions what they are: the protocol, the model and checkpoint, every
@@ -394,6 +417,9 @@ fn run_identity(cfg: &Config, protocol: Protocol, engine: &Engine, tasks: &[Task
 /// One batch of prompts: the (item, sample) pairs it answers.
 type Unit = (usize, usize);
 
+/// Generates the task's missing completions: batches of `eval.batch_size` in one order, dealt
+/// round-robin over the ranks; after each setting of each round every rank holds the round's
+/// completions, and rank 0 (which alone has the `journal`) appends them.
 #[allow(clippy::too_many_arguments)]
 fn generate_task(
     cfg: &Config,
@@ -402,8 +428,9 @@ fn generate_task(
     data: &TaskData,
     plans: &[Plan],
     done: &mut BTreeMap<Key, Line>,
-    journal: &mut Journal,
+    mut journal: Option<&mut Journal>,
     progress: ProgressMode,
+    dist: &Dist,
 ) -> Result<()> {
     let task = data.task;
     let items = &data.dataset.items;
@@ -439,43 +466,57 @@ fn generate_task(
         (true, Some(id)) => vec![id],
         _ => Vec::new(),
     };
-    let mut heads = plans
-        .iter()
-        .map(|p| engine.head(p.sampler.as_ref().map(|o| task_sampler(protocol, task, o)), data.class, cfg.l2d.guidance_weight))
-        .collect::<Vec<_>>();
     let per_setting = order.len() as u64;
     let mut progress = Progress::new(progress, format!("eval {}", task.name()), "completions", per_setting * plans.len() as u64, 0);
     let mut new_tokens = 0usize;
-    for batch in order.chunks(cfg.eval.batch_size) {
-        let batch_prompts: Vec<Vec<i64>> = batch.iter().map(|&(i, _)| prompts[i].ids.clone()).collect();
-        let state = prefill_masked(&engine.session.model, &batch_prompts, &opts, &masked)?;
-        for (plan, head) in plans.iter().zip(heads.iter_mut()) {
-            progress.inc(batch.len() as u64);
-            if !batch.iter().any(|u| missing(u, plan, done)) {
+    let batches: Vec<&[Unit]> = order.chunks(cfg.eval.batch_size).collect();
+    for round in batches.chunks(dist.world_size()) {
+        let mine = round.get(dist.rank()).copied();
+        let state = match mine {
+            Some(batch) => {
+                let batch_prompts: Vec<Vec<i64>> = batch.iter().map(|&(i, _)| prompts[i].ids.clone()).collect();
+                Some(prefill_masked(&engine.session.model, &batch_prompts, &opts, &masked)?)
+            }
+            None => None,
+        };
+        for plan in plans {
+            progress.inc(round.iter().map(|b| b.len() as u64).sum());
+            // `done` is the same on every rank, so all skip (or join) the round's gather alike.
+            if !round.iter().any(|b| b.iter().any(|u| missing(u, plan, done))) {
                 continue;
             }
-            tch::manual_seed(batch_seed(g.seed, task, &plan.setting.label, &items[batch[0].0].id, batch[0].1));
-            let start = Instant::now();
-            let gens = decode(&engine.session.model, Some(&engine.session.tokenizer), head.as_mut(), state.duplicate(), &opts, &mut |_, _| {})?;
-            let share = start.elapsed().as_secs_f64() / batch.len() as f64;
-            let evals = if plan.sampler.is_some() { head.evals_per_token() } else { 0.0 };
-            let lines: Vec<Line> = batch
-                .iter()
-                .zip(gens)
-                .filter(|(u, _)| missing(u, plan, done))
-                .map(|(&(i, s), gen)| Line {
-                    task: task.name().into(),
-                    setting: plan.setting.label.clone(),
-                    task_id: items[i].id.clone(),
-                    sample: s,
-                    completion: gen.text,
-                    new_tokens: gen.token_ids.len(),
-                    finish: gen.finish,
-                    decode_s: share,
-                    evals_per_token: evals,
-                })
-                .collect();
-            journal.append(&lines)?;
+            let mut lines = Vec::new();
+            if let (Some(batch), Some(state)) = (mine, &state) {
+                let noise = RowNoise::new(
+                    batch.iter().map(|&(i, s)| RowNoise::key(g.seed, &[task.name(), &plan.setting.label, &items[i].id, &s.to_string()])).collect(),
+                );
+                // A head per batch: its evaluation count is this batch's alone, whichever batches this rank ran before.
+                let mut head = engine.head(plan.sampler.as_ref().map(|o| task_sampler(protocol, task, o)), data.class, cfg.l2d.guidance_weight);
+                let start = Instant::now();
+                let gens = decode(&engine.session.model, Some(&engine.session.tokenizer), head.as_mut(), state.duplicate(), noise, &opts, &mut |_, _| {})?;
+                let share = start.elapsed().as_secs_f64() / batch.len() as f64;
+                let evals = if plan.sampler.is_some() { head.evals_per_token() } else { 0.0 };
+                lines = batch
+                    .iter()
+                    .zip(gens)
+                    .filter(|(u, _)| missing(u, plan, done))
+                    .map(|(&(i, s), gen)| Line {
+                        task: task.name().into(),
+                        setting: plan.setting.label.clone(),
+                        task_id: items[i].id.clone(),
+                        sample: s,
+                        completion: gen.text,
+                        new_tokens: gen.token_ids.len(),
+                        finish: gen.finish,
+                        decode_s: share,
+                        evals_per_token: evals,
+                    })
+                    .collect();
+            }
+            let lines = gather_lines(dist, lines)?;
+            if let Some(journal) = journal.as_deref_mut().filter(|_| !lines.is_empty()) {
+                journal.append(&lines)?;
+            }
             new_tokens += lines.iter().map(|l| l.new_tokens).sum::<usize>();
             let message = format!(
                 "{} settings of {per_setting} completions each, {:.1} new tokens/s",
@@ -520,15 +561,6 @@ fn task_sampler(protocol: Protocol, task: Task, opts: &SamplerOptions) -> Sample
     opts
 }
 
-/// A seed per batch and setting, so that reruns of the same batch draw the same tokens.
-fn batch_seed(seed: u64, task: Task, label: &str, first_id: &str, sample: usize) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for b in format!("{}\0{label}\0{first_id}\0{sample}", task.name()).bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
-    (h >> 1) as i64
-}
-
 /// Scores the completions of one task under one setting (in dataset order) and sums their cost.
 fn score_setting(
     data: &TaskData,
@@ -544,8 +576,13 @@ fn score_setting(
     let wall_s: f64 = lines.iter().map(|l| l.decode_s).sum();
     let mut setting = plan.setting.clone();
     if plan.sampler.is_some() {
-        // The running mean of the last batch covers every token this setting decoded.
-        setting.evals_per_token = lines.iter().map(|l| l.evals_per_token).fold(None, |_, e| Some(e));
+        // Each line holds its batch's evaluations per decoding step: weighted by the tokens it made,
+        // in key order, so the same on any batch-to-rank assignment.
+        let weighted: f64 = lines.iter().map(|l| l.evals_per_token * l.new_tokens as f64).sum();
+        setting.evals_per_token = match tokens {
+            0 => lines.first().map(|l| l.evals_per_token),
+            n => Some(weighted / n as f64),
+        };
     }
     let generation = GenerationStats { tokens, tokens_per_s: if wall_s > 0.0 { tokens as f64 / wall_s } else { 0.0 }, wall_s };
     let left_out = Some(data.left_out);

@@ -21,6 +21,9 @@ pub struct L2dDecoder {
     encoder: Mlp2<DecodeLinear>,
     /// The base model's LM head: the largest matrix of every evaluation.
     head: DecodeLinear,
+    /// `rep(y)` of every vocabulary token `[V, D]` in f64, which x1 estimates
+    /// read: computed once here, not per sampler (a `V × d × D` product).
+    rep_vocab: Tensor,
 }
 
 impl L2dDecoder {
@@ -33,7 +36,9 @@ impl L2dDecoder {
         path.layers.clear();
         let encoder = Mlp2 { l0: DecodeLinear::from_linear(&path.encoder.l0), l2: DecodeLinear::from_linear(&path.encoder.l2) };
         let head = DecodeLinear::from_linear(&Linear { weight: model.lm_head.shallow_clone(), bias: None });
-        Self { path, layers, encoder, head }
+        let ids = Tensor::arange(model.config.vocab_size, (tch::Kind::Int64, model.device()));
+        let rep_vocab = path.rep(model, &ids).to_kind(tch::Kind::Double);
+        Self { path, layers, encoder, head, rep_vocab }
     }
 
     /// The path's shapes and variant.
@@ -46,9 +51,9 @@ impl L2dDecoder {
         self.path.sigma
     }
 
-    /// Clean token vectors `rep(y)`, `[.., D]` in f32 (see [`L2d::rep`]).
-    pub fn rep(&self, model: &Llama, ids: &Tensor) -> Tensor {
-        self.path.rep(model, ids)
+    /// Clean token vectors `rep(y)` of the whole vocabulary, `[V, D]` in f64 (see [`L2d::rep`]).
+    pub fn rep_vocab(&self) -> &Tensor {
+        &self.rep_vocab
     }
 
     /// Modulations of every layer and the final gate at times `t` `[..]` (see [`L2d::condition`]).

@@ -14,6 +14,7 @@ use crate::config::{L2dConfig, X1Schedule};
 use crate::model::{repeat_batch, KvCache, Llama, Step};
 use crate::sampling::generate::NextTokenLogits;
 use crate::sampling::logits::draw;
+use crate::sampling::noise::{RowNoise, Stream};
 use crate::sampling::ode::{self, OdeOptions, Solver};
 
 /// Settings of the L2D sampler.
@@ -86,8 +87,6 @@ pub struct L2dHead<'d> {
     /// The path laid out for decoding.
     decoder: &'d L2dDecoder,
     opts: SamplerOptions,
-    /// `rep(k)` of every token `[V, D]`, computed once.
-    rep_vocab: Tensor,
     evals: usize,
     tokens: usize,
     /// Modulations and gate per (time, label): they depend on nothing else, and
@@ -96,13 +95,9 @@ pub struct L2dHead<'d> {
 }
 
 impl<'d> L2dHead<'d> {
-    /// Prepares sampling from `decoder` on top of `model`.
-    pub fn new(model: &Llama, decoder: &'d L2dDecoder, opts: SamplerOptions) -> Self {
-        let rep_vocab = tch::no_grad(|| {
-            let ids = Tensor::arange(model.config.vocab_size, (Kind::Int64, model.device()));
-            decoder.rep(model, &ids).to_kind(Kind::Double)
-        });
-        Self { decoder, opts, rep_vocab, evals: 0, tokens: 0, conditionings: RefCell::new(HashMap::new()) }
+    /// Prepares sampling from `decoder` (cheap: what every sampler reads is in the decoder).
+    pub fn new(decoder: &'d L2dDecoder, opts: SamplerOptions) -> Self {
+        Self { decoder, opts, evals: 0, tokens: 0, conditionings: RefCell::new(HashMap::new()) }
     }
 
     /// The conditioning at time `t` for `labels`, computed once.
@@ -129,20 +124,24 @@ impl<'d> L2dHead<'d> {
         Ok(cond)
     }
 
-    /// `x1_hat` `[B, D]` (f64) from logits `[B, V]` at temperature `tau`.
-    fn x1_hat(&self, logits: &Tensor, tau: f64) -> Tensor {
+    /// `x1_hat` `[B, D]` (f64) from logits `[B, V]` at temperature `tau`, a
+    /// sample drawing from `noise` at the token's `eval`-th velocity evaluation
+    /// (logits of a guided batch hold the rows twice: conditional, then unconditional).
+    fn x1_hat(&self, logits: &Tensor, tau: f64, noise: &RowNoise, eval: usize) -> Tensor {
         if tau <= 0.0 {
-            return self.rep_vocab.index_select(0, &logits.argmax(-1, false));
+            return self.decoder.rep_vocab().index_select(0, &logits.argmax(-1, false));
         }
         let probs = (logits.to_kind(Kind::Float) / tau).softmax(-1, Kind::Float);
         match self.opts.x1_estimate {
             X1Estimate::Sample => {
-                let (y, total) = draw(&probs);
+                let u = |unconditional| noise.uniforms(Stream::X1 { eval, unconditional }, probs.device());
+                let u = if logits.size()[0] == noise.rows() as i64 { u(false) } else { Tensor::cat(&[u(false), u(true)], 0) };
+                let (y, total) = draw(&probs, &u);
                 // NaN logits give a NaN total, and 0·NaN = NaN: carried into x1_hat,
                 // the solver's finiteness check reports them without a sync here.
-                self.rep_vocab.index_select(0, &y) + total * 0.0
+                self.decoder.rep_vocab().index_select(0, &y) + total * 0.0
             }
-            X1Estimate::Average => probs.to_kind(Kind::Double).matmul(&self.rep_vocab),
+            X1Estimate::Average => probs.to_kind(Kind::Double).matmul(self.decoder.rep_vocab()),
         }
     }
 }
@@ -166,7 +165,7 @@ impl Eval<'_> {
 }
 
 impl NextTokenLogits for L2dHead<'_> {
-    fn logits(&mut self, model: &Llama, hidden: &Tensor, cache: &KvCache, step: &Step) -> Result<Tensor> {
+    fn logits(&mut self, model: &Llama, hidden: &Tensor, cache: &KvCache, step: &Step, noise: &RowNoise) -> Result<Tensor> {
         let step = step.last();
         let eval = Eval { model, hidden, step: &step, cache };
         let b = hidden.size()[0];
@@ -178,10 +177,11 @@ impl NextTokenLogits for L2dHead<'_> {
         };
         let guided = doubled.as_ref().map(|(class, w, hidden, step, cache)| (*class, *w, Eval { model, hidden, step, cache }));
         // Drawn on the CPU, so that a seed gives the same noise on every device.
-        let x0 = Tensor::randn([b, self.decoder.shape().flow_dim], (Kind::Double, tch::Device::Cpu)).to_device(hidden.device())
-            * self.decoder.sigma();
+        let x0 = noise.normals(Stream::X0, self.decoder.shape().flow_dim as usize, hidden.device()) * self.decoder.sigma();
         let offset = self.opts.temperature_offset();
         let mut calls = 0usize;
+        // Velocity evaluations so far in this token: which x1 draw each one makes.
+        let mut evals = 0usize;
         let (x1, _) = {
             let this = &*self;
             let mut velocity = |t: f64, x: &Tensor| -> Result<Tensor> {
@@ -189,9 +189,11 @@ impl NextTokenLogits for L2dHead<'_> {
                     return Ok(x.zeros_like());
                 }
                 let tau = this.opts.temperature(t + offset);
+                let index = evals;
+                evals += 1;
                 let rows_velocity = |eval: &Eval, x: &Tensor, labels: Labels| -> Result<Tensor> {
                     let logits = eval.logits(this, x, t, labels)?;
-                    Ok((this.x1_hat(&logits, tau) - x) / (1.0 - t))
+                    Ok((this.x1_hat(&logits, tau, noise, index) - x) / (1.0 - t))
                 };
                 match &guided {
                     Some((class, w, eval2)) => {

@@ -5,14 +5,16 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use super::logits::TokenSampler;
+use super::noise::RowNoise;
 use crate::data::tokenizer::{TextStream, Tokenizer};
 use crate::model::{AttentionMask, KvCache, Llama, Step};
 
 /// How the logits of the next token are produced from the main path's last
 /// hidden state: the base LM's head, or L2D's diffusion path over the cache.
 pub trait NextTokenLogits {
-    /// Logits `[B, V]` from the last hidden state `[B, 1, d]` of each row.
-    fn logits(&mut self, model: &Llama, hidden: &Tensor, cache: &KvCache, step: &Step) -> Result<Tensor>;
+    /// Logits `[B, V]` from the last hidden state `[B, 1, d]` of each row,
+    /// drawing any randomness from `noise` (the same rows, at this token).
+    fn logits(&mut self, model: &Llama, hidden: &Tensor, cache: &KvCache, step: &Step, noise: &RowNoise) -> Result<Tensor>;
 
     /// Network evaluations spent per generated token (1 for the base LM).
     fn evals_per_token(&self) -> f64;
@@ -22,7 +24,7 @@ pub trait NextTokenLogits {
 pub struct BaseLm;
 
 impl NextTokenLogits for BaseLm {
-    fn logits(&mut self, model: &Llama, hidden: &Tensor, _: &KvCache, _: &Step) -> Result<Tensor> {
+    fn logits(&mut self, model: &Llama, hidden: &Tensor, _: &KvCache, _: &Step, _: &RowNoise) -> Result<Tensor> {
         Ok(model.logits(hidden).squeeze_dim(1))
     }
 
@@ -180,7 +182,8 @@ pub fn prefill_masked(model: &Llama, prompts: &[Vec<i64>], opts: &GenerateOption
     })
 }
 
-/// Generates a completion for each prompt (token ids), in one batch.
+/// Generates a completion for each prompt (token ids), in one batch, each
+/// row's draws keyed from libtorch's global generator ([`RowNoise::from_global_rng`]).
 ///
 /// Without a tokenizer only token ids are produced (no text, no stop strings).
 /// `on_text(row, delta)` receives completion text as it becomes final, for streaming.
@@ -193,15 +196,17 @@ pub fn generate(
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<Generation>> {
     let state = prefill(model, prompts, opts)?;
-    decode(model, tokenizer, head, state, opts, on_text)
+    decode(model, tokenizer, head, state, RowNoise::from_global_rng(prompts.len()), opts, on_text)
 }
 
-/// Decodes the completions of a prefilled batch with `head`.
+/// Decodes the completions of a prefilled batch with `head`, each row drawing
+/// from its own stream of `noise` (one key per prompt).
 pub fn decode(
     model: &Llama,
     tokenizer: Option<&Tokenizer>,
     head: &mut dyn NextTokenLogits,
     state: Prefill,
+    mut noise: RowNoise,
     opts: &GenerateOptions,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<Generation>> {
@@ -211,8 +216,11 @@ pub fn decode(
         anyhow::bail!("stop strings need a tokenizer");
     }
     let Prefill { mut cache, hidden, step, mut positions, mut key_valid, prompt_lens, budget, seconds } = state;
+    if noise.rows() != prompt_lens.len() {
+        anyhow::bail!("{} noise keys for {} prompts", noise.rows(), prompt_lens.len());
+    }
     let start = Instant::now();
-    let mut logits = head.logits(model, &hidden, &cache, &step)?;
+    let mut logits = head.logits(model, &hidden, &cache, &step, &noise)?;
     sync(device);
     // The first token's logits belong to the prompt pass, as in the usual prefill / decode split.
     let prefill_s = seconds + start.elapsed().as_secs_f64();
@@ -227,7 +235,7 @@ pub fn decode(
         if n < opts.min_new_tokens && !opts.eos_ids.is_empty() {
             let _ = logits.index_fill_(1, &eos, f64::NEG_INFINITY);
         }
-        let next = opts.sampler.sample(&logits)?;
+        let next = opts.sampler.sample(&logits, &noise)?;
         let next_host: Vec<i64> = Vec::try_from(&next.to_device(Device::Cpu))?;
         for (slot, &row_idx) in active.iter().enumerate() {
             let row = &mut rows[row_idx];
@@ -251,12 +259,14 @@ pub fn decode(
             positions = positions.index_select(0, &index);
             key_valid = key_valid.map(|k| k.index_select(0, &index));
             active = keep.iter().map(|&s| active[s as usize]).collect();
+            noise.keep(&keep);
         }
+        noise.advance();
         positions = &positions + 1;
         key_valid = key_valid.map(|k| Tensor::cat(&[k, Tensor::ones([active.len() as i64, 1], (Kind::Bool, device))], 1));
         let step = model.step(positions.shallow_clone(), AttentionMask::new(key_valid.as_ref(), 1, cache.len() + 1, device));
         let hidden = model.forward_hidden(&next, &step, &mut cache);
-        logits = head.logits(model, &hidden, &cache, &step)?;
+        logits = head.logits(model, &hidden, &cache, &step, &noise)?;
     }
     Ok(rows
         .into_iter()

@@ -2,6 +2,8 @@
 
 use tch::{Kind, Tensor};
 
+use super::noise::{RowNoise, Stream};
+
 /// The usual decoding settings; `temperature <= 0` is greedy.
 #[derive(Debug, Clone)]
 pub struct TokenSampler {
@@ -14,8 +16,9 @@ pub struct TokenSampler {
 }
 
 impl TokenSampler {
-    /// Next token ids `[B]` from logits `[B, V]`; fails on NaN/Inf logits.
-    pub fn sample(&self, logits: &Tensor) -> anyhow::Result<Tensor> {
+    /// Next token ids `[B]` from logits `[B, V]`, with each row's token draw
+    /// from `noise`; fails on NaN/Inf logits.
+    pub fn sample(&self, logits: &Tensor, noise: &RowNoise) -> anyhow::Result<Tensor> {
         let logits = logits.to_kind(Kind::Float);
         if self.temperature <= 0.0 {
             return Ok(logits.argmax(-1, false));
@@ -27,7 +30,7 @@ impl TokenSampler {
         if self.top_p < 1.0 {
             logits = keep_top_p(&logits, self.top_p);
         }
-        let (ids, total) = draw(&logits.softmax(-1, Kind::Float));
+        let (ids, total) = draw(&logits.softmax(-1, Kind::Float), &noise.uniforms(Stream::Token, logits.device()));
         if total.isfinite().all().int64_value(&[]) == 0 {
             anyhow::bail!("the next-token probabilities contain NaN/Inf");
         }
@@ -36,15 +39,15 @@ impl TokenSampler {
 }
 
 /// One draw per row of the categorical distributions `probs` `[B, V]`, by
-/// inverting each row's CDF at a uniform draw: one random number per row where
-/// `multinomial` draws V exponentials (160 µs → 10 µs per call at V = 4096 on
-/// one CPU core). Returns the indices `[B]` and each row's total `[B, 1]`,
-/// which is NaN where the row is.
-pub fn draw(probs: &Tensor) -> (Tensor, Tensor) {
-    let (b, v) = probs.size2().expect("[B, V]");
+/// inverting each row's CDF at that row's uniform in `u` `[B, 1]`: one random
+/// number per row where `multinomial` draws V exponentials (160 µs → 10 µs per
+/// call at V = 4096 on one CPU core). Returns the indices `[B]` and each row's
+/// total `[B, 1]`, which is NaN where the row is.
+pub fn draw(probs: &Tensor, u: &Tensor) -> (Tensor, Tensor) {
+    let v = probs.size2().expect("[B, V]").1;
     let cdf = probs.cumsum(-1, Kind::Float);
     let total = cdf.narrow(1, v - 1, 1);
-    let u = Tensor::rand([b, 1], (Kind::Float, probs.device())) * &total;
+    let u = u * &total;
     // The first index whose CDF exceeds u: never a zero-probability token. The
     // clamp only catches u rounding up to the total.
     let index = u.searchsorted(&cdf, false, true, "right", None::<Tensor>).clamp_max(v - 1);
@@ -77,12 +80,13 @@ mod tests {
     /// errors), zero-probability entries are never drawn, rows are independent.
     #[test]
     fn draw_follows_each_row_distribution() {
-        tch::manual_seed(0);
         let probs = Tensor::from_slice(&[0.5f32, 0.0, 0.2, 0.3, 0.0, 0.0, 0.0, 1.0]).view([2, 4]);
         let n = 20_000;
         let mut counts = [[0usize; 4]; 2];
+        let mut noise = RowNoise::new(vec![1, 2]);
         for _ in 0..n {
-            let (index, total) = draw(&probs);
+            let (index, total) = draw(&probs, &noise.uniforms(Stream::Token, probs.device()));
+            noise.advance();
             assert!(total.isfinite().all().int64_value(&[]) == 1);
             let index = Vec::<i64>::try_from(&index).unwrap();
             for (row, &k) in index.iter().enumerate() {
@@ -103,16 +107,16 @@ mod tests {
     fn sampling_nan_logits_fails() {
         let sampler = TokenSampler { temperature: 1.0, top_k: 0, top_p: 1.0 };
         let logits = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 3.0, f32::NAN, 0.0]).view([2, 3]);
-        let err = sampler.sample(&logits).unwrap_err().to_string();
+        let err = sampler.sample(&logits, &RowNoise::new(vec![0, 1])).unwrap_err().to_string();
         assert!(err.contains("NaN"), "{err}");
-        assert!(sampler.sample(&logits.narrow(0, 0, 1)).is_ok());
+        assert!(sampler.sample(&logits.narrow(0, 0, 1), &RowNoise::new(vec![0])).is_ok());
     }
 
     /// A NaN row gives a NaN total (the callers turn it into an error).
     #[test]
     fn draw_reports_nan_through_the_total() {
         let probs = Tensor::from_slice(&[f32::NAN, 0.5, 0.5, 0.0]).view([1, 4]);
-        let (index, total) = draw(&probs);
+        let (index, total) = draw(&probs, &Tensor::from_slice(&[0.5f32]).view([1, 1]));
         assert!(total.isnan().all().int64_value(&[]) == 1);
         let k = index.int64_value(&[0]);
         assert!((0..4).contains(&k));

@@ -2,7 +2,9 @@
 
 pub mod generate;
 pub mod logits;
+pub mod noise;
 pub mod ode;
 
 pub use generate::{decode, generate, prefill, BaseLm, Finish, GenerateOptions, Generation, NextTokenLogits, Prefill};
 pub use logits::TokenSampler;
+pub use noise::RowNoise;

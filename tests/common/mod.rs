@@ -252,3 +252,27 @@ pub fn prepared(name: &str, model: &Path) -> PathBuf {
     ok(l2d(&["prepare", "--model", m, "--out", s, "--input", c, "--set", "data.valid_fraction=0.25"]));
     shards
 }
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `l2d ARGS` as rank `rank` of `world`, the environment set by hand as a
+/// launcher would (output piped).
+pub fn spawn_rank(rank: usize, world: usize, port: u16, args: &[String]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_l2d"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        // Two ranks share this machine's cores.
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start l2d")
+}
