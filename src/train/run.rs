@@ -118,7 +118,8 @@ pub struct StepStats {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     /// Seconds spent summing gradients and the loss over ranks (waiting for
-    /// the slowest rank included); ~0 alone.
+    /// the slowest rank included; under ZeRO-1 the reduce-scatter, the norm's
+    /// sum and the all-gather of the updated weights); ~0 alone.
     pub reduce_s: f64,
 }
 
@@ -149,31 +150,43 @@ pub fn optimizer_step(
     }
     let named = trainee.params(model);
     let reduce_start = Instant::now();
-    let loss = reduce(dist, &named, loss_sum)? / loss_tokens.max(1) as f64;
-    let reduce_s = reduce_start.elapsed().as_secs_f64();
-    let grad_norm = clip_grad_norm(&named, t.grad_clip);
-    if !loss.is_finite() || !grad_norm.is_finite() {
-        anyhow::bail!("loss {loss} / gradient norm {grad_norm} is not finite; stopped before updating");
-    }
-    opt.step(&named, lr);
+    let loss = reduce_loss(dist, &named, loss_sum)? / loss_tokens.max(1) as f64;
+    let check = |grad_norm: f64| -> Result<()> {
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            anyhow::bail!("loss {loss} / gradient norm {grad_norm} is not finite; stopped before updating");
+        }
+        Ok(())
+    };
+    let (grad_norm, reduce_s) = if opt.is_sharded() {
+        let loss_s = reduce_start.elapsed().as_secs_f64();
+        let (grad_norm, collectives_s) = opt.sharded_step(&named, lr, t.grad_clip, dist, check)?;
+        (grad_norm, loss_s + collectives_s)
+    } else {
+        let grads: Vec<Tensor> = named.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect();
+        dist.sum(&grads, "gradients")?;
+        let reduce_s = reduce_start.elapsed().as_secs_f64();
+        let grad_norm = clip_grad_norm(&named, t.grad_clip);
+        check(grad_norm)?;
+        opt.step(&named, lr);
+        (grad_norm, reduce_s)
+    };
     zero_grad(&named);
     trainee.refresh(model);
     Ok(StepStats { loss, grad_norm, reduce_s })
 }
 
-/// Sums the gradients (each rank's loss is already divided by the global token
-/// count) and the summed loss over workers, returning the latter. A gradient
-/// that only some workers computed counts as zeros on the others; one that
-/// none computed stays undefined, as alone.
-fn reduce(dist: &Dist, named: &[(String, Tensor)], loss_sum: f64) -> Result<f64> {
+/// Sums the loss over workers and returns it; gives a zero gradient to each
+/// tensor that only some workers computed one for (one that none computed
+/// stays undefined, as alone), so that every worker then holds the same set
+/// of gradients to reduce (each rank's loss is already divided by the global
+/// token count, so the gradients are summed).
+fn reduce_loss(dist: &Dist, named: &[(String, Tensor)], loss_sum: f64) -> Result<f64> {
     let mut values = vec![loss_sum];
     values.extend(named.iter().map(|(_, p)| f64::from(u8::from(p.grad().defined()))));
     let summed = dist.sum_f64(&values, "the loss and gradient flags")?;
     let missing: Vec<&Tensor> =
         named.iter().zip(&summed[1..]).filter(|((_, p), &computed)| computed > 0.0 && !p.grad().defined()).map(|((_, p), _)| p).collect();
     define_zero_grads(&missing);
-    let grads: Vec<Tensor> = named.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect();
-    dist.sum(&grads, "gradients")?;
     Ok(summed[0])
 }
 
@@ -204,7 +217,18 @@ fn start_from_main(dist: &Dist, start: u64, params: &[(String, Tensor)], opt: &m
     let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).chain(opt.state_tensors().into_iter().map(|(_, t)| t)).collect();
     dist.broadcast_from_main(&tensors, "the start weights and optimizer state")?;
     opt.step = start as i64;
+    opt.shard_from_main(dist)?;
     Ok(start)
+}
+
+/// AdamW over `params`, its state sharded across `dist`'s ranks when `train.zero = 1`.
+fn new_optimizer(cfg: &Config, params: &[(String, Tensor)], dist: &Dist) -> Result<AdamW> {
+    let t = &cfg.train;
+    let (betas, eps, decay) = ((t.betas[0], t.betas[1]), t.eps, t.weight_decay);
+    if t.zero == 1 {
+        return AdamW::new_sharded(params, betas, eps, decay, dist, Settings::from(&cfg.dist).bucket_bytes);
+    }
+    Ok(AdamW::new(params, betas, eps, decay))
 }
 
 const CHECKPOINTS: &str = "checkpoints";
@@ -279,7 +303,7 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
 
     tch::manual_seed(t.seed as i64);
     let mut trainee = Trainee::new(mode, &model, cfg)?;
-    let mut opt = AdamW::new(&trainee.params(&model), (t.betas[0], t.betas[1]), t.eps, t.weight_decay);
+    let mut opt = new_optimizer(cfg, &trainee.params(&model), &dist)?;
     let start = resumed.as_ref().map_or(0, |c| c.state.step);
     if let Some(ckpt) = &resumed {
         checkpoint::restore(ckpt, &trainee.params(&model), &mut opt)?;
@@ -298,10 +322,12 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
     let config_toml = cfg.to_toml_string();
     let saved = checkpoint::Saved { run_dir: out, config_toml: &config_toml, mode: t.mode.name(), seed: t.seed, total_steps: total, identity: &identity };
     let save = |step: u64, params: &[(String, Tensor)], opt: &AdamW| -> Result<()> {
+        // Under ZeRO-1 every rank takes part in gathering the state.
+        let state = opt.full_state(&dist)?;
         if !dist.is_main() {
             return Ok(());
         }
-        checkpoint::save(&ckpt_dir, step, params, opt, &saved, t.keep_last)
+        checkpoint::save(&ckpt_dir, step, params, &state, &saved, t.keep_last)
     };
     let mut progress = Progress::new(shown, "train", "steps", end, start);
     let started = Instant::now();
