@@ -199,6 +199,39 @@ fn zero1_on_two_ranks_equals_plain_data_parallelism() {
     }
 }
 
+#[test]
+fn zero1_in_bf16_keeps_f32_masters_in_the_shards_and_resumes_equal() {
+    let d = data("dist-zero-bf16-data", 40);
+    let dir = scratch("dist-zero-bf16");
+    let bf16 = ["--set", "model.dtype=bf16"];
+    let zero_bf16 = [&bf16[..], &ZERO1[..]].concat();
+    let two_ranks = |out: &Path, extra: &[&str]| {
+        let args = train_args("l2d-full", &d, out, extra);
+        all_ok(run_ranks(&[args.clone(), args]));
+    };
+    let (whole, halves, plain) = (dir.join("whole"), dir.join("halves"), dir.join("plain"));
+    two_ranks(&whole, &zero_bf16);
+    two_ranks(&halves, &[&zero_bf16[..], &["--set", "train.stop_at_step=2"]].concat());
+    two_ranks(&halves, &[&zero_bf16[..], &["--resume"]].concat());
+    // Resumed from the gathered f32 masters and moments: the same run.
+    assert_same_state(&whole, &halves, "ZeRO-1 in bf16, resumed");
+    // The checkpoint holds the f32 masters, not the bf16 weights the ranks compute with.
+    let off_bf16 = final_trainable(&whole)
+        .iter()
+        .filter(|(_, t)| t.kind() == tch::Kind::Float && !t.equal(&t.to_kind(tch::Kind::BFloat16).to_kind(tch::Kind::Float)))
+        .count();
+    assert!(off_bf16 > 0, "every saved tensor is bf16-representable: masters were not saved");
+    // Unsharded bf16 accumulates f32 gradients on f32 leaves, ZeRO-1 bf16 ones
+    // on the bf16 weights: the same training up to bf16 rounding of the gradients.
+    two_ranks(&plain, &bf16);
+    for ((s, a), (_, b)) in loss_log(&plain).iter().zip(&loss_log(&whole)) {
+        assert!((a - b).abs() <= 1e-2 * a.abs(), "step {s}: unsharded loss {a} vs ZeRO-1 {b}");
+    }
+    // ... and the moments show it: they differ by the bf16 rounding of the gradients.
+    let moved = final_moments(&plain).iter().zip(&final_moments(&whole)).any(|((_, a), (_, b))| !a.equal(b));
+    assert!(moved, "ZeRO-1 in bf16 gave the moments of f32 gradients: the trainable tensors were not lowered");
+}
+
 /// Copies a run directory (its checkpoints, metrics and config).
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -76,11 +76,14 @@ fn full_mode_plan_equals_the_hand_count_with_and_without_zero1() {
     assert_eq!(plan["trainable_params"], p);
     assert_eq!((plan["world_size"].as_u64(), plan["zero"].as_u64()), (Some(4), Some(0)));
     let act = activations(1);
-    // bf16 weights, f32 gradients and masters, two f32 moments (a quarter of them each under ZeRO-1).
+    // bf16 weights, f32 gradients and masters, two f32 moments; under ZeRO-1
+    // bf16 gradients and a quarter (21712 elements) of the masters and moments.
     let (w, g, m) = (2 * p, 4 * p, 4 * p);
     assert_eq!(bytes(&plan["per_rank_zero0"]), [w, g, m, 8 * p, act, w + g + m + 8 * p + act]);
-    assert_eq!(bytes(&plan["per_rank_zero1"]), [w, g, m, 8 * 21_712, act, w + g + m + 8 * 21_712 + act]);
-    assert_eq!(bytes(&plan["per_rank_zero1"])[5], 1_207_040);
+    let (g1, m1, o1) = (2 * p, 4 * 21_712, 8 * 21_712);
+    assert_eq!(bytes(&plan["per_rank_zero1"]), [w, g1, m1, o1, act, w + g1 + m1 + o1 + act]);
+    // 173696 + 173696 + 86848 + 173696 + 164864, written out.
+    assert_eq!(bytes(&plan["per_rank_zero1"])[5], 772_800);
 }
 
 #[test]
@@ -89,12 +92,15 @@ fn l2d_full_plan_counts_the_frozen_model_and_shards_the_moments_unevenly() {
     let (p, frozen) = (plan["trainable_params"].as_i64().unwrap(), plan["frozen_params"].as_i64().unwrap());
     assert_eq!(frozen, 86_848);
     let shard = (p + 2) / 3;
-    let (w, g, m, act) = (2 * (frozen + p), 4 * p, 4 * p, activations(2));
+    let (w, g, m, act) = (2 * (frozen + p), 2 * p, 4 * shard, activations(2));
     assert_eq!(bytes(&plan["per_rank_zero1"]), [w, g, m, 8 * shard, act, w + g + m + 8 * shard + act]);
-    // f32 computes with the trainable tensors themselves: no separate masters.
+    // f32 computes with the trainable tensors themselves: no separate masters, f32 gradients.
     let f32_plan = dry_plan("l2d-full", &["--set", "model.dtype=f32"], None);
-    assert_eq!(f32_plan["per_rank_zero0"]["masters_bytes"], 0);
-    assert_eq!(f32_plan["per_rank_zero0"]["weights_bytes"], 4 * (frozen + p));
+    for part in ["per_rank_zero0", "per_rank_zero1"] {
+        assert_eq!(f32_plan[part]["masters_bytes"], 0);
+        assert_eq!(f32_plan[part]["weights_bytes"], 4 * (frozen + p));
+        assert_eq!(f32_plan[part]["gradients_bytes"], 4 * p);
+    }
 }
 
 #[test]

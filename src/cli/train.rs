@@ -19,7 +19,7 @@ pub struct Args {
     /// Output directory (checkpoints, metrics, the trained result).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Report parameter counts and the planned batch, steps and token budget; needs only config.json (and reads data.out, when set, for the steps and tokens).
+    /// Report parameter counts, the planned batch, steps and token budget, and the per-rank memory plan with and without ZeRO-1; needs only config.json (and reads data.out, when set, for the steps and tokens).
     #[arg(long)]
     pub dry_run: bool,
     /// Print the dry-run report as JSON.

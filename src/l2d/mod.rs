@@ -315,10 +315,12 @@ impl L2d {
                 }
             })
             .collect();
-        // The fp32 islands (input encoder, timestep features) keep f32 weights.
+        // The fp32 islands (input encoder, timestep features) keep f32 weights
+        // (cast up when training keeps the leaves in the compute dtype, ZeRO-1).
+        let f32_of = |t: &Tensor| if t.kind() == Kind::Float { t.shallow_clone() } else { t.to_kind(Kind::Float) };
         let f32_linear = |p: &str| Linear {
-            weight: params.iter().find(|(n, _)| *n == format!("{p}.weight")).unwrap().1.shallow_clone(),
-            bias: params.iter().find(|(n, _)| *n == format!("{p}.bias")).map(|(_, t)| t.shallow_clone()),
+            weight: f32_of(&params.iter().find(|(n, _)| *n == format!("{p}.weight")).unwrap().1),
+            bias: params.iter().find(|(n, _)| *n == format!("{p}.bias")).map(|(_, t)| f32_of(t)),
         };
         let enc = "model.flow_to_lm_encoder.embedder.layers_module";
         let stacked = |leaf: &str| get(&format!("model.layers{MODULATION_PATTERN}{leaf}"));

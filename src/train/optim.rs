@@ -52,10 +52,16 @@ impl AdamW {
     }
 
     /// Fresh state for `params` under ZeRO-1: this rank of `dist` keeps only
-    /// its slice of the moments (filled by [`AdamW::shard_from_main`]).
-    /// Collectives move at most `bucket_bytes` each.
-    pub fn new_sharded(params: &[(String, Tensor)], betas: (f64, f64), eps: f64, weight_decay: f64, dist: &Dist, bucket_bytes: usize) -> Result<Self> {
-        let shard = Shard::new(params, dist, bucket_bytes)?;
+    /// its slice of the moments, and of the f32 masters when `keep_masters`
+    /// (filled by [`AdamW::shard_from_main`]). Collectives move at most `bucket_bytes` each.
+    pub fn new_sharded(
+        params: &[(String, Tensor)],
+        (betas, eps, weight_decay): ((f64, f64), f64, f64),
+        dist: &Dist,
+        bucket_bytes: usize,
+        keep_masters: bool,
+    ) -> Result<Self> {
+        let shard = Shard::new(params, dist, bucket_bytes, keep_masters)?;
         Ok(Self { betas, eps, weight_decay, step: 0, state: Vec::new(), shard: Some(Box::new(shard)) })
     }
 
@@ -64,25 +70,11 @@ impl AdamW {
         self.shard.is_some()
     }
 
-    /// Advances the step count and returns the update it calls for at `lr`.
-    fn next_update(&mut self, lr: f64) -> Update {
-        self.step += 1;
-        let (b1, b2) = self.betas;
-        Update {
-            lr,
-            b1,
-            b2,
-            bc1: 1.0 - b1.powi(self.step as i32),
-            bc2_sqrt: (1.0 - b2.powi(self.step as i32)).sqrt(),
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-        }
-    }
-
     /// One update of every parameter from its `.grad()` at learning rate `lr`.
     pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) {
         let _guard = tch::no_grad_guard();
-        let u = self.next_update(lr);
+        self.step += 1;
+        let u = Update::new(self.betas, self.eps, self.weight_decay, self.step, lr);
         for ((_, p), m) in params.iter().zip(&mut self.state) {
             let grad = p.grad();
             if !grad.defined() {
@@ -105,21 +97,7 @@ impl AdamW {
         check: impl FnOnce(f64) -> Result<()>,
     ) -> Result<(f64, f64)> {
         let _guard = tch::no_grad_guard();
-        let shard = self.shard.take().expect("sharded_step on a sharded optimizer");
-        let result = self.step_shard(&shard, params, lr, max_norm, dist, check);
-        self.shard = Some(shard);
-        result
-    }
-
-    fn step_shard(
-        &mut self,
-        shard: &Shard,
-        params: &[(String, Tensor)],
-        lr: f64,
-        max_norm: f64,
-        dist: &Dist,
-        check: impl FnOnce(f64) -> Result<()>,
-    ) -> Result<(f64, f64)> {
+        let shard = self.shard.as_deref().expect("sharded_step on a sharded optimizer");
         let started = Instant::now();
         let grads = shard.reduce_scatter_grads(params, dist)?;
         let mut comm_s = started.elapsed().as_secs_f64();
@@ -128,7 +106,8 @@ impl AdamW {
         if let Some(coef) = clip_coef(norm, max_norm) {
             let _ = grads.shallow_clone().g_mul_scalar_(coef);
         }
-        let u = self.next_update(lr);
+        self.step += 1;
+        let u = Update::new(self.betas, self.eps, self.weight_decay, self.step, lr);
         let master = shard.update(params, &grads, &u);
         let gathering = Instant::now();
         shard.all_gather_into(params, &master, dist)?;
@@ -136,12 +115,29 @@ impl AdamW {
         Ok((norm, comm_s))
     }
 
-    /// Under ZeRO-1, fills this rank's moments from the state rank 0 loaded
-    /// (zeros on a fresh start); a no-op otherwise.
-    pub fn shard_from_main(&mut self, dist: &Dist) -> Result<()> {
+    /// Under ZeRO-1, fills this rank's masters from `params` (f32, the same on
+    /// every rank) and its moments from the state rank 0 loaded (zeros on a
+    /// fresh start); a no-op otherwise.
+    pub fn shard_from_main(&mut self, params: &[(String, Tensor)], dist: &Dist) -> Result<()> {
         match &mut self.shard {
-            Some(shard) => shard.fill_from_main(dist),
+            Some(shard) => shard.fill_from_main(params, dist),
             None => Ok(()),
+        }
+    }
+
+    /// Whether the f32 masters live in this optimizer's shards (ZeRO-1 with a
+    /// bf16/f16 model), so that the trainable tensors may be lowered to the compute dtype.
+    pub fn keeps_masters(&self) -> bool {
+        self.shard.as_ref().is_some_and(|s| s.keeps_masters())
+    }
+
+    /// The whole f32 masters, named as the trainable tensors, on rank 0's host
+    /// when this optimizer keeps them (a collective, like [`AdamW::full_state`];
+    /// the other ranks get an empty list); `None` otherwise.
+    pub fn full_masters(&self, dist: &Dist) -> Result<Option<Vec<(String, Tensor)>>> {
+        match &self.shard {
+            Some(shard) => shard.gather_masters(dist),
+            None => Ok(None),
         }
     }
 
@@ -248,6 +244,13 @@ pub struct Update {
 }
 
 impl Update {
+    /// The constants of optimizer step `step` (1-based) at learning rate `lr`.
+    fn new((b1, b2): (f64, f64), eps: f64, weight_decay: f64, step: i64, lr: f64) -> Self {
+        let bc1 = 1.0 - b1.powi(step as i32);
+        let bc2_sqrt = (1.0 - b2.powi(step as i32)).sqrt();
+        Self { lr, b1, b2, bc1, bc2_sqrt, eps, weight_decay }
+    }
+
     /// Updates `p` (f32) and its moments in place from the f32 gradient `grad`.
     pub fn apply(&self, p: &mut Tensor, grad: &Tensor, exp_avg: &mut Tensor, exp_avg_sq: &mut Tensor, decay: bool) {
         if decay && self.weight_decay != 0.0 {

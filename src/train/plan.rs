@@ -99,12 +99,13 @@ pub struct MemoryPlan {
     /// The tensors the forward pass reads, in the compute dtype: the frozen
     /// base model and the trainable tensors' compute copies.
     pub weights_bytes: i64,
-    /// Gradients of the trainable tensors: f32 (they accumulate on the f32
-    /// leaves), whole on every rank (ZeRO-1 shards none of them).
+    /// Gradients of the trainable tensors, whole on every rank (ZeRO-1 shards
+    /// none of them): f32 on the f32 leaves, or in the compute dtype under
+    /// ZeRO-1, whose leaves are the compute weights.
     pub gradients_bytes: i64,
-    /// The f32 trainable tensors AdamW updates, when the compute dtype is not
-    /// f32 (in f32 they are the weights themselves): the autograd leaves, so
-    /// whole on every rank in this trainer, also under ZeRO-1.
+    /// The f32 copies of the trainable tensors AdamW updates, when the compute
+    /// dtype is not f32 (in f32 they are the weights themselves): whole on
+    /// every rank, or this rank's `ceil(P / world_size)` under ZeRO-1.
     pub masters_bytes: i64,
     /// AdamW's two f32 moments: whole, or this rank's `ceil(P / world_size)` under ZeRO-1.
     pub optimizer_bytes: i64,
@@ -120,10 +121,11 @@ impl MemoryPlan {
         let e = compute_bytes(cfg);
         let (p, frozen) = (counts.trainable_params, counts.frozen_params);
         let world = world_size.max(1) as i64;
+        let sharded = if zero == 1 { (p + world - 1) / world } else { p };
         let weights_bytes = (frozen + p) * e;
-        let gradients_bytes = 4 * p;
-        let masters_bytes = if e == 4 { 0 } else { 4 * p };
-        let optimizer_bytes = 8 * if zero == 1 { (p + world - 1) / world } else { p };
+        let gradients_bytes = if zero == 1 { e * p } else { 4 * p };
+        let masters_bytes = if e == 4 { 0 } else { 4 * sharded };
+        let optimizer_bytes = 8 * sharded;
         let activations_estimate_bytes = Self::activations_estimate(cfg, model, e);
         let total_bytes = weights_bytes + gradients_bytes + masters_bytes + optimizer_bytes + activations_estimate_bytes;
         Self { weights_bytes, gradients_bytes, masters_bytes, optimizer_bytes, activations_estimate_bytes, total_bytes }

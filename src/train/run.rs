@@ -100,6 +100,43 @@ impl Trainee {
         }
     }
 
+    /// Makes the trainable tensors leaves in the model's compute dtype (ZeRO-1
+    /// in bf16/f16, once the optimizer's shards hold the f32 masters): the
+    /// whole f32 copies and their f32 gradients are no longer kept on every rank.
+    fn lower_to_compute_dtype(&mut self, model: &Llama) {
+        let kind = model.kind();
+        match self {
+            Self::L2d(l) => {
+                l.params = l.params.iter().map(|(n, p)| (n.clone(), p.detach().to_kind(kind).set_requires_grad(true))).collect();
+            }
+            Self::Full { masters: Some(_) } => {
+                self.refresh(model);
+                for (_, mut w) in model.named_tensors() {
+                    // In place: the model's own tensors become the leaves.
+                    let _ = w.detach_();
+                    let _ = w.set_requires_grad(true);
+                }
+                *self = Self::Full { masters: None };
+            }
+            Self::Full { masters: None } | Self::Lora(_) => {}
+        }
+    }
+
+    /// Puts the f32 `masters` (named as [`Trainee::params`]) back as the
+    /// trainable tensors, after [`Trainee::lower_to_compute_dtype`], so that the
+    /// result is written in f32.
+    fn raise_to_masters(&mut self, model: &Llama, masters: Vec<(String, Tensor)>) {
+        let on_device: Vec<(String, Tensor)> = masters.into_iter().map(|(n, t)| (n, t.to_device(model.device()))).collect();
+        match self {
+            Self::L2d(l) => {
+                l.params = on_device;
+                l.refresh(model);
+            }
+            Self::Full { .. } => *self = Self::Full { masters: Some(on_device) },
+            Self::Lora(_) => {}
+        }
+    }
+
     /// Summed next-token loss and label count of `batch` (adapter dropout active when `train`).
     fn nll(&self, model: &Llama, batch: &TokenBatch, train: bool) -> Result<(Tensor, Tensor)> {
         Ok(match self {
@@ -217,16 +254,17 @@ fn start_from_main(dist: &Dist, start: u64, params: &[(String, Tensor)], opt: &m
     let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).chain(opt.state_tensors().into_iter().map(|(_, t)| t)).collect();
     dist.broadcast_from_main(&tensors, "the start weights and optimizer state")?;
     opt.step = start as i64;
-    opt.shard_from_main(dist)?;
+    opt.shard_from_main(params, dist)?;
     Ok(start)
 }
 
-/// AdamW over `params`, its state sharded across `dist`'s ranks when `train.zero = 1`.
-fn new_optimizer(cfg: &Config, params: &[(String, Tensor)], dist: &Dist) -> Result<AdamW> {
+/// AdamW over `params`, its state sharded across `dist`'s ranks when
+/// `train.zero = 1` (with the f32 masters when the model computes in `kind` other than f32).
+fn new_optimizer(cfg: &Config, params: &[(String, Tensor)], dist: &Dist, kind: Kind) -> Result<AdamW> {
     let t = &cfg.train;
     let (betas, eps, decay) = ((t.betas[0], t.betas[1]), t.eps, t.weight_decay);
     if t.zero == 1 {
-        return AdamW::new_sharded(params, betas, eps, decay, dist, Settings::from(&cfg.dist).bucket_bytes);
+        return AdamW::new_sharded(params, (betas, eps, decay), dist, Settings::from(&cfg.dist).bucket_bytes, kind != Kind::Float);
     }
     Ok(AdamW::new(params, betas, eps, decay))
 }
@@ -303,13 +341,16 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
 
     tch::manual_seed(t.seed as i64);
     let mut trainee = Trainee::new(mode, &model, cfg)?;
-    let mut opt = new_optimizer(cfg, &trainee.params(&model), &dist)?;
+    let mut opt = new_optimizer(cfg, &trainee.params(&model), &dist, model.kind())?;
     let start = resumed.as_ref().map_or(0, |c| c.state.step);
     if let Some(ckpt) = &resumed {
         checkpoint::restore(ckpt, &trainee.params(&model), &mut opt)?;
         tracing::info!(step = start, dir = %ckpt.dir.display(), "resumed");
     }
     let start = start_from_main(&dist, start, &trainee.params(&model), &mut opt)?;
+    if opt.keeps_masters() {
+        trainee.lower_to_compute_dtype(&model);
+    }
     trainee.refresh(&model);
     if dist.is_main() {
         restore_logs(out, resumed.as_ref())?;
@@ -322,12 +363,14 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
     let config_toml = cfg.to_toml_string();
     let saved = checkpoint::Saved { run_dir: out, config_toml: &config_toml, mode: t.mode.name(), seed: t.seed, total_steps: total, identity: &identity };
     let save = |step: u64, params: &[(String, Tensor)], opt: &AdamW| -> Result<()> {
-        // Under ZeRO-1 every rank takes part in gathering the state.
+        // Under ZeRO-1 every rank takes part in gathering the state (and the
+        // f32 masters, which the lowered trainable tensors only round).
+        let masters = opt.full_masters(&dist)?;
         let state = opt.full_state(&dist)?;
         if !dist.is_main() {
             return Ok(());
         }
-        checkpoint::save(&ckpt_dir, step, params, &state, &saved, t.keep_last)
+        checkpoint::save(&ckpt_dir, step, masters.as_deref().unwrap_or(params), &state, &saved, t.keep_last)
     };
     let mut progress = Progress::new(shown, "train", "steps", end, start);
     let started = Instant::now();
@@ -383,7 +426,16 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, stop: Arc<AtomicBool>, show
         }
     }
     progress.finish();
-    let result = if dist.is_main() { Some(write_result(&trainee, &model, cfg, &base_dir, out, step)?) } else { None };
+    let masters = opt.full_masters(&dist)?;
+    let result = if dist.is_main() {
+        if let Some(masters) = masters {
+            // The result in f32 from the masters, as unsharded.
+            trainee.raise_to_masters(&model, masters);
+        }
+        Some(write_result(&trainee, &model, cfg, &base_dir, out, step)?)
+    } else {
+        None
+    };
     Ok(Outcome { steps: step, interrupted: false, valid_loss, result })
 }
 

@@ -10,10 +10,11 @@
 //! rank's trainable tensors. Both collectives move the flat space in buckets
 //! of at most `dist.bucket_mb`.
 //!
-//! The f32 trainable tensors themselves (the masters, when the model computes
-//! in bf16) stay whole on every rank: they are the autograd leaves the
-//! forward pass reads through, so this rank's master shard is read from them
-//! each step rather than kept twice.
+//! When the model computes in f32, the trainable tensors are their own
+//! masters: the shard is read from them each step. In bf16/f16 the f32 masters
+//! live only in the shards (`keep_masters`), and the trainable tensors the
+//! forward pass reads become leaves in the compute dtype (their gradients too):
+//! the all-gather rounds the updated masters into them.
 
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -127,10 +128,14 @@ impl Layout {
     }
 }
 
-/// This rank's shard of the optimizer: both moments, and the state rank 0
-/// loaded from a checkpoint until it is handed out.
+/// This rank's shard of the optimizer: both moments, the f32 masters when
+/// the trainable tensors are not f32, and the state rank 0 loaded from a
+/// checkpoint until it is handed out.
 pub struct Shard {
     layout: Layout,
+    /// This rank's f32 masters (`None`: the f32 trainable tensors are their own).
+    master: Option<Tensor>,
+    keep_masters: bool,
     /// Largest input of one collective.
     bucket_bytes: usize,
     decay: Vec<bool>,
@@ -140,8 +145,10 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Zero moments for this rank's part of `params`; collectives move at most `bucket_bytes` each.
-    pub fn new(params: &[(String, Tensor)], dist: &Dist, bucket_bytes: usize) -> Result<Self> {
+    /// Zero moments for this rank's part of `params`; collectives move at most
+    /// `bucket_bytes` each. `keep_masters`: the trainable tensors will be
+    /// lowered to the compute dtype, so this rank keeps its f32 masters.
+    pub fn new(params: &[(String, Tensor)], dist: &Dist, bucket_bytes: usize, keep_masters: bool) -> Result<Self> {
         let layout = Layout::new(params, dist)?;
         let zeros = || Tensor::zeros([layout.shard], (Kind::Float, layout.device));
         Ok(Self {
@@ -149,9 +156,16 @@ impl Shard {
             exp_avg: zeros(),
             exp_avg_sq: zeros(),
             layout,
+            master: None,
+            keep_masters,
             bucket_bytes,
             loaded: None,
         })
+    }
+
+    /// Whether this shard holds the f32 masters.
+    pub fn keeps_masters(&self) -> bool {
+        self.keep_masters
     }
 
     /// Keeps moments read from a checkpoint (rank 0) after checking them
@@ -168,11 +182,16 @@ impl Shard {
         Ok(())
     }
 
-    /// This rank's moments from rank 0's loaded state, one tensor at a time
-    /// by broadcast so that no rank ever holds the whole state (zeros stay
-    /// when rank 0 loaded none).
-    pub fn fill_from_main(&mut self, dist: &Dist) -> Result<()> {
+    /// This rank's masters from `params` (f32 and the same on every rank by
+    /// now), when it keeps them; its moments from rank 0's loaded state, one
+    /// tensor at a time by broadcast so that no rank ever holds the whole
+    /// state (zeros stay when rank 0 loaded none).
+    pub fn fill_from_main(&mut self, params: &[(String, Tensor)], dist: &Dist) -> Result<()> {
         let _guard = tch::no_grad_guard();
+        if self.keep_masters {
+            let tensors: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
+            self.master = Some(self.layout.read(&tensors, self.layout.shard_start(self.layout.rank), self.layout.shard));
+        }
         let loaded = self.loaded.take();
         let any_loaded = dist.sum_f64(&[f64::from(u8::from(loaded.is_some()))], "whether a checkpoint's optimizer state was loaded")?[0] > 0.0;
         if !any_loaded {
@@ -229,7 +248,10 @@ impl Shard {
     pub fn update(&self, params: &[(String, Tensor)], grads: &Tensor, u: &Update) -> Tensor {
         let tensors: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
         let lo = self.layout.shard_start(self.layout.rank);
-        let master = self.layout.read(&tensors, lo, self.layout.shard);
+        let master = match &self.master {
+            Some(m) => m.shallow_clone(),
+            None => self.layout.read(&tensors, lo, self.layout.shard),
+        };
         for p in self.layout.pieces(lo, self.layout.shard) {
             if !tensors[p.index].grad().defined() {
                 continue;
@@ -254,25 +276,47 @@ impl Shard {
     }
 
     /// Both moments of every tensor, whole, on rank 0's host (empty on the
-    /// other ranks): each tensor is summed over ranks from the part each holds
-    /// (zeros elsewhere, so the sum is exact).
+    /// other ranks), named as the unsharded optimizer names them.
     pub fn gather_moments(&self, dist: &Dist) -> Result<Vec<(String, Tensor)>> {
-        let _guard = tch::no_grad_guard();
         let mut out = Vec::new();
         for i in 0..self.layout.names.len() {
             for (prefix, shard) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
                 let key = format!("{prefix}.{}", self.layout.names[i]);
-                let whole = Tensor::zeros([self.layout.numels[i]], (Kind::Float, self.layout.device));
-                let lo = self.layout.shard_start(self.layout.rank);
-                for p in self.layout.pieces(lo, self.layout.shard).into_iter().filter(|p| p.index == i) {
-                    whole.narrow(0, p.start, p.len).copy_(&shard.narrow(0, p.at, p.len));
-                }
-                dist.sum(&[whole.shallow_clone()], &format!("optimizer state {key}")).context("gathering the optimizer state for a checkpoint")?;
-                if dist.is_main() {
-                    out.push((key, whole.reshape(self.layout.sizes[i].as_slice()).to_device(Device::Cpu)));
+                if let Some(whole) = self.gather_on_main(shard, i, &key, dist)? {
+                    out.push((key, whole));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The f32 masters of every tensor, whole and named as the trainable
+    /// tensors, on rank 0's host (empty on the others); `None` when the
+    /// trainable tensors are their own masters.
+    pub fn gather_masters(&self, dist: &Dist) -> Result<Option<Vec<(String, Tensor)>>> {
+        let Some(master) = &self.master else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for (i, name) in self.layout.names.iter().enumerate() {
+            if let Some(whole) = self.gather_on_main(master, i, &format!("master weights {name}"), dist)? {
+                out.push((name.clone(), whole));
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Tensor `index` of the flat `shard`s, whole on rank 0's host (`None` on
+    /// the other ranks): summed over ranks from the part each holds (zeros
+    /// elsewhere, so the sum is exact), one tensor at a time.
+    fn gather_on_main(&self, shard: &Tensor, index: usize, what: &str, dist: &Dist) -> Result<Option<Tensor>> {
+        let _guard = tch::no_grad_guard();
+        let whole = Tensor::zeros([self.layout.numels[index]], (Kind::Float, self.layout.device));
+        let lo = self.layout.shard_start(self.layout.rank);
+        for p in self.layout.pieces(lo, self.layout.shard).into_iter().filter(|p| p.index == index) {
+            whole.narrow(0, p.start, p.len).copy_(&shard.narrow(0, p.at, p.len));
+        }
+        dist.sum(&[whole.shallow_clone()], what).context("gathering the optimizer state for a checkpoint")?;
+        Ok(dist.is_main().then(|| whole.reshape(self.layout.sizes[index].as_slice()).to_device(Device::Cpu)))
     }
 }
