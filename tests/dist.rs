@@ -230,6 +230,14 @@ fn zero1_in_bf16_keeps_f32_masters_in_the_shards_and_resumes_equal() {
     // ... and the moments show it: they differ by the bf16 rounding of the gradients.
     let moved = final_moments(&plain).iter().zip(&final_moments(&whole)).any(|((_, a), (_, b))| !a.equal(b));
     assert!(moved, "ZeRO-1 in bf16 gave the moments of f32 gradients: the trainable tensors were not lowered");
+    // `full` lowers the model's own weights: it trains, and its result holds the f32 masters.
+    let full = dir.join("full");
+    let args = train_args("full", &d, &full, &zero_bf16);
+    all_ok(run_ranks(&[args.clone(), args]));
+    assert_eq!(loss_log(&full).len(), 4);
+    let result = Tensor::read_safetensors(full.join("model/model.safetensors")).unwrap();
+    assert!(result.iter().all(|(_, t)| t.kind() == tch::Kind::Float));
+    assert!(result.iter().any(|(_, t)| !t.equal(&t.to_kind(tch::Kind::BFloat16).to_kind(tch::Kind::Float))), "the result is the bf16 weights");
 }
 
 /// Copies a run directory (its checkpoints, metrics and config).

@@ -122,17 +122,17 @@ impl Trainee {
         }
     }
 
-    /// Puts the f32 `masters` (named as [`Trainee::params`]) back as the
-    /// trainable tensors, after [`Trainee::lower_to_compute_dtype`], so that the
-    /// result is written in f32.
+    /// Puts the f32 `masters` (named as [`Trainee::params`], on the host)
+    /// back as the trainable tensors, after [`Trainee::lower_to_compute_dtype`],
+    /// so that the result is written in f32. `full` leaves them on the host
+    /// (only written out), L2D moves them to the device it assembles on.
     fn raise_to_masters(&mut self, model: &Llama, masters: Vec<(String, Tensor)>) {
-        let on_device: Vec<(String, Tensor)> = masters.into_iter().map(|(n, t)| (n, t.to_device(model.device()))).collect();
         match self {
             Self::L2d(l) => {
-                l.params = on_device;
+                l.params = masters.into_iter().map(|(n, t)| (n, t.to_device(model.device()))).collect();
                 l.refresh(model);
             }
-            Self::Full { .. } => *self = Self::Full { masters: Some(on_device) },
+            Self::Full { .. } => *self = Self::Full { masters: Some(masters) },
             Self::Lora(_) => {}
         }
     }
