@@ -257,6 +257,24 @@ int l2d_dist_all_gather(L2dDist* pg, void* out, void* in, char** err) {
   });
 }
 
+int l2d_dist_reduce_scatter_sum(L2dDist* pg, void* out, void* in, char** err) {
+  return guarded(err, [&] {
+    at::NoGradGuard no_grad;
+    void* pair[2] = {out, in};
+    at::Tensor o = tensor_at(pair, 0);
+    at::Tensor i = tensor_at(pair, 1);
+    TORCH_CHECK(i.numel() == o.numel() * pg->world && o.is_contiguous() &&
+                    i.is_contiguous() && o.scalar_type() == i.scalar_type(),
+                "reduce_scatter: in must be contiguous with world_size times "
+                "the elements of out, of the same dtype");
+    at::Tensor flat_out = o.view({-1});
+    at::Tensor flat_in = i.view({-1});
+    c10d::ReduceScatterOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    pg->backend->_reduce_scatter_base(flat_out, flat_in, opts)->wait();
+  });
+}
+
 int l2d_dist_probe_alive(L2dDist* pg, const char* tag, int64_t wait_ms,
                          uint8_t* alive, char** err) {
   return guarded(err, [&] {

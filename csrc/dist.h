@@ -44,6 +44,11 @@ int l2d_dist_broadcast(L2dDist* pg, void* const* tensors, size_t n, int root,
 // concatenated in rank order.
 int l2d_dist_all_gather(L2dDist* pg, void* out, void* in, char** err);
 
+// out (contiguous, in.numel() / world_size elements) = this rank's block of
+// the element-wise sum over ranks of `in` (contiguous, world_size equal blocks
+// in rank order).
+int l2d_dist_reduce_scatter_sum(L2dDist* pg, void* out, void* in, char** err);
+
 // After a failed collective: announces this rank as alive under `tag` in the
 // store and waits up to `wait_ms` for the others to do the same. alive[r] is
 // set to 1 for each rank seen (world_size entries). -1 when the store itself

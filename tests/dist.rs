@@ -128,6 +128,124 @@ fn two_ranks_equal_one_rank_with_the_same_global_batch_in_every_mode() {
     }
 }
 
+/// The AdamW moments of the newest checkpoint, by name.
+fn final_moments(out: &Path) -> Vec<(String, Tensor)> {
+    let newest = std::fs::read_dir(out.join("checkpoints")).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let mut t = Tensor::read_safetensors(newest.join("optimizer.safetensors")).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+/// The runs in `a` and `b` equal as [`assert_same_run`] says, and their saved
+/// moments too, to 1e-9 absolute: the second moments are squares of gradients
+/// of order 1e-3, the first of the gradients themselves; the two runs differ
+/// only by the rounding of the clip factor (the global norm's f64 squares are
+/// summed per shard rather than per tensor) and of the gradients' sums.
+fn assert_same_state(a: &Path, b: &Path, what: &str) {
+    assert_same_run(a, b, what);
+    // The global norm (clipping is active: norms 2.7-4.1 > train.grad_clip = 1).
+    let norms = |out: &Path| -> Vec<f64> {
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter_map(|r| r["grad_norm"].as_f64()).collect()
+    };
+    let (na, nb) = (norms(a), norms(b));
+    assert_eq!(na.len(), nb.len(), "{what}");
+    for (x, y) in na.iter().zip(&nb) {
+        assert!((x - y).abs() <= 1e-6 * x.abs(), "{what}: gradient norm {x} vs {y}");
+    }
+    let (ma, mb) = (final_moments(a), final_moments(b));
+    assert_eq!(ma.iter().map(|(n, _)| n).collect::<Vec<_>>(), mb.iter().map(|(n, _)| n).collect::<Vec<_>>(), "{what}");
+    let worst = ma.iter().zip(&mb).map(|((_, x), (_, y))| (x - y).abs().max().double_value(&[])).fold(0.0, f64::max);
+    eprintln!("{what}: largest moment difference {worst:e}");
+    assert!(worst <= 1e-9, "{what}: moments differ by {worst:e}");
+}
+
+const ZERO1: [&str; 2] = ["--set", "train.zero=1"];
+
+#[test]
+fn zero1_on_two_ranks_equals_plain_data_parallelism() {
+    let d = data("dist-zero-data", 40);
+    for mode in ["l2d-full", "full"] {
+        let dir = scratch(&format!("dist-zero-{mode}"));
+        let (plain, zero) = (dir.join("plain"), dir.join("zero"));
+        all_ok(run_ranks(&[train_args(mode, &d, &plain, &[]), train_args(mode, &d, &plain, &[])]));
+        // Small buckets: every collective of the tiny model is split many times.
+        let zero_args = train_args(mode, &d, &zero, &[ZERO1[0], ZERO1[1], "--set", "dist.bucket_mb=0.01"]);
+        all_ok(run_ranks(&[zero_args.clone(), zero_args]));
+        assert_same_state(&plain, &zero, &format!("{mode}: ZeRO-1 vs plain"));
+    }
+}
+
+#[test]
+fn zero1_in_bf16_keeps_f32_masters_in_the_shards_and_resumes_equal() {
+    let d = data("dist-zero-bf16-data", 40);
+    let dir = scratch("dist-zero-bf16");
+    let bf16 = ["--set", "model.dtype=bf16"];
+    let zero_bf16 = [&bf16[..], &ZERO1[..]].concat();
+    let two_ranks = |out: &Path, extra: &[&str]| {
+        let args = train_args("l2d-full", &d, out, extra);
+        all_ok(run_ranks(&[args.clone(), args]));
+    };
+    let (whole, halves, plain) = (dir.join("whole"), dir.join("halves"), dir.join("plain"));
+    two_ranks(&whole, &zero_bf16);
+    two_ranks(&halves, &[&zero_bf16[..], &["--set", "train.stop_at_step=2"]].concat());
+    two_ranks(&halves, &[&zero_bf16[..], &["--resume"]].concat());
+    // Resumed from the gathered f32 masters and moments: the same run.
+    assert_same_state(&whole, &halves, "ZeRO-1 in bf16, resumed");
+    // The checkpoint holds the f32 masters, not the bf16 weights the ranks compute with.
+    let off_bf16 = final_trainable(&whole)
+        .iter()
+        .filter(|(_, t)| t.kind() == tch::Kind::Float && !t.equal(&t.to_kind(tch::Kind::BFloat16).to_kind(tch::Kind::Float)))
+        .count();
+    assert!(off_bf16 > 0, "every saved tensor is bf16-representable: masters were not saved");
+    // Unsharded bf16 accumulates f32 gradients on f32 leaves, ZeRO-1 bf16 ones
+    // on the bf16 weights: the same training up to bf16 rounding of the gradients.
+    two_ranks(&plain, &bf16);
+    for ((s, a), (_, b)) in loss_log(&plain).iter().zip(&loss_log(&whole)) {
+        assert!((a - b).abs() <= 1e-2 * a.abs(), "step {s}: unsharded loss {a} vs ZeRO-1 {b}");
+    }
+    // ... and the moments show it: they differ by the bf16 rounding of the gradients.
+    let moved = final_moments(&plain).iter().zip(&final_moments(&whole)).any(|((_, a), (_, b))| !a.equal(b));
+    assert!(moved, "ZeRO-1 in bf16 gave the moments of f32 gradients: the trainable tensors were not lowered");
+    // `full` lowers the model's own weights: it trains, and its result holds the f32 masters.
+    let full = dir.join("full");
+    let args = train_args("full", &d, &full, &zero_bf16);
+    all_ok(run_ranks(&[args.clone(), args]));
+    assert_eq!(loss_log(&full).len(), 4);
+    let result = Tensor::read_safetensors(full.join("model/model.safetensors")).unwrap();
+    assert!(result.iter().all(|(_, t)| t.kind() == tch::Kind::Float));
+    assert!(result.iter().any(|(_, t)| !t.equal(&t.to_kind(tch::Kind::BFloat16).to_kind(tch::Kind::Float))), "the result is the bf16 weights");
+}
+
+/// Copies a run directory (its checkpoints, metrics and config).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let dest = to.join(path.file_name().unwrap());
+        if path.is_dir() { copy_tree(&path, &dest) } else { std::fs::copy(&path, &dest).map(|_| ()).unwrap() }
+    }
+}
+
+#[test]
+fn a_zero1_two_rank_run_resumes_on_one_rank_with_or_without_zero_and_ends_equal() {
+    let d = data("dist-zero-resume-data", 40);
+    let dir = scratch("dist-zero-resume");
+    let whole = dir.join("whole");
+    ok(single(&train_args("l2d-full", &d, &whole, &[])));
+    let half = [ZERO1[0], ZERO1[1], "--set", "train.stop_at_step=2"];
+    let first = dir.join("first-half");
+    let zero_half = train_args("l2d-full", &d, &first, &half);
+    all_ok(run_ranks(&[zero_half.clone(), zero_half]));
+    for (name, extra) in [("zero1-world1", &ZERO1[..]), ("zero0", &[][..])] {
+        let run = dir.join(name);
+        copy_tree(&first, &run);
+        let resume: Vec<&str> = extra.iter().copied().chain(["--resume"]).collect();
+        ok(single(&train_args("l2d-full", &d, &run, &resume)));
+        assert_same_state(&whole, &run, &format!("ZeRO-1 on 2 ranks, then 1 rank with {name}"));
+    }
+}
+
 #[test]
 fn torchrun_launches_the_same_binary_as_a_group() {
     let d = data("dist-torchrun-data", 40);
@@ -284,6 +402,8 @@ fn bad_dist_settings_are_usage_errors_naming_the_key() {
         ("dist.timeout_s=0", "dist.timeout_s: must be a finite number > 0, got 0"),
         ("dist.bucket_mb=-1", "dist.bucket_mb: must be a finite number > 0, got -1"),
         ("dist.buckets=1", "dist.buckets"),
+        ("train.zero=2", "train.zero: must be 0 or 1, got 2"),
+        ("train.zero=1", "train.zero: 1 (ZeRO-1) applies to train.mode = \"full\" or \"l2d-full\", not \"l2d-lora\""),
     ] {
         assert_error(&single(&train_args("l2d-lora", &d, &out, &["--dry-run", "--set", set])), 2, &[needle]);
     }

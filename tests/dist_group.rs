@@ -85,6 +85,24 @@ fn broadcast_sum_f64_and_gathered_text() {
 }
 
 #[test]
+fn reduce_scatter_gives_each_rank_its_block_of_the_sum_and_all_gather_rejoins_them() {
+    let results = on_ranks(2, settings(30, 0), |rank, dist| {
+        // Rank r holds [r, r+1, ..., r+5]: the sum is [1, 3, 5, 7, 9, 11].
+        let input = Tensor::arange(6, (Kind::Float, Device::Cpu)) + rank as f64;
+        let block = dist.reduce_scatter_sum(&input, "test blocks").unwrap();
+        let whole = dist.all_gather_flat(&block, "test blocks").unwrap();
+        let uneven = dist.reduce_scatter_sum(&Tensor::ones([5], (Kind::Float, Device::Cpu)), "odd blocks").unwrap_err().to_string();
+        (Vec::<f32>::try_from(block).unwrap(), Vec::<f32>::try_from(whole).unwrap(), uneven)
+    });
+    assert_eq!(results[0].0, [1.0, 3.0, 5.0]);
+    assert_eq!(results[1].0, [7.0, 9.0, 11.0]);
+    for (_, whole, uneven) in &results {
+        assert_eq!(whole, &[1.0, 3.0, 5.0, 7.0, 9.0, 11.0]);
+        assert_eq!(uneven, "dist: reduce_scatter of odd blocks: 5 elements do not split into 2 equal blocks");
+    }
+}
+
+#[test]
 fn different_configs_are_refused_naming_the_keys_on_every_rank() {
     let errors = on_ranks(2, settings(30, 1 << 20), |rank, dist| {
         let lr = if rank == 0 { "1e-4" } else { "2e-4" };

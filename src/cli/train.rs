@@ -19,12 +19,15 @@ pub struct Args {
     /// Output directory (checkpoints, metrics, the trained result).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Report parameter counts and the planned batch, steps and token budget; needs only config.json (and reads data.out, when set, for the steps and tokens).
+    /// Report parameter counts, the planned batch, steps and token budget, and the per-rank memory plan with and without ZeRO-1; needs only config.json (and reads data.out, when set, for the steps and tokens).
     #[arg(long)]
     pub dry_run: bool,
     /// Print the dry-run report as JSON.
     #[arg(long, requires = "dry_run")]
     pub json: bool,
+    /// Ranks the dry run's per-rank memory plan divides the sharded optimizer state over [default: $WORLD_SIZE, else 1].
+    #[arg(long, requires = "dry_run", value_name = "N", value_parser = world_size_flag)]
+    pub world_size: Option<u64>,
     /// Continue the run in --out from its newest valid checkpoint, with its own config.toml unless --config is given; only length, cadence and the learning-rate schedule may change.
     #[arg(long)]
     pub resume: bool,
@@ -39,15 +42,40 @@ pub fn run(args: Args, progress: ProgressMode) -> Result<()> {
     if !args.dry_run {
         return train(&cfg, &args, progress);
     }
-    let plan = crate::train::plan::dry_run(&cfg, &model_cfg)?;
+    let plan = crate::train::plan::dry_run(&cfg, &model_cfg, planned_world_size(args.world_size)?)?;
     if args.json {
         println!("{plan}");
     } else {
         for (k, v) in plan.as_object().expect("an object") {
-            println!("{k:<26} {v}");
+            match v.as_object() {
+                // The memory plans: one line per part, in GiB beside the bytes.
+                Some(parts) => {
+                    for (part, bytes) in parts {
+                        let gib = bytes.as_f64().unwrap_or(0.0) / (1u64 << 30) as f64;
+                        println!("{:<26} {bytes} ({gib:.1} GiB)", format!("{k}.{part}"));
+                    }
+                }
+                None => println!("{k:<26} {v}"),
+            }
         }
     }
     Ok(())
+}
+
+/// A rank count: a whole number >= 1.
+fn world_size_flag(v: &str) -> Result<u64, String> {
+    v.trim().parse::<u64>().ok().filter(|&n| n >= 1).ok_or_else(|| format!("expected a whole number >= 1, got {v:?}"))
+}
+
+/// `--world-size`, else the launcher's WORLD_SIZE, else 1.
+fn planned_world_size(flag: Option<u64>) -> Result<u64> {
+    if let Some(n) = flag {
+        return Ok(n);
+    }
+    match std::env::var("WORLD_SIZE") {
+        Err(_) => Ok(1),
+        Ok(v) => world_size_flag(&v).or_else(|why| crate::bail_usage!("WORLD_SIZE: {why} (or pass --world-size N)")),
+    }
 }
 
 /// The config to train with: `--config` and `--set`, or on `--resume`

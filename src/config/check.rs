@@ -2,7 +2,7 @@
 //! rules. Choices are typed ([`super::choices`]), so what deserialises and
 //! passes here is a run the library can carry out without checking again.
 
-use super::Config;
+use super::{Config, Mode};
 use crate::error::usage;
 
 /// A validation failure: the key it is reported under, the other keys that
@@ -211,6 +211,13 @@ impl Config {
         require(t.out.as_deref() != Some(""), "train.out", || {
             "must not be empty (leave it out instead)".into()
         })?;
+        require(t.zero <= 1, "train.zero", || format!("must be 0 or 1, got {}", t.zero))?;
+        // LoRA modes train a few million parameters: their optimizer state is
+        // small beside the frozen model, so sharding it would save nothing.
+        require(t.zero == 0 || matches!(t.mode, Mode::Full | Mode::L2dFull), "train.zero", || {
+            format!("1 (ZeRO-1) applies to train.mode = \"full\" or \"l2d-full\", not \"{}\"", t.mode)
+        })
+        .map_err(|e| Invalid { also: &["train.mode"], ..e })?;
 
         let d = &self.data;
         non_empty_items("data.train", &d.train)?;

@@ -223,6 +223,10 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Run directory; none lets the CLI choose one.
     pub out: Option<String>,
+    /// ZeRO stage: 0 keeps the whole AdamW state on every rank; 1 shards the
+    /// moments and the f32 master update across data-parallel ranks
+    /// (`full` and `l2d-full` only).
+    pub zero: u8,
 }
 
 impl Default for TrainConfig {
@@ -251,6 +255,7 @@ impl Default for TrainConfig {
             keep_last: 2,
             log_every: 10,
             out: None,
+            zero: 0,
         }
     }
 }

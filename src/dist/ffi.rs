@@ -30,6 +30,7 @@ extern "C" {
     pub fn l2d_dist_all_reduce_sum(pg: *mut L2dDist, tensors: *const *mut c_void, n: usize, bucket_bytes: i64, err: *mut *mut c_char) -> c_int;
     pub fn l2d_dist_broadcast(pg: *mut L2dDist, tensors: *const *mut c_void, n: usize, root: c_int, bucket_bytes: i64, err: *mut *mut c_char) -> c_int;
     pub fn l2d_dist_all_gather(pg: *mut L2dDist, out: *mut c_void, input: *mut c_void, err: *mut *mut c_char) -> c_int;
+    pub fn l2d_dist_reduce_scatter_sum(pg: *mut L2dDist, out: *mut c_void, input: *mut c_void, err: *mut *mut c_char) -> c_int;
     pub fn l2d_dist_probe_alive(pg: *mut L2dDist, tag: *const c_char, wait_ms: i64, alive: *mut u8, err: *mut *mut c_char) -> c_int;
     pub fn l2d_dist_job_set(pg: *mut L2dDist, key: *const c_char, err: *mut *mut c_char) -> c_int;
     pub fn l2d_dist_job_has(pg: *mut L2dDist, key: *const c_char, present: *mut c_int, err: *mut *mut c_char) -> c_int;

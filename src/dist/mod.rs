@@ -162,6 +162,21 @@ impl ProcessGroup {
         Ok(())
     }
 
+    /// This rank's block of the element-wise sum over ranks of `input`, a
+    /// flat tensor of `world_size` equal blocks in rank order.
+    pub fn reduce_scatter_sum(&self, input: &Tensor, what: &str) -> Result<Tensor> {
+        let input = input.contiguous();
+        let n = input.numel() as i64;
+        let world = self.world_size() as i64;
+        anyhow::ensure!(n % world == 0, "dist: reduce_scatter of {what}: {n} elements do not split into {world} equal blocks");
+        let out = Tensor::zeros([n / world], (input.kind(), input.device()));
+        // SAFETY: both are live, contiguous `at::Tensor*` for the call.
+        self.call("reduce_scatter", what, |e| unsafe {
+            ffi::l2d_dist_reduce_scatter_sum(self.raw.as_ptr(), out.as_ptr() as *mut c_void, input.as_ptr() as *mut c_void, e)
+        })?;
+        Ok(out)
+    }
+
     /// Runs one collective; a failure becomes one line naming it and the ranks that stopped answering.
     fn call(&self, op: &str, what: &str, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {
         let n = self.issued.get() + 1;
@@ -317,6 +332,23 @@ impl Dist {
         match &self.group {
             Some(g) if g.launch.is_restart() => g.job_has(RUN_STARTED),
             _ => Ok(false),
+        }
+    }
+
+    /// This worker's block of the sum over workers of `input` (flat, one equal
+    /// block per worker in rank order); alone, `input` itself.
+    pub fn reduce_scatter_sum(&self, input: &Tensor, what: &str) -> Result<Tensor> {
+        match &self.group {
+            Some(g) => g.reduce_scatter_sum(input, what),
+            None => Ok(input.shallow_clone()),
+        }
+    }
+
+    /// Every worker's flat `input` (same length everywhere), concatenated in rank order.
+    pub fn all_gather_flat(&self, input: &Tensor, what: &str) -> Result<Tensor> {
+        match &self.group {
+            Some(g) => Ok(g.all_gather(input, what)?.reshape([-1])),
+            None => Ok(input.shallow_clone()),
         }
     }
 

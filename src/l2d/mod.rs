@@ -324,8 +324,9 @@ impl L2d {
         Self {
             modulation,
             map: Linear { weight: get(ParamName::Map(Leaf::Weight)), bias: Some(get(ParamName::Map(Leaf::Bias))) },
-            // The fp32 island (input encoder) keeps its f32 weights.
-            encoder: mlp2(ParamName::Encoder, &|n| master(n).expect("validated above").shallow_clone()),
+            // The fp32 island (input encoder) keeps f32 weights (cast up when
+            // training keeps the leaves in the compute dtype, ZeRO-1).
+            encoder: mlp2(ParamName::Encoder, &|n| master(n).expect("validated above").to_kind(Kind::Float)),
             timestep: mlp2(ParamName::Timestep, &get),
             gate_head: mlp2(ParamName::GateHead, &get),
             guidance: master(ParamName::Guidance).map(|_| get(ParamName::Guidance)),

@@ -181,7 +181,7 @@ fn move_aside(dir: &Path) -> Result<PathBuf> {
 /// Writes the checkpoint of `step` atomically (staged, then renamed) and keeps
 /// the newest `keep_last`. A `step-N` directory already there is kept when it
 /// verifies (saved a moment ago) and moved aside when it does not.
-pub fn save(ckpt_dir: &Path, step: u64, params: &[(String, Tensor)], opt: &AdamW, saved: &Saved, keep_last: usize) -> Result<()> {
+pub fn save(ckpt_dir: &Path, step: u64, params: &[(String, Tensor)], opt_state: &[(String, Tensor)], saved: &Saved, keep_last: usize) -> Result<()> {
     let dest = step_dir(ckpt_dir, step);
     let not_saved = || format!("checkpoint at step {step} not saved; the previous one is intact");
     if dest.is_dir() {
@@ -194,12 +194,12 @@ pub fn save(ckpt_dir: &Path, step: u64, params: &[(String, Tensor)], opt: &AdamW
         }
     }
     let staged = crate::io::StagedDir::new(&dest).with_context(not_saved)?;
-    write_files(staged.path(), step, params, opt, saved).with_context(not_saved)?;
+    write_files(staged.path(), step, params, opt_state, saved).with_context(not_saved)?;
     staged.commit().with_context(not_saved)?;
     prune(ckpt_dir, keep_last)
 }
 
-fn write_files(dir: &Path, step: u64, params: &[(String, Tensor)], opt: &AdamW, saved: &Saved) -> Result<()> {
+fn write_files(dir: &Path, step: u64, params: &[(String, Tensor)], opt_state: &[(String, Tensor)], saved: &Saved) -> Result<()> {
     let detached: Vec<(String, Tensor)> = params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
     let mut files = Vec::new();
     let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
@@ -219,7 +219,7 @@ fn write_files(dir: &Path, step: u64, params: &[(String, Tensor)], opt: &AdamW, 
         Ok(())
     };
     put(TRAINABLE, &crate::model::weights::serialize(&detached)?)?;
-    put(OPTIMIZER, &crate::model::weights::serialize(&opt.state_tensors())?)?;
+    put(OPTIMIZER, &crate::model::weights::serialize(opt_state)?)?;
     put(CONFIG, saved.config_toml.as_bytes())?;
     put(METRICS, &read_or_empty(&saved.run_dir.join(METRICS))?)?;
     for name in event_files(&saved.run_dir.join(TENSORBOARD))? {

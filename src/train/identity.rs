@@ -5,7 +5,7 @@
 //! micro-batch, `max_seq_len`, the optimizer. `--resume` may change only how
 //! far the run goes, how often it evaluates, saves and logs, and the
 //! learning-rate schedule; each such change is a warning and a `config_change`
-//! record in `metrics.jsonl`. Anything else is refused. Nothing here depends
+//! record in `metrics.jsonl`, as is a change of `train.zero`. Anything else is refused. Nothing here depends
 //! on the number of processes.
 
 use anyhow::Result;
@@ -38,6 +38,9 @@ const RESUMABLE: &[&str] = &[
 /// Sections training never reads, or (`dist.`) that change how ranks talk,
 /// not what they compute: a run may resume on another launch.
 const UNUSED_BY_TRAINING: &[&str] = &["generate.", "eval.", "dist."];
+/// Keys that change how ranks hold the optimizer state, not what is
+/// computed (ZeRO-1 checkpoints hold the whole state, like unsharded ones).
+const STATE_LAYOUT: &[&str] = &["train.zero"];
 /// Keys that locate the base model and the data: a new place holding the same
 /// files (by fingerprint) is the same run.
 const LOCATIONS: &[&str] = &["model.path", "data.out"];
@@ -151,7 +154,7 @@ pub fn check_resume(old: &Config, new: &Config, old_identity: Option<&Identity>,
 }
 
 fn may_change(key: &str) -> bool {
-    RESUMABLE.contains(&key) || LOCATIONS.contains(&key) || UNUSED_BY_TRAINING.iter().any(|s| key.starts_with(s))
+    RESUMABLE.contains(&key) || STATE_LAYOUT.contains(&key) || LOCATIONS.contains(&key) || UNUSED_BY_TRAINING.iter().any(|s| key.starts_with(s))
 }
 
 /// Every leaf of the config by its dotted key (arrays are leaves).

@@ -7,6 +7,7 @@ pub mod optim;
 pub mod plan;
 pub mod run;
 pub mod tensorboard;
+mod zero;
 
 use anyhow::Result;
 use serde::Serialize;

@@ -3,9 +3,12 @@
 
 use anyhow::Result;
 use std::collections::HashMap;
+use std::time::Instant;
 use tch::{Kind, Tensor};
 
+use super::zero::Shard;
 use crate::config::{TrainConfig, WarmupType};
+use crate::dist::Dist;
 
 /// Decoupled weight-decay Adam over named parameters.
 pub struct AdamW {
@@ -14,8 +17,11 @@ pub struct AdamW {
     weight_decay: f64,
     /// Optimizer steps taken.
     pub step: i64,
-    /// Per parameter: first and second moments, and whether it decays.
+    /// Per parameter: first and second moments, and whether it decays
+    /// (empty when the state is sharded).
     state: Vec<Moments>,
+    /// This rank's share of the moments under ZeRO-1.
+    shard: Option<Box<Shard>>,
 }
 
 struct Moments {
@@ -42,31 +48,106 @@ impl AdamW {
                 decay: decays(name, p),
             })
             .collect();
-        Self { betas, eps, weight_decay, step: 0, state }
+        Self { betas, eps, weight_decay, step: 0, state, shard: None }
+    }
+
+    /// Fresh state for `params` under ZeRO-1: this rank of `dist` keeps only
+    /// its slice of the moments, and of the f32 masters when `keep_masters`
+    /// (filled by [`AdamW::shard_from_main`]). Collectives move at most `bucket_bytes` each.
+    pub fn new_sharded(
+        params: &[(String, Tensor)],
+        (betas, eps, weight_decay): ((f64, f64), f64, f64),
+        dist: &Dist,
+        bucket_bytes: usize,
+        keep_masters: bool,
+    ) -> Result<Self> {
+        let shard = Shard::new(params, dist, bucket_bytes, keep_masters)?;
+        Ok(Self { betas, eps, weight_decay, step: 0, state: Vec::new(), shard: Some(Box::new(shard)) })
+    }
+
+    /// Whether the state is sharded across ranks (ZeRO-1).
+    pub fn is_sharded(&self) -> bool {
+        self.shard.is_some()
     }
 
     /// One update of every parameter from its `.grad()` at learning rate `lr`.
     pub fn step(&mut self, params: &[(String, Tensor)], lr: f64) {
         let _guard = tch::no_grad_guard();
         self.step += 1;
-        let (b1, b2) = self.betas;
-        let bc1 = 1.0 - b1.powi(self.step as i32);
-        let bc2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
+        let u = Update::new(self.betas, self.eps, self.weight_decay, self.step, lr);
         for ((_, p), m) in params.iter().zip(&mut self.state) {
             let grad = p.grad();
             if !grad.defined() {
                 continue;
             }
-            let grad = grad.to_kind(Kind::Float);
-            let mut p = p.shallow_clone();
-            if m.decay && self.weight_decay != 0.0 {
-                let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
-            }
-            let _ = m.exp_avg.lerp_(&grad, 1.0 - b1);
-            let _ = m.exp_avg_sq.g_mul_scalar_(b2);
-            let _ = m.exp_avg_sq.addcmul_(&(&grad * (1.0 - b2)), &grad);
-            let denom = m.exp_avg_sq.sqrt() / bc2_sqrt + self.eps;
-            let _ = p.addcdiv_(&(&m.exp_avg * (-lr / bc1)), &denom);
+            u.apply(&mut p.shallow_clone(), &grad.to_kind(Kind::Float), &mut m.exp_avg, &mut m.exp_avg_sq, m.decay);
+        }
+    }
+
+    /// The ZeRO-1 step: reduce-scatters the gradients, takes the global norm
+    /// of the shards (`check`ed before anything changes), clips, updates this
+    /// rank's masters and all-gathers them into `params`. Returns the norm and
+    /// the seconds spent in the collectives.
+    pub fn sharded_step(
+        &mut self,
+        params: &[(String, Tensor)],
+        lr: f64,
+        max_norm: f64,
+        dist: &Dist,
+        check: impl FnOnce(f64) -> Result<()>,
+    ) -> Result<(f64, f64)> {
+        let _guard = tch::no_grad_guard();
+        let shard = self.shard.as_deref().expect("sharded_step on a sharded optimizer");
+        let started = Instant::now();
+        let grads = shard.reduce_scatter_grads(params, dist)?;
+        let mut comm_s = started.elapsed().as_secs_f64();
+        let norm = shard.grad_norm(&grads, dist)?;
+        check(norm)?;
+        if let Some(coef) = clip_coef(norm, max_norm) {
+            let _ = grads.shallow_clone().g_mul_scalar_(coef);
+        }
+        self.step += 1;
+        let u = Update::new(self.betas, self.eps, self.weight_decay, self.step, lr);
+        let master = shard.update(params, &grads, &u);
+        let gathering = Instant::now();
+        shard.all_gather_into(params, &master, dist)?;
+        comm_s += gathering.elapsed().as_secs_f64();
+        Ok((norm, comm_s))
+    }
+
+    /// Under ZeRO-1, fills this rank's masters from `params` (f32, the same on
+    /// every rank) and its moments from the state rank 0 loaded (zeros on a
+    /// fresh start); a no-op otherwise.
+    pub fn shard_from_main(&mut self, params: &[(String, Tensor)], dist: &Dist) -> Result<()> {
+        match &mut self.shard {
+            Some(shard) => shard.fill_from_main(params, dist),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the f32 masters live in this optimizer's shards (ZeRO-1 with a
+    /// bf16/f16 model), so that the trainable tensors may be lowered to the compute dtype.
+    pub fn keeps_masters(&self) -> bool {
+        self.shard.as_ref().is_some_and(|s| s.keeps_masters())
+    }
+
+    /// The whole f32 masters, named as the trainable tensors, on rank 0's host
+    /// when this optimizer keeps them (a collective, like [`AdamW::full_state`];
+    /// the other ranks get an empty list); `None` otherwise.
+    pub fn full_masters(&self, dist: &Dist) -> Result<Option<Vec<(String, Tensor)>>> {
+        match &self.shard {
+            Some(shard) => shard.gather_masters(dist),
+            None => Ok(None),
+        }
+    }
+
+    /// The whole state as named tensors for a checkpoint: under ZeRO-1 the
+    /// shards gathered onto rank 0's host memory (a collective: every rank calls
+    /// it; only rank 0's list is non-empty), the same names and shapes as unsharded.
+    pub fn full_state(&self, dist: &Dist) -> Result<Vec<(String, Tensor)>> {
+        match &self.shard {
+            Some(shard) => shard.gather_moments(dist),
+            None => Ok(self.state_tensors()),
         }
     }
 
@@ -84,7 +165,13 @@ impl AdamW {
     }
 
     /// Restores moments saved by [`AdamW::state_tensors`] and the step count.
+    /// Under ZeRO-1 they are kept whole until [`AdamW::shard_from_main`].
     pub fn load_state(&mut self, mut saved: HashMap<String, Tensor>, step: i64) -> Result<()> {
+        if let Some(shard) = &mut self.shard {
+            shard.keep_loaded(saved)?;
+            self.step = step;
+            return Ok(());
+        }
         for m in &mut self.state {
             for (prefix, slot) in [("exp_avg", &mut m.exp_avg), ("exp_avg_sq", &mut m.exp_avg_sq)] {
                 let key = format!("{prefix}.{}", m.name);
@@ -129,15 +216,52 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> f64 {
     let _guard = tch::no_grad_guard();
     let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).filter(|g| g.defined()).collect();
     let total = grads.iter().map(|g| l2_norm_f64(g).powi(2)).sum::<f64>().sqrt();
-    if max_norm > 0.0 {
-        let coef = (max_norm / (total + 1e-6)).min(1.0);
-        if coef < 1.0 {
-            for g in &grads {
-                let _ = g.shallow_clone().g_mul_scalar_(coef);
-            }
+    if let Some(coef) = clip_coef(total, max_norm) {
+        for g in &grads {
+            let _ = g.shallow_clone().g_mul_scalar_(coef);
         }
     }
     total
+}
+
+/// The factor that brings a gradient of norm `total` down to `max_norm` (0 =
+/// no clipping), as `clip_grad_norm_` computes it; `None` when no scaling is due.
+fn clip_coef(total: f64, max_norm: f64) -> Option<f64> {
+    let coef = (max_norm / (total + 1e-6)).min(1.0);
+    (max_norm > 0.0 && coef < 1.0).then_some(coef)
+}
+
+/// One AdamW step's constants: the same arithmetic for a whole tensor and a
+/// ZeRO-1 shard, so both paths update each element identically.
+pub struct Update {
+    lr: f64,
+    b1: f64,
+    b2: f64,
+    bc1: f64,
+    bc2_sqrt: f64,
+    eps: f64,
+    weight_decay: f64,
+}
+
+impl Update {
+    /// The constants of optimizer step `step` (1-based) at learning rate `lr`.
+    fn new((b1, b2): (f64, f64), eps: f64, weight_decay: f64, step: i64, lr: f64) -> Self {
+        let bc1 = 1.0 - b1.powi(step as i32);
+        let bc2_sqrt = (1.0 - b2.powi(step as i32)).sqrt();
+        Self { lr, b1, b2, bc1, bc2_sqrt, eps, weight_decay }
+    }
+
+    /// Updates `p` (f32) and its moments in place from the f32 gradient `grad`.
+    pub fn apply(&self, p: &mut Tensor, grad: &Tensor, exp_avg: &mut Tensor, exp_avg_sq: &mut Tensor, decay: bool) {
+        if decay && self.weight_decay != 0.0 {
+            let _ = p.g_mul_scalar_(1.0 - self.lr * self.weight_decay);
+        }
+        let _ = exp_avg.lerp_(grad, 1.0 - self.b1);
+        let _ = exp_avg_sq.g_mul_scalar_(self.b2);
+        let _ = exp_avg_sq.addcmul_(&(grad * (1.0 - self.b2)), grad);
+        let denom = exp_avg_sq.sqrt() / self.bc2_sqrt + self.eps;
+        let _ = p.addcdiv_(&(&*exp_avg * (-self.lr / self.bc1)), &denom);
+    }
 }
 
 /// The learning-rate schedule: warmup (of [`WarmupType`]) to `lr`, then linear

@@ -111,6 +111,52 @@ impl Trainee {
         }
     }
 
+    /// Makes the trainable tensors leaves in the model's compute dtype (ZeRO-1
+    /// in bf16/f16, once the optimizer's shards hold the f32 masters): the
+    /// whole f32 copies and their f32 gradients are no longer kept on every rank.
+    fn lower_to_compute_dtype(&mut self, model: &Llama) {
+        let kind = model.kind();
+        match self {
+            Self::L2d(l) => {
+                l.params = l.params.iter().map(|(n, p)| (n.clone(), p.detach().to_kind(kind).set_requires_grad(true))).collect();
+            }
+            Self::Full { masters: Some(_) } => {
+                self.refresh(model);
+                for (_, mut w) in model.named_tensors() {
+                    // In place: the model's own tensors become the leaves.
+                    let _ = w.detach_();
+                    let _ = w.set_requires_grad(true);
+                }
+                *self = Self::Full { masters: None };
+            }
+            Self::Full { masters: None } | Self::Lora(_) => {}
+        }
+    }
+
+    /// Puts the f32 `masters` (named as [`Trainee::params`], on the host)
+    /// back as the trainable tensors, after [`Trainee::lower_to_compute_dtype`],
+    /// so that the result is written in f32. `full` leaves them on the host
+    /// (only written out), L2D moves them to the device it assembles on.
+    fn raise_to_masters(&mut self, model: &Llama, masters: Vec<(String, Tensor)>) {
+        match self {
+            Self::L2d(l) => {
+                // `masters` come in the order of `params` (named by their strings).
+                l.params = l
+                    .params
+                    .iter()
+                    .zip(masters)
+                    .map(|((name, _), (master_name, t))| {
+                        debug_assert_eq!(name.to_string(), master_name);
+                        (*name, t.to_device(model.device()))
+                    })
+                    .collect();
+                l.refresh(model);
+            }
+            Self::Full { .. } => *self = Self::Full { masters: Some(masters) },
+            Self::Lora(_) => {}
+        }
+    }
+
     /// Summed next-token loss and label count of `batch` (adapter dropout active when `train`).
     fn nll(&self, model: &Llama, batch: &TokenBatch, train: bool) -> Result<(Tensor, Tensor)> {
         Ok(match self {
@@ -129,7 +175,8 @@ pub struct StepStats {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     /// Seconds spent summing gradients and the loss over ranks (waiting for
-    /// the slowest rank included); ~0 alone.
+    /// the slowest rank included; under ZeRO-1 the reduce-scatter, the norm's
+    /// sum and the all-gather of the updated weights); ~0 alone.
     pub reduce_s: f64,
 }
 
@@ -160,31 +207,43 @@ pub fn optimizer_step(
     }
     let named = trainee.params(model);
     let reduce_start = Instant::now();
-    let loss = reduce(dist, &named, loss_sum)? / loss_tokens.max(1) as f64;
-    let reduce_s = reduce_start.elapsed().as_secs_f64();
-    let grad_norm = clip_grad_norm(&named, t.grad_clip);
-    if !loss.is_finite() || !grad_norm.is_finite() {
-        anyhow::bail!("loss {loss} / gradient norm {grad_norm} is not finite; stopped before updating");
-    }
-    opt.step(&named, lr);
+    let loss = reduce_loss(dist, &named, loss_sum)? / loss_tokens.max(1) as f64;
+    let check = |grad_norm: f64| -> Result<()> {
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            anyhow::bail!("loss {loss} / gradient norm {grad_norm} is not finite; stopped before updating");
+        }
+        Ok(())
+    };
+    let (grad_norm, reduce_s) = if opt.is_sharded() {
+        let loss_s = reduce_start.elapsed().as_secs_f64();
+        let (grad_norm, collectives_s) = opt.sharded_step(&named, lr, t.grad_clip, dist, check)?;
+        (grad_norm, loss_s + collectives_s)
+    } else {
+        let grads: Vec<Tensor> = named.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect();
+        dist.sum(&grads, "gradients")?;
+        let reduce_s = reduce_start.elapsed().as_secs_f64();
+        let grad_norm = clip_grad_norm(&named, t.grad_clip);
+        check(grad_norm)?;
+        opt.step(&named, lr);
+        (grad_norm, reduce_s)
+    };
     zero_grad(&named);
     trainee.refresh(model);
     Ok(StepStats { loss, grad_norm, reduce_s })
 }
 
-/// Sums the gradients (each rank's loss is already divided by the global token
-/// count) and the summed loss over workers, returning the latter. A gradient
-/// that only some workers computed counts as zeros on the others; one that
-/// none computed stays undefined, as alone.
-fn reduce(dist: &Dist, named: &[(String, Tensor)], loss_sum: f64) -> Result<f64> {
+/// Sums the loss over workers and returns it; gives a zero gradient to each
+/// tensor that only some workers computed one for (one that none computed
+/// stays undefined, as alone), so that every worker then holds the same set
+/// of gradients to reduce (each rank's loss is already divided by the global
+/// token count, so the gradients are summed).
+fn reduce_loss(dist: &Dist, named: &[(String, Tensor)], loss_sum: f64) -> Result<f64> {
     let mut values = vec![loss_sum];
     values.extend(named.iter().map(|(_, p)| f64::from(u8::from(p.grad().defined()))));
     let summed = dist.sum_f64(&values, "the loss and gradient flags")?;
     let missing: Vec<&Tensor> =
         named.iter().zip(&summed[1..]).filter(|((_, p), &computed)| computed > 0.0 && !p.grad().defined()).map(|((_, p), _)| p).collect();
     define_zero_grads(&missing);
-    let grads: Vec<Tensor> = named.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect();
-    dist.sum(&grads, "gradients")?;
     Ok(summed[0])
 }
 
@@ -215,7 +274,19 @@ fn start_from_main(dist: &Dist, start: u64, params: &[(String, Tensor)], opt: &m
     let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).chain(opt.state_tensors().into_iter().map(|(_, t)| t)).collect();
     dist.broadcast_from_main(&tensors, "the start weights and optimizer state")?;
     opt.step = start as i64;
+    opt.shard_from_main(params, dist)?;
     Ok(start)
+}
+
+/// AdamW over `params`, its state sharded across `dist`'s ranks when
+/// `train.zero = 1` (with the f32 masters when the model computes in `kind` other than f32).
+fn new_optimizer(cfg: &Config, params: &[(String, Tensor)], dist: &Dist, kind: Kind) -> Result<AdamW> {
+    let t = &cfg.train;
+    let (betas, eps, decay) = ((t.betas[0], t.betas[1]), t.eps, t.weight_decay);
+    if t.zero == 1 {
+        return AdamW::new_sharded(params, (betas, eps, decay), dist, Settings::from(&cfg.dist).bucket_bytes, kind != Kind::Float);
+    }
+    Ok(AdamW::new(params, betas, eps, decay))
 }
 
 const CHECKPOINTS: &str = "checkpoints";
@@ -296,13 +367,16 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, signal: Arc<AtomicUsize>, s
 
     tch::manual_seed(t.seed as i64);
     let mut trainee = Trainee::new(mode, &model, cfg)?;
-    let mut opt = AdamW::new(&trainee.params(&model), (t.betas[0], t.betas[1]), t.eps, t.weight_decay);
+    let mut opt = new_optimizer(cfg, &trainee.params(&model), &dist, model.kind())?;
     let start = resumed.as_ref().map_or(0, |c| c.state.step);
     if let Some(ckpt) = &resumed {
         checkpoint::restore(ckpt, &trainee.params(&model), &mut opt)?;
         tracing::info!(step = start, dir = %ckpt.dir.display(), "resumed");
     }
     let start = start_from_main(&dist, start, &trainee.params(&model), &mut opt)?;
+    if opt.keeps_masters() {
+        trainee.lower_to_compute_dtype(&model);
+    }
     trainee.refresh(&model);
     if dist.is_main() {
         restore_logs(out, resumed.as_ref())?;
@@ -315,10 +389,14 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, signal: Arc<AtomicUsize>, s
     let config_toml = cfg.to_toml_string();
     let saved = checkpoint::Saved { run_dir: out, config_toml: &config_toml, mode: t.mode.name(), seed: t.seed, total_steps: total, identity: &identity };
     let save = |step: u64, params: &[(String, Tensor)], opt: &AdamW| -> Result<()> {
+        // Under ZeRO-1 every rank takes part in gathering the state (and the
+        // f32 masters, which the lowered trainable tensors only round).
+        let masters = opt.full_masters(&dist)?;
+        let state = opt.full_state(&dist)?;
         if !dist.is_main() {
             return Ok(());
         }
-        checkpoint::save(&ckpt_dir, step, params, opt, &saved, t.keep_last)
+        checkpoint::save(&ckpt_dir, step, masters.as_deref().unwrap_or(params), &state, &saved, t.keep_last)
     };
     let mut progress = Progress::new(shown, "train", "steps", end, start);
     let started = Instant::now();
@@ -375,7 +453,16 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, signal: Arc<AtomicUsize>, s
         }
     }
     progress.finish();
-    let result = if dist.is_main() { Some(write_result(&trainee, &model, cfg, &base_dir, out, step)?) } else { None };
+    let masters = opt.full_masters(&dist)?;
+    let result = if dist.is_main() {
+        if let Some(masters) = masters {
+            // The result in f32 from the masters, as unsharded.
+            trainee.raise_to_masters(&model, masters);
+        }
+        Some(write_result(&trainee, &model, cfg, &base_dir, out, step)?)
+    } else {
+        None
+    };
     Ok(Outcome { steps: step, interrupted: None, valid_loss, result })
 }
 
