@@ -27,7 +27,8 @@ use l2d::runtime;
 use l2d::train::data::TrainExample;
 use l2d::train::optim::AdamW;
 use l2d::dist::Dist;
-use l2d::train::run::{optimizer_step, Trainee};
+use l2d::train::run::optimizer_step;
+use l2d::train::trainee::Trainee;
 use l2d::train::{keep_freed_memory, resident_memory};
 use tch::{Kind, Tensor};
 

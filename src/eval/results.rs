@@ -1,6 +1,6 @@
 //! What an eval writes: `report.json` (a result per task and setting, with
-//! its generation cost and the items left out), `examples.jsonl`, and the
-//! result table printed after scoring.
+//! its generation cost and the items left out), `examples.jsonl`, the result
+//! table printed after scoring, and `report.md`.
 
 use std::path::Path;
 
@@ -167,4 +167,25 @@ pub fn table(results: &[ResultEntry]) -> String {
         );
     }
     out + &left_out_notes(results)
+}
+
+/// `report.md`: the table of every task and setting with intervals and cost.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::from("# l2d eval\n\n");
+    if let Some(m) = &report.model {
+        out += &format!("Model: `{}`", m["path"].as_str().unwrap_or("?"));
+    }
+    if let Some(l) = &report.l2d {
+        out += &format!(", L2D checkpoint: `{}`", l["path"].as_str().unwrap_or("?"));
+    }
+    out += "\n\n| task | setting | evals/token | metric | value | 95% CI | stderr | n | tokens/s |\n";
+    out += "|---|---|---:|---|---:|---|---:|---:|---:|\n";
+    for r in rows(&report.results) {
+        let s = &r.summary;
+        out += &format!(
+            "| {} | {} | {} | {} | {:.4} | [{:.4}, {:.4}] | {:.4} | {} | {} |\n",
+            r.task, r.setting, r.evals, r.metric, s.value, s.ci95[0], s.ci95[1], s.stderr, s.n, r.tokens_per_s
+        );
+    }
+    out + &left_out_notes(&report.results)
 }

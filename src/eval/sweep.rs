@@ -370,7 +370,7 @@ pub fn run(cfg: &Config, ckpt: Option<&Checkpoint>, out: &SweepOutput, shard: &S
         })
         .collect();
     results::write_outputs(&out.dir, &report, &lines)?;
-    crate::io::write_atomic(&out.dir.join("report.md"), markdown(&report).as_bytes())?;
+    crate::io::write_atomic(&out.dir.join("report.md"), results::markdown(&report).as_bytes())?;
     Ok(Some(report))
 }
 
@@ -587,27 +587,6 @@ fn score_setting(
     let generation = GenerationStats { tokens, tokens_per_s: if wall_s > 0.0 { tokens as f64 / wall_s } else { 0.0 }, wall_s };
     let left_out = Some(data.left_out);
     (ResultEntry { setting, generation: Some(generation), left_out, report: scored.report }, scored.examples)
-}
-
-/// `report.md`: the table of every task and setting with intervals and cost.
-pub fn markdown(report: &Report) -> String {
-    let mut out = String::from("# l2d eval\n\n");
-    if let Some(m) = &report.model {
-        out += &format!("Model: `{}`", m["path"].as_str().unwrap_or("?"));
-    }
-    if let Some(l) = &report.l2d {
-        out += &format!(", L2D checkpoint: `{}`", l["path"].as_str().unwrap_or("?"));
-    }
-    out += "\n\n| task | setting | evals/token | metric | value | 95% CI | stderr | n | tokens/s |\n";
-    out += "|---|---|---:|---|---:|---|---:|---:|---:|\n";
-    for r in results::rows(&report.results) {
-        let s = &r.summary;
-        out += &format!(
-            "| {} | {} | {} | {} | {:.4} | [{:.4}, {:.4}] | {:.4} | {} | {} |\n",
-            r.task, r.setting, r.evals, r.metric, s.value, s.ci95[0], s.ci95[1], s.stderr, s.n, r.tokens_per_s
-        );
-    }
-    out + &results::left_out_notes(&report.results)
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ pub mod identity;
 pub mod optim;
 pub mod plan;
 pub mod run;
+mod rundir;
 pub mod tensorboard;
+pub mod trainee;
 mod zero;
 
 use anyhow::Result;

@@ -9,19 +9,19 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-use super::checkpoint::{self, Checkpoint};
+use super::checkpoint;
 use super::data::{micro_seed, BatchPlan, Source, TrainExample};
 use super::identity::{self, Identity};
 use super::optim::{clip_grad_norm, AdamW, Schedule};
 use crate::progress::{Progress, ProgressMode};
 use super::tensorboard::EventWriter;
+use super::rundir::{open_run, restore_logs, resumes_after_restart, start_run, write_result, CHECKPOINTS};
+use super::trainee::Trainee;
 use super::Mode;
 use crate::config::Config;
 use crate::dist::{Dist, Launch, Settings};
-use crate::l2d::checkpoint::{self as l2d_ckpt, BaseIdentity};
-use crate::l2d::{next_token_nll, L2d, Shape, TokenBatch};
-use crate::model::adapters::{self, Adapters};
-use crate::model::weights::Weights;
+use crate::l2d::TokenBatch;
+use crate::model::adapters;
 use crate::model::Llama;
 
 /// What a finished (or interrupted) run produced.
@@ -47,124 +47,6 @@ pub struct Interrupt {
     pub rank: Option<usize>,
     /// Whether this process saved the checkpoint (rank 0 does).
     pub saved_here: bool,
-}
-
-/// What is trained.
-pub enum Trainee {
-    /// A diffusion path beside the frozen model (boxed: far larger than the other variants).
-    L2d(Box<L2d>),
-    /// Weight-LoRA adapters beside the frozen model.
-    Lora(Adapters),
-    /// Every weight of the model itself; `masters` are f32 copies when the
-    /// model computes in bf16/f16 (AdamW updates them, the model's weights follow).
-    Full {
-        /// The f32 master weights, named as [`Llama::named_tensors`].
-        masters: Option<Vec<(String, Tensor)>>,
-    },
-}
-
-impl Trainee {
-    /// Sets up what `mode` trains on `model`: a fresh diffusion path, fresh
-    /// adapters, or the model's own weights made trainable.
-    pub fn new(mode: Mode, model: &Llama, cfg: &Config) -> Result<Self> {
-        Ok(match mode {
-            Mode::L2dLora | Mode::L2dFull => Self::L2d(Box::new(L2d::init(model, Shape::from_config(&cfg.l2d), cfg.l2d.sigma)?)),
-            Mode::Lora => Self::Lora(Adapters::init(model, adapters::Settings::from_config(&cfg.lora)?)?),
-            Mode::Full => {
-                let named = model.named_tensors();
-                // Updates of ~lr vanish when rounded into bf16 weights; f32 masters keep them.
-                let masters = (model.kind() != Kind::Float)
-                    .then(|| named.iter().map(|(n, w)| (n.clone(), w.to_kind(Kind::Float).detach())).collect::<Vec<_>>());
-                for (_, p) in masters.as_ref().unwrap_or(&named) {
-                    let _ = p.set_requires_grad(true);
-                }
-                let mut full = Self::Full { masters };
-                full.refresh(model);
-                full
-            }
-        })
-    }
-
-    /// The trainable tensors (shallow copies: the same storage and autograd leaves).
-    pub fn params(&self, model: &Llama) -> Vec<(String, Tensor)> {
-        match self {
-            Self::L2d(l) => shallow(&l.params),
-            Self::Lora(a) => shallow(&a.params),
-            Self::Full { masters: Some(m) } => shallow(m),
-            Self::Full { masters: None } => model.named_tensors(),
-        }
-    }
-
-    /// Brings the tensors the model computes with up to date with the f32
-    /// masters, after an optimizer step or a restore.
-    fn refresh(&mut self, model: &Llama) {
-        match self {
-            Self::L2d(l) => l.refresh(model),
-            Self::Lora(a) => a.refresh(model),
-            Self::Full { masters: Some(masters) } => tch::with_grad(|| {
-                for ((_, mut weight), (_, master)) in model.named_tensors().into_iter().zip(masters.iter()) {
-                    // Recorded by autograd: the compute weights' gradients flow back to the masters, in f32.
-                    weight.copy_(master);
-                }
-            }),
-            Self::Full { masters: None } => {}
-        }
-    }
-
-    /// Makes the trainable tensors leaves in the model's compute dtype (ZeRO-1
-    /// in bf16/f16, once the optimizer's shards hold the f32 masters): the
-    /// whole f32 copies and their f32 gradients are no longer kept on every rank.
-    fn lower_to_compute_dtype(&mut self, model: &Llama) {
-        let kind = model.kind();
-        match self {
-            Self::L2d(l) => {
-                l.params = l.params.iter().map(|(n, p)| (n.clone(), p.detach().to_kind(kind).set_requires_grad(true))).collect();
-            }
-            Self::Full { masters: Some(_) } => {
-                self.refresh(model);
-                for (_, mut w) in model.named_tensors() {
-                    // In place: the model's own tensors become the leaves.
-                    let _ = w.detach_();
-                    let _ = w.set_requires_grad(true);
-                }
-                *self = Self::Full { masters: None };
-            }
-            Self::Full { masters: None } | Self::Lora(_) => {}
-        }
-    }
-
-    /// Puts the f32 `masters` (named as [`Trainee::params`], on the host)
-    /// back as the trainable tensors, after [`Trainee::lower_to_compute_dtype`],
-    /// so that the result is written in f32. `full` leaves them on the host
-    /// (only written out), L2D moves them to the device it assembles on.
-    fn raise_to_masters(&mut self, model: &Llama, masters: Vec<(String, Tensor)>) {
-        match self {
-            Self::L2d(l) => {
-                // `masters` come in the order of `params` (named by their strings).
-                l.params = l
-                    .params
-                    .iter()
-                    .zip(masters)
-                    .map(|((name, _), (master_name, t))| {
-                        debug_assert_eq!(name.to_string(), master_name);
-                        (*name, t.to_device(model.device()))
-                    })
-                    .collect();
-                l.refresh(model);
-            }
-            Self::Full { .. } => *self = Self::Full { masters: Some(masters) },
-            Self::Lora(_) => {}
-        }
-    }
-
-    /// Summed next-token loss and label count of `batch` (adapter dropout active when `train`).
-    fn nll(&self, model: &Llama, batch: &TokenBatch, train: bool) -> Result<(Tensor, Tensor)> {
-        Ok(match self {
-            Self::L2d(l) => l.nll(model, batch)?,
-            Self::Lora(a) => next_token_nll(&model.forward_adapted(&batch.input_ids, a, train), &batch.labels),
-            Self::Full { .. } => next_token_nll(&model.forward(&batch.input_ids), &batch.labels),
-        })
-    }
 }
 
 /// What one optimizer step measured.
@@ -288,8 +170,6 @@ fn new_optimizer(cfg: &Config, params: &[(String, Tensor)], dist: &Dist, kind: K
     }
     Ok(AdamW::new(params, betas, eps, decay))
 }
-
-const CHECKPOINTS: &str = "checkpoints";
 
 /// The training data `data.out` names (prepared shards or a pretokenized JSONL
 /// file), checked to exist; `None` when unset.
@@ -480,68 +360,6 @@ fn stop_signal(dist: &Dist, signal: &AtomicUsize) -> Result<Option<Interrupt>> {
     }))
 }
 
-/// Whether rank 0 continues the run in `out` as `--resume` would because
-/// torchrun restarted the group after a failure: when an earlier attempt of
-/// this job had started the run and written its config. An attempt that died
-/// before that left nothing to continue (the run starts afresh, clearing what
-/// it left); one that failed before starting (an existing run refused) is no
-/// licence to continue someone else's run.
-fn resumes_after_restart(dist: &Dist, out: &Path) -> Result<bool> {
-    if !dist.is_main() || !dist.restarts_a_started_run()? || !out.join(checkpoint::CONFIG).is_file() {
-        return Ok(false);
-    }
-    tracing::warn!("torchrun restarted the group: continuing the run in {} from its newest valid checkpoint", out.display());
-    Ok(true)
-}
-
-/// A new run in `out`: refused where a run with checkpoints already is;
-/// what killed writers left there is removed. Returns the directories made.
-fn start_run(out: &Path) -> Result<crate::io::CreatedDirs> {
-    let made = crate::io::create_output_dir(out).context("--out")?;
-    if let Some((step, _)) = checkpoint::step_dirs(&out.join(CHECKPOINTS))?.last() {
-        crate::bail_usage!("--out {}: already holds a run (checkpoint at step {step}); pass --resume to continue it", out.display());
-    }
-    remove_debris(out)?;
-    Ok(made)
-}
-
-/// The run in `out` to continue with `cfg`: its newest valid checkpoint (if
-/// it has one yet) and the config changes `cfg` makes, once [`identity`]
-/// allows them; each change is logged as a warning.
-fn open_run(out: &Path, cfg: &Config, identity: &Identity) -> Result<(Option<Checkpoint>, Vec<identity::Change>)> {
-    let config = out.join(checkpoint::CONFIG);
-    if !config.is_file() {
-        crate::bail_usage!("--resume: {} holds no run to resume (no {}); drop --resume to start a new run", out.display(), checkpoint::CONFIG);
-    }
-    remove_debris(out)?;
-    let ckpt = checkpoint::newest_valid(&out.join(CHECKPOINTS))?;
-    let old = crate::config::load(Some(&ckpt.as_ref().map_or(config, |c| c.dir.join(checkpoint::CONFIG))), &[])?;
-    let changes = identity::check_resume(&old, cfg, ckpt.as_ref().map(|c| &c.state.identity), identity, out)?;
-    for change in &changes {
-        tracing::warn!("--resume: {change}");
-    }
-    Ok((ckpt, changes))
-}
-
-/// Removes the staging directories and temporary files of killed saves.
-fn remove_debris(out: &Path) -> Result<()> {
-    for dir in [out.to_path_buf(), out.join(CHECKPOINTS), out.join(checkpoint::TENSORBOARD)] {
-        crate::io::remove_staging_debris(&dir)?;
-    }
-    Ok(())
-}
-
-/// Makes `metrics.jsonl` and `tb/` end at the checkpoint's step, warning when
-/// the live log had lost lines the checkpoint's copy restores.
-fn restore_logs(out: &Path, ckpt: Option<&Checkpoint>) -> Result<()> {
-    if checkpoint::restore_logs(out, ckpt)? {
-        if let Some(c) = ckpt {
-            tracing::warn!("{} had lost lines up to step {}; restored from {}", out.join(checkpoint::METRICS).display(), c.state.step, c.dir.display());
-        }
-    }
-    Ok(())
-}
-
 /// One warning when examples are longer than `max_seq_len` and will be cut.
 fn warn_of_cut_examples(data: &Source, max_seq_len: usize, path: &Path) {
     let cut = data.lengths().iter().filter(|&&l| l > max_seq_len).count();
@@ -585,11 +403,6 @@ impl MetricsLog {
         self.jsonl.flush()?;
         Ok(())
     }
-}
-
-/// Shallow copies of named tensors (the same storage and autograd leaves).
-fn shallow(params: &[(impl ToString, Tensor)]) -> Vec<(String, Tensor)> {
-    params.iter().map(|(n, t)| (n.to_string(), t.shallow_clone())).collect()
 }
 
 /// Right-padded batch of examples; class labels per token with the guidance
@@ -667,70 +480,4 @@ fn valid_summary(rec: &serde_json::Value) -> String {
         text.push_str(&format!(" ({})", parts.join(", ")));
     }
     text
-}
-
-/// The trained result: an L2D checkpoint (`out/l2d`) or a model directory
-/// (`out/model`, weights in f32). For `lora` the model directory holds the
-/// merged weights `W + scale·B·A`, and `out/adapter` the adapters in PEFT's layout.
-fn write_result(trainee: &Trainee, model: &Llama, cfg: &Config, base_dir: &Path, out: &Path, step: u64) -> Result<PathBuf> {
-    match trainee {
-        Trainee::L2d(l2d) => {
-            let dest = out.join("l2d");
-            let meta = l2d_ckpt::Metadata {
-                format: "l2d".into(),
-                version: 1,
-                shape: l2d.shape.clone(),
-                l2d: cfg.l2d.clone(),
-                base: BaseIdentity::of(model, base_dir)?,
-                step,
-            };
-            replace_dir(&dest, |d| l2d_ckpt::save(d, l2d, &meta))?;
-            Ok(dest)
-        }
-        Trainee::Lora(adapters) => {
-            let dest = out.join("model");
-            let base = Weights::open_dir(base_dir, Device::Cpu, Kind::Float)?;
-            replace_dir(&dest, |d| save_model_dir(&adapters.merged(&base)?, base_dir, d))?;
-            let base_name = std::fs::canonicalize(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
-            replace_dir(&out.join("adapter"), |d| adapters.save_peft(d, &base_name.display().to_string()))?;
-            Ok(dest)
-        }
-        Trainee::Full { masters } => {
-            let dest = out.join("model");
-            let tensors = match masters {
-                Some(m) => model.hf_named(shallow(m)),
-                None => model.hf_tensors(),
-            };
-            let f32_tensors: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (n, t.to_kind(Kind::Float))).collect();
-            replace_dir(&dest, |d| save_model_dir(&f32_tensors, base_dir, d))?;
-            Ok(dest)
-        }
-    }
-}
-
-/// Writes a new version of `dest` beside it, then swaps it in.
-fn replace_dir(dest: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let fresh = dest.with_extension("new");
-    let _ = std::fs::remove_dir_all(&fresh);
-    write(&fresh)?;
-    if dest.exists() {
-        std::fs::remove_dir_all(dest).with_context(|| format!("cannot replace {}", dest.display()))?;
-    }
-    std::fs::rename(&fresh, dest).with_context(|| format!("cannot move the result into {}", dest.display()))
-}
-
-/// A complete Hugging Face model directory: the base's config and tokenizer
-/// files with `tensors` (Hugging Face names) as the weights.
-fn save_model_dir(tensors: &[(String, Tensor)], base_dir: &Path, dest: &Path) -> Result<()> {
-    let staged = crate::io::StagedDir::new(dest)?;
-    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
-        let src = base_dir.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, staged.path().join(f)).with_context(|| format!("cannot copy {}", src.display()))?;
-        }
-    }
-    let tensors: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
-    crate::model::weights::save(&staged.path().join("model.safetensors"), &tensors)?;
-    staged.commit()?;
-    Ok(())
 }
