@@ -37,7 +37,7 @@ pub struct Args {
 pub fn run(args: Args, progress: ProgressMode) -> Result<()> {
     let mut cfg = load_config(&args)?;
     args.model.apply(&mut cfg.model)?;
-    cfg.validate().map_err(|e| super::name_flags(e, &[("model.device", "--device"), ("model.dtype", "--dtype")]))?;
+    cfg.validate()?; // model.device and model.dtype errors get their flags named in `cli::run`
     let model_cfg = ModelConfig::load(&Path::new(&cfg.model.path).join("config.json"))?;
     if !args.dry_run {
         return train(&cfg, &args, progress);

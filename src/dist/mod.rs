@@ -13,7 +13,6 @@ mod launch;
 mod shard;
 
 pub use launch::Launch;
-pub use shard::join_checked;
 
 use anyhow::{Context, Result};
 use std::cell::Cell;
@@ -35,6 +34,20 @@ impl From<&crate::config::DistConfig> for Settings {
     fn from(c: &crate::config::DistConfig) -> Self {
         Settings { timeout: Duration::from_secs_f64(c.timeout_s), bucket_bytes: (c.bucket_mb * (1 << 20) as f64) as usize }
     }
+}
+
+/// Joins the group a launcher (torchrun) described in the environment and
+/// checks that every rank runs the same `cfg`; alone without a launcher.
+/// Returns the group and this rank's `model.device` (a bare `cuda` is
+/// `cuda:LOCAL_RANK`), used by training and sharded eval alike.
+pub fn join_checked(cfg: &crate::config::Config) -> Result<(Dist, String)> {
+    let Some(launch) = Launch::from_env()? else {
+        return Ok((Dist::single(), cfg.model.device.clone()));
+    };
+    let device = launch.device_spec(&cfg.model.device);
+    let dist = Dist::connect(&launch, Settings::from(&cfg.dist), crate::runtime::parse_device(&device)?)?;
+    dist.check_same_config(&cfg.to_toml_string())?;
+    Ok((dist, device))
 }
 
 /// Whether this build can make NCCL process groups.

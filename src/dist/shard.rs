@@ -1,24 +1,10 @@
 //! What a sharded job (`l2d eval --config` under torchrun) needs from the
-//! group beyond training's collectives: joining with a config check, agreeing
-//! on a step that may fail on one rank, and rank 0's text for everyone.
+//! group beyond training's collectives: agreeing on a step that may fail on
+//! one rank, and rank 0's text for everyone.
 
 use anyhow::Result;
 
-use super::{Dist, Launch, Settings};
-use crate::config::Config;
-
-/// Joins the group a launcher described in the environment and checks that
-/// every rank runs the same `cfg`; alone without a launcher. Returns the group
-/// and this rank's `model.device` (a bare `cuda` is `cuda:LOCAL_RANK`).
-pub fn join_checked(cfg: &Config) -> Result<(Dist, String)> {
-    let Some(launch) = Launch::from_env()? else {
-        return Ok((Dist::single(), cfg.model.device.clone()));
-    };
-    let device = launch.device_spec(&cfg.model.device);
-    let dist = Dist::connect(&launch, Settings::from(&cfg.dist), crate::runtime::parse_device(&device)?)?;
-    dist.check_same_config(&cfg.to_toml_string())?;
-    Ok((dist, device))
-}
+use super::Dist;
 
 impl Dist {
     /// Every rank's `outcome` of a step that can fail on some ranks only (rank

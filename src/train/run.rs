@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::checkpoint;
 use super::data::{micro_seed, BatchPlan, Source, TrainExample};
@@ -19,7 +19,7 @@ use super::rundir::{open_run, restore_logs, resumes_after_restart, start_run, wr
 use super::trainee::Trainee;
 use super::Mode;
 use crate::config::Config;
-use crate::dist::{Dist, Launch, Settings};
+use crate::dist::{Dist, Settings};
 use crate::l2d::TokenBatch;
 use crate::model::adapters;
 use crate::model::Llama;
@@ -136,19 +136,6 @@ fn define_zero_grads(params: &[&Tensor]) {
     }
 }
 
-/// Joins the group a launcher (torchrun) described in the environment, on
-/// `cfg.model.device` (a bare `cuda` is this rank's `cuda:LOCAL_RANK`), and
-/// checks that every rank runs the same config; alone without a launcher.
-fn join(cfg: &Config) -> Result<(Dist, Device)> {
-    let Some(launch) = Launch::from_env()? else {
-        return Ok((Dist::single(), crate::runtime::parse_device(&cfg.model.device)?));
-    };
-    let device = crate::runtime::parse_device(&launch.device_spec(&cfg.model.device))?;
-    let dist = Dist::connect(&launch, Settings::from(&cfg.dist), device)?;
-    dist.check_same_config(&cfg.to_toml_string())?;
-    Ok((dist, device))
-}
-
 /// Makes every rank start from rank 0's state: the step it resumes at, the
 /// trainable weights and the optimizer's moments. Returns the start step.
 fn start_from_main(dist: &Dist, start: u64, params: &[(String, Tensor)], opt: &mut AdamW) -> Result<u64> {
@@ -199,7 +186,8 @@ pub fn train(cfg: &Config, out: &Path, resume: bool, signal: Arc<AtomicUsize>, s
         adapters::Settings::from_config(&cfg.lora)?;
     }
     let t = &cfg.train;
-    let (dist, device) = join(cfg)?;
+    let (dist, device) = crate::dist::join_checked(cfg)?;
+    let device = crate::runtime::parse_device(&device)?;
     let shown = if dist.is_main() { shown } else { ProgressMode::quiet() };
     let kind = crate::runtime::kind_of(cfg.model.dtype, device)?;
     let base_dir = PathBuf::from(&cfg.model.path);
