@@ -54,6 +54,17 @@ impl SplitMix64 {
         let theta = std::f64::consts::TAU * self.next_f64();
         (r * theta.cos(), r * theta.sin())
     }
+
+    /// `n` standard normals: the pairs of [`SplitMix64::normal_pair`] in order
+    /// (an odd `n` leaves the last pair's second value unused).
+    pub(crate) fn normals(&mut self, n: usize) -> impl Iterator<Item = f64> + '_ {
+        std::iter::from_fn(move || {
+            let (a, b) = self.normal_pair();
+            Some([a, b])
+        })
+        .flatten()
+        .take(n)
+    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -67,14 +67,7 @@ fn values(spec: &Spec, std: f64, seed: u64) -> Vec<f32> {
 }
 
 fn normal(n: usize, std: f64, mut rng: SplitMix64) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let (a, b) = rng.normal_pair();
-        out.push((a * std) as f32);
-        out.push((b * std) as f32);
-    }
-    out.truncate(n);
-    out
+    rng.normals(n).map(|x| (x * std) as f32).collect()
 }
 
 /// Every tensor of the checkpoint; tied embeddings, so no `lm_head.weight`.

@@ -81,15 +81,7 @@ impl RowNoise {
     pub fn normals(&self, stream: Stream, dim: usize, device: Device) -> Tensor {
         let mut out = Vec::with_capacity(self.rows() * dim);
         for r in 0..self.rows() {
-            let mut rng = self.rng(r, stream);
-            let start = out.len();
-            while out.len() < start + dim {
-                let (a, b) = rng.normal_pair();
-                out.push(a);
-                if out.len() < start + dim {
-                    out.push(b);
-                }
-            }
+            out.extend(self.rng(r, stream).normals(dim));
         }
         Tensor::from_slice(&out).view([self.rows() as i64, dim as i64]).to_device(device)
     }
